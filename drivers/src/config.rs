@@ -1,0 +1,393 @@
+//! The `[[device]]` table of the configuration (SPEC section 2), validated without I/O.
+//!
+//! One flat table serves every driver so that unknown keys are rejected by serde; [`DeviceConfig::validate`] then checks that
+//! the keys a driver needs are present and that no key meant for another driver was given.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which protocol a device speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    /// NXP PN532 NFC reader over HSU UART (SPEC 3.3).
+    Pn532,
+    /// R307/R503-family fingerprint module (SPEC 3.3).
+    R30x,
+    /// Face terminal or any device publishing JSON punches to the embedded MQTT broker (SPEC 3.1).
+    Mqtt,
+    /// ZKTeco PUSH ("ADMS"/iclock) terminal over HTTP (SPEC 3.2).
+    Adms,
+}
+
+impl DriverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Pn532 => "pn532",
+            DriverKind::R30x => "r30x",
+            DriverKind::Mqtt => "mqtt",
+            DriverKind::Adms => "adms",
+        }
+    }
+
+    /// Drivers the gateway drives itself over a byte stream (serial, RFCOMM, TCP serial server).
+    pub fn is_serial(self) -> bool {
+        matches!(self, DriverKind::Pn532 | DriverKind::R30x)
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret string whose `Debug` output is masked.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+/// A duration written as in `"500ms"`, `"2s"`, `"5m"`, `"1h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a non-negative duration such as `"500ms"`, `"10m"` or `"1h 30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span: jiff::SignedDuration = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (write e.g. \"500ms\", \"10m\", \"2h\")"))?;
+    if span.is_negative() {
+        return Err(format!("`{text}` is negative"));
+    }
+    span.try_into().map_err(|_| format!("`{text}` is out of range"))
+}
+
+/// One `[[device]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Unique device id: the MQTT username, part of every punch id, the `device` metric label.
+    pub id: String,
+    /// The protocol: `pn532`, `r30x`, `mqtt` or `adms`.
+    pub driver: DriverKind,
+    /// Serial drivers: a serial path (`/dev/ttyUSB0`, `/dev/rfcomm0`), `tcp://HOST:PORT` for a serial device server, or
+    /// `rfcomm://AA:BB:CC:DD:EE:FF/CHANNEL` for a direct Bluetooth RFCOMM link.
+    pub port: Option<String>,
+    /// Serial drivers: line speed for local serial ports (8N1). Default 115200 for pn532, 57600 for r30x.
+    pub baud: Option<u32>,
+    /// `mqtt`: the MQTT password; the username is the device id.
+    pub secret: Option<Secret>,
+    /// `adms`: the terminal's serial number; unknown serial numbers are refused.
+    pub serial_number: Option<String>,
+    /// Serial drivers: how often to poll the reader for a card or a finger. Default 200ms.
+    pub poll_interval: Option<HumanDuration>,
+    /// `pn532`: after a card leaves the reader, how long before the same card counts as a new punch. Default 2s.
+    pub hold_off: Option<HumanDuration>,
+    /// `r30x`: the lowest match score accepted as a punch. Default 50.
+    pub min_score: Option<u16>,
+    /// `r30x`: the module password, if one is set (verified with VfyPwd after connecting).
+    pub password: Option<u32>,
+    /// `r30x`: the module address. Default 0xFFFFFFFF.
+    pub address: Option<u32>,
+    /// Serial drivers: the longest wait for a device answer before the link is considered lost. Default 1s.
+    pub response_timeout: Option<HumanDuration>,
+    /// A human description shown in device status.
+    pub description: Option<String>,
+}
+
+/// One problem found in a device entry: the key inside the entry and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &'static str, message: impl Into<String>) -> Problem {
+        Problem { key, message: message.into() }
+    }
+}
+
+/// Checks that a device id is usable in topics, punch ids and metric labels.
+pub fn valid_device_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(format!("`{id}` may contain only letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+/// Where a serial driver's byte stream comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A local serial device node (including `/dev/rfcommN`).
+    Serial(String),
+    /// A TCP serial device server.
+    Tcp { host: String, port: u16 },
+    /// A direct Bluetooth RFCOMM connection.
+    Rfcomm { address: [u8; 6], channel: u8 },
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortSpec::Serial(path) => f.write_str(path),
+            PortSpec::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            PortSpec::Rfcomm { address, channel } => {
+                let a = address;
+                write!(
+                    f,
+                    "rfcomm://{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}/{channel}",
+                    a[0], a[1], a[2], a[3], a[4], a[5]
+                )
+            }
+        }
+    }
+}
+
+impl PortSpec {
+    /// Parses the `port` key.
+    pub fn parse(text: &str) -> Result<PortSpec, String> {
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            let (host, port) =
+                rest.rsplit_once(':').ok_or_else(|| format!("`{text}` needs a port: tcp://HOST:PORT"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(format!("`{text}` has no host"));
+            }
+            let port: u16 = port.parse().map_err(|_| format!("`{text}`: `{port}` is not a TCP port"))?;
+            if port == 0 {
+                return Err(format!("`{text}`: port 0 is not a serial server port"));
+            }
+            return Ok(PortSpec::Tcp { host: host.to_owned(), port });
+        }
+        if let Some(rest) = text.strip_prefix("rfcomm://") {
+            let (addr, channel) = rest
+                .split_once('/')
+                .ok_or_else(|| format!("`{text}` needs a channel: rfcomm://AA:BB:CC:DD:EE:FF/CHANNEL"))?;
+            let parts: Vec<&str> = addr.split(':').collect();
+            if parts.len() != 6 {
+                return Err(format!("`{addr}` is not a Bluetooth address like AA:BB:CC:DD:EE:FF"));
+            }
+            let mut address = [0u8; 6];
+            for (slot, part) in address.iter_mut().zip(&parts) {
+                if part.len() != 2 {
+                    return Err(format!("`{addr}` is not a Bluetooth address like AA:BB:CC:DD:EE:FF"));
+                }
+                *slot = u8::from_str_radix(part, 16)
+                    .map_err(|_| format!("`{addr}` is not a Bluetooth address like AA:BB:CC:DD:EE:FF"))?;
+            }
+            let channel: u8 = channel.parse().map_err(|_| format!("`{channel}` is not an RFCOMM channel (1-30)"))?;
+            if !(1..=30).contains(&channel) {
+                return Err(format!("RFCOMM channel {channel} is out of range 1-30"));
+            }
+            return Ok(PortSpec::Rfcomm { address, channel });
+        }
+        if text.contains("://") {
+            return Err(format!(
+                "`{text}`: unknown scheme (use a /dev path, tcp://HOST:PORT or rfcomm://ADDR/CHANNEL)"
+            ));
+        }
+        if !text.starts_with('/') {
+            return Err(format!("`{text}` is not an absolute serial device path such as /dev/ttyUSB0"));
+        }
+        Ok(PortSpec::Serial(text.to_owned()))
+    }
+}
+
+impl DeviceConfig {
+    /// Checks the entry on its own: required keys for its driver present, keys of other drivers absent, values in range.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(e) = valid_device_id(&self.id) {
+            problems.push(Problem::new("id", e));
+        }
+        let d = self.driver;
+        let serial = d.is_serial();
+        let mut only = |present: bool, key: &'static str, applies: bool, to: &str| {
+            if present && !applies {
+                problems.push(Problem::new(key, format!("does not apply to driver {d} (only to {to})")));
+            }
+        };
+        only(self.port.is_some(), "port", serial, "pn532, r30x");
+        only(self.baud.is_some(), "baud", serial, "pn532, r30x");
+        only(self.poll_interval.is_some(), "poll_interval", serial, "pn532, r30x");
+        only(self.response_timeout.is_some(), "response_timeout", serial, "pn532, r30x");
+        only(self.secret.is_some(), "secret", d == DriverKind::Mqtt, "mqtt");
+        only(self.serial_number.is_some(), "serial_number", d == DriverKind::Adms, "adms");
+        only(self.hold_off.is_some(), "hold_off", d == DriverKind::Pn532, "pn532");
+        only(self.min_score.is_some(), "min_score", d == DriverKind::R30x, "r30x");
+        only(self.password.is_some(), "password", d == DriverKind::R30x, "r30x");
+        only(self.address.is_some(), "address", d == DriverKind::R30x, "r30x");
+
+        if serial {
+            match &self.port {
+                None => problems.push(Problem::new("port", format!("missing: driver {d} needs a port"))),
+                Some(port) => {
+                    if let Err(e) = PortSpec::parse(port) {
+                        problems.push(Problem::new("port", e));
+                    }
+                }
+            }
+            if let Some(baud) = self.baud {
+                if !(1200..=4_000_000).contains(&baud) {
+                    problems.push(Problem::new("baud", format!("{baud} is not a serial speed (1200..4000000)")));
+                }
+            }
+            if let Some(HumanDuration(p)) = self.poll_interval {
+                if p < Duration::from_millis(20) || p > Duration::from_secs(60) {
+                    problems.push(Problem::new("poll_interval", "must be between 20ms and 60s"));
+                }
+            }
+            if let Some(HumanDuration(t)) = self.response_timeout {
+                if t < Duration::from_millis(50) || t > Duration::from_secs(60) {
+                    problems.push(Problem::new("response_timeout", "must be between 50ms and 60s"));
+                }
+            }
+        }
+        match d {
+            DriverKind::Mqtt => match &self.secret {
+                None => {
+                    problems.push(Problem::new("secret", "missing: an mqtt device needs a secret (its MQTT password)"))
+                }
+                Some(s) if s.expose().len() < 8 => {
+                    problems.push(Problem::new("secret", "too short: use at least 8 characters"))
+                }
+                Some(_) => {}
+            },
+            DriverKind::Adms => match &self.serial_number {
+                None => problems
+                    .push(Problem::new("serial_number", "missing: an adms device is known by its serial number")),
+                Some(sn) if sn.is_empty() || sn.len() > 64 || !sn.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                    problems.push(Problem::new("serial_number", format!("`{sn}` is not a device serial number")))
+                }
+                Some(_) => {}
+            },
+            DriverKind::R30x => {
+                if let Some(score) = self.min_score {
+                    if score == 0 {
+                        problems.push(Problem::new("min_score", "must be at least 1"));
+                    }
+                }
+            }
+            DriverKind::Pn532 => {
+                if let Some(HumanDuration(h)) = self.hold_off {
+                    if h > Duration::from_secs(3600) {
+                        problems.push(Problem::new("hold_off", "must be at most 1h"));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// The parsed `port`, for serial drivers (call after `validate` found no problem).
+    pub fn port_spec(&self) -> Option<PortSpec> {
+        self.port.as_deref().and_then(|p| PortSpec::parse(p).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(toml_driver: DriverKind) -> DeviceConfig {
+        DeviceConfig {
+            id: "d1".into(),
+            driver: toml_driver,
+            port: None,
+            baud: None,
+            secret: None,
+            serial_number: None,
+            poll_interval: None,
+            hold_off: None,
+            min_score: None,
+            password: None,
+            address: None,
+            response_timeout: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn ports_parse() {
+        assert_eq!(PortSpec::parse("/dev/ttyUSB0"), Ok(PortSpec::Serial("/dev/ttyUSB0".into())));
+        assert_eq!(PortSpec::parse("tcp://10.0.0.5:4001"), Ok(PortSpec::Tcp { host: "10.0.0.5".into(), port: 4001 }));
+        assert_eq!(
+            PortSpec::parse("rfcomm://AA:BB:CC:DD:EE:0F/3"),
+            Ok(PortSpec::Rfcomm { address: [0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0x0F], channel: 3 })
+        );
+        for bad in [
+            "ttyUSB0",
+            "tcp://host",
+            "tcp://:1",
+            "tcp://h:99999",
+            "rfcomm://AA:BB/1",
+            "rfcomm://AA:BB:CC:DD:EE:FF/0",
+            "udp://x:1",
+        ] {
+            assert!(PortSpec::parse(bad).is_err(), "{bad} should fail");
+        }
+        let spec = PortSpec::parse("rfcomm://AA:BB:CC:DD:EE:0F/3").unwrap_or(PortSpec::Serial(String::new()));
+        assert_eq!(spec.to_string(), "rfcomm://AA:BB:CC:DD:EE:0F/3");
+    }
+
+    #[test]
+    fn driver_keys_are_checked() {
+        let mut d = device(DriverKind::Mqtt);
+        assert_eq!(d.validate()[0].key, "secret");
+        d.secret = Some(Secret::new("long-enough"));
+        assert!(d.validate().is_empty());
+        d.port = Some("/dev/ttyS0".into());
+        assert_eq!(d.validate()[0].key, "port");
+
+        let mut p = device(DriverKind::Pn532);
+        assert_eq!(p.validate()[0].message, "missing: driver pn532 needs a port");
+        p.port = Some("/dev/ttyUSB0".into());
+        assert!(p.validate().is_empty());
+        p.min_score = Some(3);
+        assert_eq!(p.validate()[0].key, "min_score");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+
+    #[test]
+    fn secret_is_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter22")), "Secret(****)");
+    }
+}

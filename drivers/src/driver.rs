@@ -1,0 +1,49 @@
+//! What a running driver task is given, and how it ends.
+//!
+//! A driver task runs until its cancellation token fires. It returns `Ok(())` on cancellation and an error when its device
+//! link failed in a way it cannot retry by itself; the daemon's supervisor then restarts it with backoff.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeviceConfig;
+use crate::sink::PunchSink;
+use crate::telemetry::DriverMetrics;
+
+/// Everything a driver task needs: its device, where punches go, when to stop, where to count.
+#[derive(Clone, Debug)]
+pub struct DriverContext {
+    pub device: DeviceConfig,
+    pub sink: PunchSink,
+    pub cancel: CancellationToken,
+    pub metrics: DriverMetrics,
+    /// The site time zone: device-local times are read in it.
+    pub timezone: jiff::tz::TimeZone,
+}
+
+/// Why a driver task stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("device {device}: {message}")]
+    Device { device: String, message: String },
+    #[error("device {device}: {context}: {source}")]
+    Io {
+        device: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// True for drivers that run one task per device (the gateway drives the device over a byte stream). MQTT and ADMS
+/// devices are served by shared listeners instead.
+pub fn is_task_driver(kind: crate::config::DriverKind) -> bool {
+    kind.is_serial()
+}
+
+/// Runs the driver task for one device until cancelled.
+pub async fn run(ctx: DriverContext) -> Result<(), DriverError> {
+    Err(DriverError::Device {
+        device: ctx.device.id.clone(),
+        message: format!("driver {} is not available yet", ctx.device.driver),
+    })
+}

@@ -1,0 +1,19 @@
+//! Device protocols for gatewayd.
+//!
+//! A driver turns what a device says into [`DevicePunch`]es and hands them to a [`PunchSink`]; it answers the
+//! device only after the sink reports the punch durable. The folders follow the data flow:
+//!
+//! - [`config`]: the `[[device]]` table of the configuration, validated without I/O;
+//! - [`sink`]: the bounded ingest channel a driver submits punches into, and the per-punch outcome;
+//! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
+//! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod driver;
+pub mod sink;
+pub mod telemetry;
+
+pub use config::{DeviceConfig, DriverKind};
+pub use driver::DriverContext;
+pub use sink::{DevicePunch, Method, Outcome, PunchSink, Rejection};

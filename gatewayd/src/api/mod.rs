@@ -1,0 +1,102 @@
+//! The HTTP listener on `[api].listen`: health, readiness and metrics here; the ADMS push endpoints and the admin API
+//! are merged in as further routers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// What `/readyz` reports: the store is open and every listener is bound.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    store_open: AtomicBool,
+    listeners_bound: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_store_open(&self) {
+        self.store_open.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_listeners_bound(&self) {
+        self.listeners_bound.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// `Ok` when ready, else what is missing.
+    pub fn check(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if self.stopping.load(Ordering::SeqCst) {
+            missing.push("shutting down");
+        }
+        if !self.store_open.load(Ordering::SeqCst) {
+            missing.push("store not open");
+        }
+        if !self.listeners_bound.load(Ordering::SeqCst) {
+            missing.push("listeners not bound");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join(", "))
+        }
+    }
+}
+
+/// Shared state of the health and metrics handlers.
+#[derive(Clone)]
+pub struct HealthState {
+    pub readiness: Arc<Readiness>,
+    pub metrics: Metrics,
+    pub store: Store,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn health_router(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(missing) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {missing}\n")),
+    }
+}
+
+async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
+    let store = state.store.clone();
+    let counts = tokio::task::spawn_blocking(move || (store.size_on_disk(), store.count().unwrap_or(0))).await;
+    if let Ok((size, count)) = counts {
+        state.metrics.store.size_bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
+        state.metrics.store.punches.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}

@@ -1,0 +1,362 @@
+//! Assembly, supervision and shutdown of the daemon.
+//!
+//! [`start`] opens the store, starts the ingest writer, binds every listener, starts the drivers and returns a [`Running`]
+//! gateway; [`Running::run_until_signalled`] then serves until SIGTERM/SIGINT, reloading on SIGHUP. The shutdown tree is
+//! one root [`CancellationToken`] with a child per stage, stopped in pipeline order: drivers and API stop accepting, the
+//! ingest writer answers what is queued and flushes, then the later stages stop. All of it is bounded by
+//! [`SHUTDOWN_GRACE`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drivers::config::DeviceConfig;
+use drivers::{DriverContext, PunchSink};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, HealthState, Readiness};
+use crate::config::{Config, Problem};
+use crate::daemon::{self, Backoff, Notifier, Signal, Signals};
+use crate::ingest::{self, IngestSettings};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// How long a graceful stop may take before the daemon exits anyway (SIGTERM must end within 10 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
+
+/// The file in the data dir that names the bound listener addresses (useful when a config asks for port 0).
+pub const LISTENERS_FILE: &str = "listeners.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("{0}")]
+    Driver(String),
+}
+
+/// The addresses the gateway actually listens on.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Listeners {
+    pub api: SocketAddr,
+}
+
+/// A started gateway.
+pub struct Running {
+    pub config: Arc<Config>,
+    config_path: PathBuf,
+    pub store: Store,
+    pub sink: PunchSink,
+    pub metrics: Metrics,
+    pub listeners: Listeners,
+    /// The highest sequence number durable in the store.
+    pub durable: watch::Receiver<u64>,
+    config_tx: watch::Sender<Arc<Config>>,
+    readiness: Arc<Readiness>,
+    notifier: Notifier,
+    root: CancellationToken,
+    front: CancellationToken,
+    front_tasks: TaskTracker,
+    ingest_cancel: CancellationToken,
+    ingest_tasks: TaskTracker,
+    back: CancellationToken,
+    back_tasks: TaskTracker,
+}
+
+/// Opens the store in a blocking thread (sled's open does file I/O and recovery).
+pub async fn open_store(dir: &Path, cache_mb: u64) -> Result<Store, AppError> {
+    std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir { path: dir.to_owned(), source })?;
+    let store_dir = dir.join("store");
+    let result = tokio::task::spawn_blocking(move || Store::open(&store_dir, cache_mb)).await;
+    match result {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(AppError::Store(StoreError::Open { path: dir.join("store"), message: e.to_string() })),
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind { what, addr: addr.to_owned(), source })
+}
+
+/// Starts every stage. Returns once the store is open and every listener is bound (and `READY=1` was sent).
+pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppError> {
+    let notifier = Notifier::from_env();
+    let config = Arc::new(config);
+    let readiness = Arc::new(Readiness::default());
+    let metrics = Metrics::new();
+
+    let store = open_store(&config.gateway.data_dir, config.store.cache_mb).await?;
+    readiness.set_store_open();
+    tracing::info!(path = %store.path().display(), punches = store.count().unwrap_or(0), "store open");
+
+    let root = CancellationToken::new();
+    let front = root.child_token();
+    let ingest_cancel = root.child_token();
+    let back = root.child_token();
+    let front_tasks = TaskTracker::new();
+    let ingest_tasks = TaskTracker::new();
+    let back_tasks = TaskTracker::new();
+
+    // Ingest: the bounded channel every driver submits into, and the group-commit writer behind it.
+    let (sink, rx) = PunchSink::channel(config.store.queue, metrics.drivers.clone());
+    let (durable_tx, durable) = watch::channel(store.last_seq()?.unwrap_or(0));
+    let settings = IngestSettings { gateway_id: config.gateway.id.clone(), max_batch: config.store.max_batch };
+    ingest_tasks.spawn(ingest::run_writer(
+        store.clone(),
+        settings,
+        rx,
+        durable_tx,
+        metrics.clone(),
+        ingest_cancel.clone(),
+    ));
+
+    let (config_tx, _) = watch::channel(config.clone());
+
+    // HTTP API.
+    let api_listener = bind("api", &config.api.listen).await?;
+    let api_addr = api_listener.local_addr().map_err(|source| AppError::Bind {
+        what: "api",
+        addr: config.api.listen.clone(),
+        source,
+    })?;
+    let router = api::health_router(HealthState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
+    let api_cancel = front.clone();
+    front_tasks.spawn(async move {
+        if let Err(e) = api::serve(api_listener, router, api_cancel).await {
+            tracing::error!(error = %e, "api server failed");
+        }
+    });
+    tracing::info!(addr = %api_addr, "api listening");
+
+    let listeners = Listeners { api: api_addr };
+    write_listeners(&config.gateway.data_dir, &listeners);
+
+    // Devices the gateway drives itself, each under a supervisor.
+    spawn_device_manager(&config, &config_tx, &sink, &metrics, &front, &front_tasks);
+
+    readiness.set_listeners_bound();
+    notifier.notify("READY=1");
+    notifier.notify(&format!("STATUS=serving: {} devices, api on {api_addr}", config.devices.len()));
+    if let Some(every) = notifier.watchdog_interval() {
+        let n = Notifier::from_env();
+        let cancel = root.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => n.notify("WATCHDOG=1"),
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        });
+    }
+    tracing::info!(gateway = %config.gateway.id, "gateway ready");
+
+    Ok(Running {
+        config,
+        config_path,
+        store,
+        sink,
+        metrics,
+        listeners,
+        durable,
+        config_tx,
+        readiness,
+        notifier,
+        root,
+        front,
+        front_tasks,
+        ingest_cancel,
+        ingest_tasks,
+        back,
+        back_tasks,
+    })
+}
+
+fn write_listeners(data_dir: &Path, listeners: &Listeners) {
+    let path = data_dir.join(LISTENERS_FILE);
+    let tmp = data_dir.join(format!("{LISTENERS_FILE}.tmp"));
+    let body = serde_json::to_vec_pretty(listeners).unwrap_or_default();
+    if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the listener addresses");
+    }
+}
+
+/// Keeps one supervised task per serial device, following configuration reloads: removed or changed devices are stopped,
+/// new ones started; unchanged ones keep running (their connections are not dropped).
+fn spawn_device_manager(
+    config: &Arc<Config>,
+    config_tx: &watch::Sender<Arc<Config>>,
+    sink: &PunchSink,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let mut updates = config_tx.subscribe();
+    let sink = sink.clone();
+    let metrics = metrics.clone();
+    let cancel = cancel.clone();
+    let inner = tracker.clone();
+    let timezone = config.timezone();
+    tracker.spawn(async move {
+        let mut running: Vec<(DeviceConfig, CancellationToken)> = Vec::new();
+        loop {
+            let current = updates.borrow_and_update().clone();
+            let wanted: Vec<&DeviceConfig> =
+                current.devices.iter().filter(|d| drivers::driver::is_task_driver(d.driver)).collect();
+            running.retain(|(dev, token)| {
+                let keep = wanted.iter().any(|w| same_device(w, dev));
+                if !keep {
+                    tracing::info!(device = %dev.id, "device removed or changed; stopping its driver");
+                    token.cancel();
+                }
+                keep
+            });
+            for dev in wanted {
+                if running.iter().any(|(r, _)| same_device(r, dev)) {
+                    continue;
+                }
+                let token = cancel.child_token();
+                let ctx = DriverContext {
+                    device: dev.clone(),
+                    sink: sink.for_driver(dev.driver.as_str()),
+                    cancel: token.clone(),
+                    metrics: metrics.drivers.clone(),
+                    timezone: timezone.clone(),
+                };
+                let driver = dev.driver.as_str();
+                inner.spawn(daemon::supervise(dev.id.clone(), driver, Backoff::default(), token.clone(), move || {
+                    drivers::driver::run(ctx.clone())
+                }));
+                tracing::info!(device = %dev.id, driver, "driver started");
+                running.push((dev.clone(), token));
+            }
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { break },
+                _ = cancel.cancelled() => break,
+            }
+        }
+    });
+}
+
+fn same_device(a: &DeviceConfig, b: &DeviceConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+impl Running {
+    /// Subscribes to configuration reloads.
+    pub fn config_updates(&self) -> watch::Receiver<Arc<Config>> {
+        self.config_tx.subscribe()
+    }
+
+    /// The root cancellation token (cancel it to stop the gateway from inside, as `demo` does on Ctrl-C).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.root.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or the root token is cancelled); reloads on SIGHUP. Then stops gracefully.
+    pub async fn run_until_signalled(self) -> Result<(), AppError> {
+        let mut signals = Signals::install().map_err(AppError::Signals)?;
+        loop {
+            tokio::select! {
+                sig = signals.next() => match sig {
+                    Signal::Stop => {
+                        tracing::info!("stop requested");
+                        break;
+                    }
+                    Signal::Reload => self.reload(),
+                },
+                _ = self.root.cancelled() => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Re-reads the configuration file; on success every stage gets the new configuration, on failure the old one stays.
+    pub fn reload(&self) {
+        self.notifier.notify("RELOADING=1");
+        match Config::load(&self.config_path) {
+            Ok((new, _)) => {
+                let old = self.config_tx.borrow().clone();
+                for (what, changed) in [
+                    ("gateway.id", old.gateway.id != new.gateway.id),
+                    ("gateway.data_dir", old.gateway.data_dir != new.gateway.data_dir),
+                    ("api.listen", old.api.listen != new.api.listen),
+                    ("mqtt.listen", old.mqtt.listen != new.mqtt.listen),
+                ] {
+                    if changed {
+                        tracing::warn!(key = what, "changed in the configuration file; takes effect after a restart");
+                    }
+                }
+                self.config_tx.send_replace(Arc::new(new));
+                tracing::info!(path = %self.config_path.display(), "configuration reloaded");
+            }
+            Err(problems) => {
+                for p in &problems {
+                    tracing::error!(problem = %p, "configuration not reloaded");
+                }
+            }
+        }
+        self.notifier.notify("READY=1");
+    }
+
+    /// Stops in pipeline order within [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(self) {
+        self.notifier.notify("STOPPING=1");
+        self.readiness.set_stopping();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let stage = |name: &'static str, token: CancellationToken, tasks: TaskTracker| async move {
+            token.cancel();
+            tasks.close();
+            if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
+                tracing::error!(stage = name, "did not stop in time");
+            }
+        };
+        stage("drivers and api", self.front.clone(), self.front_tasks.clone()).await;
+        stage("ingest", self.ingest_cancel.clone(), self.ingest_tasks.clone()).await;
+        stage("delivery", self.back.clone(), self.back_tasks.clone()).await;
+        self.root.cancel();
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Spawns a task of the delivery stages (engine, outbox, upstream): stopped after ingest has flushed.
+    pub fn spawn_back<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.back_tasks.spawn(task(self.back.clone()));
+    }
+}
+
+/// Loads and validates a configuration, returning the problems formatted one per line.
+pub fn load_config(path: &Path) -> Result<Config, Vec<Problem>> {
+    Config::load(path).map(|(c, _)| c)
+}

@@ -1,0 +1,437 @@
+//! The configuration file (SPEC section 2): serde structs that reject unknown keys, then an explicit [`Config::validate`]
+//! that checks every field and every file the configuration references.
+//!
+//! Relative paths are relative to the directory of the configuration file; [`Config::load`] resolves them. Problems are
+//! reported as `FILE:LINE: key: problem` (see [`source`]).
+
+pub mod source;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use drivers::config::{DeviceConfig, DriverKind, HumanDuration};
+use serde::Deserialize;
+
+pub use source::{Problem, Seg, TomlSource};
+
+/// The default configuration path when neither `--config` nor `$GATEWAYD_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "/etc/gatewayd/gatewayd.toml";
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This gateway: its id, where it keeps data, its time zone.
+    pub gateway: GatewaySection,
+    /// The local HTTP API (health, metrics, ADMS push, the admin API).
+    #[serde(default)]
+    pub api: ApiSection,
+    /// The embedded MQTT broker for MQTT devices.
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    /// The durable punch store.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// The devices on the site, one `[[device]]` table each.
+    #[serde(default, rename = "device")]
+    pub devices: Vec<DeviceConfig>,
+    /// The employee roster CSV.
+    pub roster: Option<FileSection>,
+    /// The attendance rules file.
+    pub rules: Option<FileSection>,
+    /// Where reconciled records go; without it they wait in the outbox.
+    pub upstream: Option<UpstreamSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Unique per gateway; part of every punch id and upstream batch. Letters, digits, '-', '_', '.'.
+    pub id: String,
+    /// Where the store and the control socket live. Created if missing.
+    pub data_dir: PathBuf,
+    /// The IANA time zone of the site, e.g. `Asia/Shanghai`; device local times are read in it.
+    pub timezone: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// The address the HTTP API listens on, e.g. `127.0.0.1:8080`. Port 0 picks a free port.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// Optional TLS (and mTLS with `client_ca`) for the API listener.
+    pub tls: Option<TlsFiles>,
+    /// Largest request body accepted, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { listen: default_api_listen(), tls: None, max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// The plain MQTT listener for devices, e.g. `127.0.0.1:1883`.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: String,
+    /// Optional TLS listener where devices authenticate with client certificates; needs `tls`.
+    pub tls_listen: Option<String>,
+    /// Certificate, key and the CA that issued device certificates, for `tls_listen`.
+    pub tls: Option<TlsFiles>,
+    /// Largest punch payload accepted, in bytes. Default 4096.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            listen: default_mqtt_listen(),
+            tls_listen: None,
+            tls: None,
+            max_payload_bytes: default_max_payload_bytes(),
+        }
+    }
+}
+
+fn default_mqtt_listen() -> String {
+    "127.0.0.1:1883".into()
+}
+
+fn default_max_payload_bytes() -> usize {
+    4096
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain of this listener or client.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to (enables mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Most punches written in one group commit. Default 4096.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Requests waiting for the store before drivers are slowed down. Default 1024.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// sled page cache in MiB. Default 16.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { max_batch: default_max_batch(), queue: default_queue(), cache_mb: default_cache_mb() }
+    }
+}
+
+fn default_max_batch() -> usize {
+    4096
+}
+
+fn default_queue() -> usize {
+    1024
+}
+
+fn default_cache_mb() -> u64 {
+    16
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSection {
+    /// Path of the file, relative to the configuration file.
+    pub file: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Base URL of the receiver; batches go to `{url}/v1/batches`. Must be https.
+    pub url: String,
+    /// PEM CA the receiver's certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM client certificate of this gateway.
+    pub cert: PathBuf,
+    /// PEM private key of this gateway.
+    pub key: PathBuf,
+    /// Per-request timeout. Default 30s.
+    pub timeout: Option<HumanDuration>,
+}
+
+impl UpstreamSection {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30))
+    }
+}
+
+impl Config {
+    /// Reads, parses, resolves relative paths and validates. Every problem found is returned, each with its line.
+    pub fn load(path: &Path) -> Result<(Config, TomlSource), Vec<Problem>> {
+        let source = TomlSource::read(path).map_err(|p| vec![p])?;
+        let mut config: Config = source.deserialize().map_err(|p| vec![p])?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        let problems = config.validate(&source);
+        if problems.is_empty() {
+            Ok((config, source))
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.gateway.data_dir);
+        for tls in [self.api.tls.as_mut(), self.mqtt.tls.as_mut()].into_iter().flatten() {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+            if let Some(ca) = tls.client_ca.as_mut() {
+                fix(ca);
+            }
+        }
+        for f in [self.roster.as_mut(), self.rules.as_mut()].into_iter().flatten() {
+            fix(&mut f.file);
+        }
+        if let Some(up) = self.upstream.as_mut() {
+            fix(&mut up.ca);
+            fix(&mut up.cert);
+            fix(&mut up.key);
+        }
+    }
+
+    /// The site time zone (validated by `load`).
+    pub fn timezone(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(&self.gateway.timezone).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.listen.parse().ok()
+    }
+
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.listen.parse().ok()
+    }
+
+    /// Checks every field and every referenced file.
+    pub fn validate(&self, source: &TomlSource) -> Vec<Problem> {
+        let mut out = Problems { source, list: Vec::new() };
+
+        let gw = &self.gateway;
+        if let Err(e) = drivers::config::valid_device_id(&gw.id) {
+            out.add(&[Seg::Key("gateway"), Seg::Key("id")], "gateway.id", e);
+        }
+        if jiff::tz::TimeZone::get(&gw.timezone).is_err() {
+            out.add(
+                &[Seg::Key("gateway"), Seg::Key("timezone")],
+                "gateway.timezone",
+                format!("`{}` is not a known IANA time zone (e.g. Asia/Shanghai)", gw.timezone),
+            );
+        }
+        if gw.data_dir.exists() && !gw.data_dir.is_dir() {
+            out.add(
+                &[Seg::Key("gateway"), Seg::Key("data_dir")],
+                "gateway.data_dir",
+                format!("{} exists and is not a directory", gw.data_dir.display()),
+            );
+        }
+
+        check_addr(&mut out, "api", "listen", Some(&self.api.listen));
+        if let Some(tls) = &self.api.tls {
+            check_tls(&mut out, "api", tls);
+        }
+        if self.api.max_body_bytes < 1024 || self.api.max_body_bytes > 64 << 20 {
+            out.add(
+                &[Seg::Key("api"), Seg::Key("max_body_bytes")],
+                "api.max_body_bytes",
+                "must be between 1024 and 67108864".into(),
+            );
+        }
+
+        check_addr(&mut out, "mqtt", "listen", Some(&self.mqtt.listen));
+        check_addr(&mut out, "mqtt", "tls_listen", self.mqtt.tls_listen.as_ref());
+        match (&self.mqtt.tls_listen, &self.mqtt.tls) {
+            (Some(_), None) => out.add(
+                &[Seg::Key("mqtt"), Seg::Key("tls_listen")],
+                "mqtt.tls",
+                "missing: tls_listen needs tls = { cert, key, client_ca }".into(),
+            ),
+            (None, Some(_)) => out.add(
+                &[Seg::Key("mqtt"), Seg::Key("tls")],
+                "mqtt.tls_listen",
+                "missing: tls is set but tls_listen is not".into(),
+            ),
+            (Some(_), Some(tls)) => check_tls(&mut out, "mqtt", tls),
+            (None, None) => {}
+        }
+        if self.mqtt.max_payload_bytes < 256 || self.mqtt.max_payload_bytes > 1 << 20 {
+            out.add(
+                &[Seg::Key("mqtt"), Seg::Key("max_payload_bytes")],
+                "mqtt.max_payload_bytes",
+                "must be between 256 and 1048576".into(),
+            );
+        }
+        let listeners = [Some(&self.api.listen), Some(&self.mqtt.listen), self.mqtt.tls_listen.as_ref()];
+        let mut seen_addrs = HashSet::new();
+        for addr in listeners.into_iter().flatten().filter_map(|a| a.parse::<SocketAddr>().ok()) {
+            if addr.port() != 0 && !seen_addrs.insert(addr) {
+                out.add(
+                    &[Seg::Key("mqtt"), Seg::Key("listen")],
+                    "mqtt.listen",
+                    format!("{addr} is used by two listeners"),
+                );
+            }
+        }
+
+        if self.store.max_batch == 0 || self.store.max_batch > 65536 {
+            out.add(
+                &[Seg::Key("store"), Seg::Key("max_batch")],
+                "store.max_batch",
+                "must be between 1 and 65536".into(),
+            );
+        }
+        if self.store.queue == 0 || self.store.queue > 1 << 20 {
+            out.add(&[Seg::Key("store"), Seg::Key("queue")], "store.queue", "must be between 1 and 1048576".into());
+        }
+
+        let mut ids = HashSet::new();
+        let mut serials = HashSet::new();
+        let mut ports = HashSet::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            let name = if device.id.is_empty() { i.to_string() } else { device.id.clone() };
+            let at = |key: &'static str| vec![Seg::Key("device"), Seg::Index(i), Seg::Key(key)];
+            for p in device.validate() {
+                out.add(&at(p.key), &format!("device[{name}].{}", p.key), p.message);
+            }
+            if !ids.insert(device.id.as_str()) {
+                out.add(&at("id"), &format!("device[{name}].id"), format!("`{}` is used by another device", device.id));
+            }
+            if let Some(sn) = &device.serial_number {
+                if !serials.insert(sn.as_str()) {
+                    out.add(
+                        &at("serial_number"),
+                        &format!("device[{name}].serial_number"),
+                        format!("`{sn}` is used by another device"),
+                    );
+                }
+            }
+            if let (true, Some(port)) = (device.driver.is_serial(), &device.port) {
+                if !ports.insert(port.as_str()) {
+                    out.add(
+                        &at("port"),
+                        &format!("device[{name}].port"),
+                        format!("`{port}` is used by another device"),
+                    );
+                }
+            }
+            if device.driver == DriverKind::Adms && self.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+                out.add(
+                    &at("driver"),
+                    &format!("device[{name}].driver"),
+                    "adms terminals cannot present client certificates, but api.tls requires them".into(),
+                );
+            }
+        }
+
+        for (section, file) in [("roster", &self.roster), ("rules", &self.rules)] {
+            if let Some(f) = file {
+                check_file(&mut out, &[Seg::Key(section), Seg::Key("file")], &format!("{section}.file"), &f.file);
+            }
+        }
+
+        if let Some(up) = &self.upstream {
+            let at = |k: &'static str| vec![Seg::Key("upstream"), Seg::Key(k)];
+            match up.url.strip_prefix("https://") {
+                Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+                _ => out.add(&at("url"), "upstream.url", format!("`{}` must be an https:// URL with a host", up.url)),
+            }
+            check_file(&mut out, &at("ca"), "upstream.ca", &up.ca);
+            check_file(&mut out, &at("cert"), "upstream.cert", &up.cert);
+            check_file(&mut out, &at("key"), "upstream.key", &up.key);
+            if up.timeout() < Duration::from_secs(1) || up.timeout() > Duration::from_secs(600) {
+                out.add(&at("timeout"), "upstream.timeout", "must be between 1s and 10m".into());
+            }
+        }
+        out.list
+    }
+}
+
+/// Collects problems with their lines.
+pub struct Problems<'a> {
+    source: &'a TomlSource,
+    pub list: Vec<Problem>,
+}
+
+impl<'a> Problems<'a> {
+    pub fn new(source: &'a TomlSource) -> Problems<'a> {
+        Problems { source, list: Vec::new() }
+    }
+
+    pub fn add(&mut self, path: &[Seg<'_>], key: &str, message: String) {
+        let line = self.source.line_of_path(path);
+        self.list.push(Problem { file: self.source.path.clone(), line, key: key.to_owned(), message });
+    }
+}
+
+fn check_addr(out: &mut Problems<'_>, section: &'static str, key: &'static str, value: Option<&String>) {
+    if let Some(v) = value {
+        if v.parse::<SocketAddr>().is_err() {
+            out.add(
+                &[Seg::Key(section), Seg::Key(key)],
+                &format!("{section}.{key}"),
+                format!("`{v}` is not an address like 127.0.0.1:8080 or [::1]:8080"),
+            );
+        }
+    }
+}
+
+fn check_tls(out: &mut Problems<'_>, section: &'static str, tls: &TlsFiles) {
+    let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())];
+    for (key, path) in files {
+        if let Some(path) = path {
+            check_file(out, &[Seg::Key(section), Seg::Key("tls")], &format!("{section}.tls.{key}"), path);
+        }
+    }
+}
+
+fn check_file(out: &mut Problems<'_>, at: &[Seg<'_>], key: &str, path: &Path) {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {
+            if let Err(e) = std::fs::File::open(path) {
+                out.add(at, key, format!("cannot read {}: {e}", path.display()));
+            }
+        }
+        Ok(_) => out.add(at, key, format!("{} is not a file", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.add(at, key, format!("{} does not exist", path.display()))
+        }
+        Err(e) => out.add(at, key, format!("cannot read {}: {e}", path.display())),
+    }
+}

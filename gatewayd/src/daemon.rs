@@ -1,0 +1,209 @@
+//! Process-level concerns: signals, systemd notification, and the supervisor that restarts failing tasks.
+
+use std::future::Future;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+/// What a signal asks the daemon to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+    /// SIGHUP: reload configuration, rules, roster and certificates.
+    Reload,
+}
+
+/// The daemon's signal handlers, installed once at start-up.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for the next signal.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// systemd's notification socket (`sd_notify`), when `NOTIFY_SOCKET` is set. Without it every call does nothing.
+#[derive(Debug)]
+pub struct Notifier {
+    socket: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
+}
+
+impl Notifier {
+    pub fn from_env() -> Notifier {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Notifier { socket: None } };
+        let path = path.to_string_lossy().into_owned();
+        let addr = if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        } else {
+            std::os::unix::net::SocketAddr::from_pathname(&path)
+        };
+        match (UnixDatagram::unbound(), addr) {
+            (Ok(sock), Ok(addr)) => Notifier { socket: Some((sock, addr)) },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(socket = %path, error = %e, "NOTIFY_SOCKET is set but unusable; not notifying systemd");
+                Notifier { socket: None }
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// Sends one notification such as `READY=1` or `STATUS=…`.
+    pub fn notify(&self, state: &str) {
+        if let Some((sock, addr)) = &self.socket {
+            if let Err(e) = sock.send_to_addr(state.as_bytes(), addr) {
+                tracing::debug!(error = %e, state, "sd_notify failed");
+            }
+        }
+    }
+
+    /// The watchdog interval requested by systemd (half of `WATCHDOG_USEC`), if any and meant for this process.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.socket.as_ref()?;
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+        if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+            if pid != std::process::id() {
+                return None;
+            }
+        }
+        (usec > 0).then(|| Duration::from_micros(usec / 2))
+    }
+}
+
+/// Restart policy for supervised tasks: exponential backoff with jitter, capped, reset after a stable run.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// A run at least this long resets the backoff to `initial`.
+    pub stable_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): `initial * 2^n` capped at `max`, with ±25% jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let jitter = rand::rng().random_range(0.75..1.25);
+        base.mul_f64(jitter).min(self.max)
+    }
+}
+
+/// Runs `task` until `cancel` fires, restarting it with backoff whenever it returns an error (or returns early).
+/// One failing device never takes the daemon down.
+pub async fn supervise<F, Fut, E>(
+    name: String,
+    driver: &'static str,
+    backoff: Backoff,
+    cancel: CancellationToken,
+    mut task: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut attempt = 0u32;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = task() => r,
+            _ = cancel.cancelled() => return,
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        if started.elapsed() >= backoff.stable_after {
+            attempt = 0;
+        }
+        let delay = backoff.delay(attempt);
+        attempt = attempt.saturating_add(1);
+        match result {
+            Err(e) => crate::telemetry::events::driver_restarting(&name, driver, &e, delay),
+            Ok(()) => crate::telemetry::events::driver_restarting(&name, driver, &"task ended unexpectedly", delay),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            stable_after: Duration::from_secs(5),
+        };
+        assert!(b.delay(0) <= Duration::from_millis(125));
+        assert!(b.delay(3) >= Duration::from_millis(600));
+        assert!(b.delay(20) <= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn supervisor_restarts_a_failing_task() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let cancel = CancellationToken::new();
+        let r = runs.clone();
+        let c = cancel.clone();
+        let backoff = Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            stable_after: Duration::from_secs(60),
+        };
+        let handle = tokio::spawn(supervise("dev".into(), "test", backoff, cancel.clone(), move || {
+            let r = r.clone();
+            let c = c.clone();
+            async move {
+                if r.fetch_add(1, Ordering::SeqCst) >= 4 {
+                    c.cancel();
+                    c.cancelled().await;
+                    Ok(())
+                } else {
+                    Err("port vanished")
+                }
+            }
+        }));
+        handle.await.ok();
+        assert_eq!(runs.load(Ordering::SeqCst), 5);
+    }
+}

@@ -1,0 +1,18 @@
+//! gatewayd: the on-prem edge gateway for workforce attendance.
+//!
+//! The data flow, one module per stage:
+//! `drivers` (crate) -> [`ingest`] -> [`store`] -> reconcile -> outbox -> upstream, with [`api`] beside it.
+//! [`app`] assembles the stages, supervises them and shuts them down in order; [`daemon`] holds the process-level parts
+//! (signals, systemd notification, the supervisor); [`config`] is the configuration file.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod ingest;
+pub mod proto;
+pub mod punch;
+pub mod store;
+pub mod telemetry;
