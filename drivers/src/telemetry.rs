@@ -100,6 +100,16 @@ impl DriverMetrics {
         metrics
     }
 
+    /// Creates the series of a configured device at zero, so they show in `/metrics` before its first punch.
+    pub fn init_device(&self, driver: &str, device: &str) {
+        let l = labels(driver, device);
+        self.0.received.get_or_create(&l);
+        self.0.stored.get_or_create(&l);
+        self.0.duplicates.get_or_create(&l);
+        self.0.online.get_or_create(&l);
+        self.0.ack_latency.get_or_create(&DriverLabel { driver: driver.to_owned() });
+    }
+
     pub fn received(&self, driver: &str, device: &str) {
         self.0.received.get_or_create(&labels(driver, device)).inc();
     }

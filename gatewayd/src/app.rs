@@ -73,6 +73,7 @@ pub struct Running {
     config_tx: watch::Sender<Arc<Config>>,
     readiness: Arc<Readiness>,
     notifier: Notifier,
+    signals: Signals,
     root: CancellationToken,
     front: CancellationToken,
     front_tasks: TaskTracker,
@@ -100,9 +101,14 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, AppError> {
 /// Starts every stage. Returns once the store is open and every listener is bound (and `READY=1` was sent).
 pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppError> {
     let notifier = Notifier::from_env();
+    // Before anything can report READY: a SIGHUP or SIGTERM right after READY must find the handlers in place.
+    let signals = Signals::install().map_err(AppError::Signals)?;
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
+    for device in &config.devices {
+        metrics.drivers.init_device(device.driver.as_str(), &device.id);
+    }
 
     let store = open_store(&config.gateway.data_dir, config.store.cache_mb).await?;
     readiness.set_store_open();
@@ -187,6 +193,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         config_tx,
         readiness,
         notifier,
+        signals,
         root,
         front,
         front_tasks,
@@ -279,11 +286,10 @@ impl Running {
     }
 
     /// Serves until SIGTERM/SIGINT (or the root token is cancelled); reloads on SIGHUP. Then stops gracefully.
-    pub async fn run_until_signalled(self) -> Result<(), AppError> {
-        let mut signals = Signals::install().map_err(AppError::Signals)?;
+    pub async fn run_until_signalled(mut self) -> Result<(), AppError> {
         loop {
             tokio::select! {
-                sig = signals.next() => match sig {
+                sig = self.signals.next() => match sig {
                     Signal::Stop => {
                         tracing::info!("stop requested");
                         break;

@@ -1,1 +1,12 @@
-fn main() {}
+//! End-to-end tests: the real `gatewayd` binary against real peers.
+//!
+//! One test binary (to keep link time down); each area is a module. The [`harness`] starts the daemon in a temporary
+//! directory, waits for systemd-style readiness (`READY=1` on a `NOTIFY_SOCKET` the harness owns) and reads the bound
+//! addresses from `listeners.json`. Nothing sleeps to synchronise and every listener binds port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod config_files;
+mod lifecycle;
+mod store_durability;

@@ -141,6 +141,9 @@ impl Store {
     /// Opens (or creates) the store in `dir`. Never panics on a damaged or foreign directory.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
         let path = dir.to_owned();
+        // sled treats a log it cannot parse as empty. If the files were there before, an empty result means damage,
+        // not a new store: remember what existed so that case is reported instead of silently starting over.
+        let existed = std::fs::metadata(dir.join("db")).map(|m| m.len() > 0).unwrap_or(false);
         let config =
             sled::Config::new().path(dir).cache_capacity(cache_mb.max(1) * 1024 * 1024).flush_every_ms(Some(500));
         // sled 0.34 may panic on some kinds of damage instead of returning an error; contain that here.
@@ -169,6 +172,13 @@ impl Store {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => return Err(StoreError::Foreign { path, found: String::from_utf8_lossy(&v).into_owned() }),
             None => {
+                if existed {
+                    return Err(StoreError::Open {
+                        path,
+                        message: "the database files exist but hold no readable gatewayd data (damaged, or not a gatewayd store)"
+                            .into(),
+                    });
+                }
                 if !punches.is_empty() {
                     return Err(StoreError::Foreign { path, found: "(none)".into() });
                 }

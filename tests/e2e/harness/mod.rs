@@ -1,0 +1,245 @@
+//! Starting and stopping the real daemon for tests.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gatewayd")
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// The `[gateway]` table and loopback listeners on free ports; append devices and sections after it.
+pub fn base_config(gateway_id: &str) -> String {
+    format!(
+        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\n\n\
+         [api]\nlisten = \"127.0.0.1:0\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n"
+    )
+}
+
+/// A running daemon in its own temporary directory.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    notify: UnixDatagram,
+    notify_path: PathBuf,
+    /// Everything the last daemon process wrote to stderr (filled when it exits).
+    pub stderr: String,
+    /// `listeners.json` of the running process.
+    pub listeners: serde_json::Value,
+}
+
+impl Gateway {
+    /// Writes `config` to `gatewayd.toml` in a new temporary directory and starts the daemon, waiting until it is ready.
+    pub fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Gateway::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        let config_path = dir.path().join("gatewayd.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let mut gw = Gateway {
+            dir,
+            config_path,
+            child: None,
+            notify,
+            notify_path,
+            stderr: String::new(),
+            listeners: serde_json::Value::Null,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Starts the daemon process (again) and waits for `READY=1`.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("data").join("listeners.json"));
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("NOTIFY_SOCKET", &self.notify_path)
+            .env("RUST_LOG", std::env::var("GATEWAYD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gatewayd");
+        self.child = Some(child);
+        self.wait_for("READY=1", Duration::from_secs(60));
+        let listeners = std::fs::read(self.dir.path().join("data").join("listeners.json")).expect("listeners.json");
+        self.listeners = serde_json::from_slice(&listeners).expect("listeners.json is JSON");
+    }
+
+    /// Waits for a notification starting with `prefix`; panics with the daemon's stderr if it exits first.
+    pub fn wait_for(&mut self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if msg.lines().any(|l| l.starts_with(prefix)) {
+                        return msg;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("notify socket: {e}"),
+            }
+            if let Some(status) = self.try_exit_status() {
+                panic!("gatewayd exited with {status} before {prefix}; stderr:\n{}", self.stderr);
+            }
+            assert!(Instant::now() < deadline, "no {prefix} within {limit:?}");
+        }
+    }
+
+    fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.collect_stderr();
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    fn collect_stderr(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(mut err) = child.stderr.take() {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                self.stderr.push_str(&s);
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// An address from `listeners.json`, e.g. `addr("api")`.
+    pub fn addr(&self, name: &str) -> std::net::SocketAddr {
+        self.listeners[name].as_str().unwrap_or_else(|| panic!("no listener {name}")).parse().expect("socket address")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit (panics after `limit`) and returns its status; stderr is collected.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gatewayd did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait; returns the status and how long the stop took.
+    pub fn stop(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(15));
+        (status, started.elapsed())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// GET `path` on the API listener: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http("GET", self.addr("api"), path, &[], None)
+    }
+
+    /// One metric sample by its exact series text (e.g. `gatewayd_punches_stored_total{driver="mqtt",device="d1"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 request through hyper on a throwaway runtime: (status, body).
+pub fn http(
+    method: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, String) {
+    let (status, body) = http_bytes(method, addr, path, headers, body);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub fn http_bytes(
+    method: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async move {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<bytes::Bytes>>();
+        let mut req = hyper::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or_default()))).expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+            .await
+            .expect("http timeout")
+            .expect("http request");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
+        (status, body)
+    })
+}
+
+/// Runs `gatewayd` with `args` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().expect("run gatewayd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
