@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DeviceConfig;
 use crate::sink::PunchSink;
+use crate::status::StatusBoard;
 use crate::telemetry::DriverMetrics;
 
 /// Everything a driver task needs: its device, where punches go, when to stop, where to count.
@@ -16,6 +17,8 @@ pub struct DriverContext {
     pub sink: PunchSink,
     pub cancel: CancellationToken,
     pub metrics: DriverMetrics,
+    /// Where the driver reports online state, errors and reconnects.
+    pub status: StatusBoard,
     /// The site time zone: device-local times are read in it.
     pub timezone: jiff::tz::TimeZone,
 }

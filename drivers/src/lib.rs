@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: the `[[device]]` table of the configuration, validated without I/O;
 //! - [`sink`]: the bounded ingest channel a driver submits punches into, and the per-punch outcome;
+//! - [`status`]: online state, last seen, last error and reconnects per device;
 //! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
 //! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers.
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod driver;
 pub mod sink;
+pub mod status;
 pub mod telemetry;
 
 pub use config::{DeviceConfig, DriverKind};

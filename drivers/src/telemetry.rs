@@ -103,11 +103,11 @@ impl DriverMetrics {
     /// Creates the series of a configured device at zero, so they show in `/metrics` before its first punch.
     pub fn init_device(&self, driver: &str, device: &str) {
         let l = labels(driver, device);
-        self.0.received.get_or_create(&l);
-        self.0.stored.get_or_create(&l);
-        self.0.duplicates.get_or_create(&l);
-        self.0.online.get_or_create(&l);
-        self.0.ack_latency.get_or_create(&DriverLabel { driver: driver.to_owned() });
+        let _ = self.0.received.get_or_create(&l);
+        let _ = self.0.stored.get_or_create(&l);
+        let _ = self.0.duplicates.get_or_create(&l);
+        let _ = self.0.online.get_or_create(&l);
+        let _ = self.0.ack_latency.get_or_create(&DriverLabel { driver: driver.to_owned() });
     }
 
     pub fn received(&self, driver: &str, device: &str) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::config::DeviceConfig;
+use drivers::status::StatusBoard;
 use drivers::{DriverContext, PunchSink};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,6 +68,8 @@ pub struct Running {
     pub store: Store,
     pub sink: PunchSink,
     pub metrics: Metrics,
+    /// Online state, last seen and errors of every device.
+    pub status: StatusBoard,
     pub listeners: Listeners,
     /// The highest sequence number durable in the store.
     pub durable: watch::Receiver<u64>,
@@ -106,8 +109,10 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
+    let status = StatusBoard::new(metrics.drivers.clone());
     for device in &config.devices {
         metrics.drivers.init_device(device.driver.as_str(), &device.id);
+        status.register(&device.id, device.driver.as_str());
     }
 
     let store = open_store(&config.gateway.data_dir, config.store.cache_mb).await?;
@@ -162,7 +167,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     write_listeners(&config.gateway.data_dir, &listeners);
 
     // Devices the gateway drives itself, each under a supervisor.
-    spawn_device_manager(&config, &config_tx, &sink, &metrics, &front, &front_tasks);
+    spawn_device_manager(&config, &config_tx, &sink, &metrics, &status, &front, &front_tasks);
 
     readiness.set_listeners_bound();
     notifier.notify("READY=1");
@@ -188,6 +193,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         store,
         sink,
         metrics,
+        status,
         listeners,
         durable,
         config_tx,
@@ -220,9 +226,11 @@ fn spawn_device_manager(
     config_tx: &watch::Sender<Arc<Config>>,
     sink: &PunchSink,
     metrics: &Metrics,
+    status: &StatusBoard,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) {
+    let status = status.clone();
     let mut updates = config_tx.subscribe();
     let sink = sink.clone();
     let metrics = metrics.clone();
@@ -253,6 +261,7 @@ fn spawn_device_manager(
                     sink: sink.for_driver(dev.driver.as_str()),
                     cancel: token.clone(),
                     metrics: metrics.drivers.clone(),
+                    status: status.clone(),
                     timezone: timezone.clone(),
                 };
                 let driver = dev.driver.as_str();
