@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod changes;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -1,13 +1,21 @@
-//! Generated protobuf types.
+//! Generated protobuf types. The modules mirror the protobuf packages so cross-package references resolve.
+
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod gatewayd {
+    pub mod upstream {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/gatewayd.upstream.v1.rs"));
+        }
+    }
+    pub mod store {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/gatewayd.store.v1.rs"));
+        }
+    }
+}
 
 /// The upstream protocol (`proto/gatewayd/upstream/v1/upstream.proto`, SPEC section 6).
-pub mod upstream {
-    #![allow(clippy::all, missing_docs, unreachable_pub)]
-    include!(concat!(env!("OUT_DIR"), "/gatewayd.upstream.v1.rs"));
-}
+pub use self::gatewayd::upstream::v1 as upstream;
 
-/// The store's on-disk punch encoding (`proto/gatewayd/store/v1/store.proto`).
-pub mod store {
-    #![allow(clippy::all, missing_docs, unreachable_pub)]
-    include!(concat!(env!("OUT_DIR"), "/gatewayd.store.v1.rs"));
-}
+/// The on-disk encodings (`proto/gatewayd/store/v1/store.proto`).
+pub use self::gatewayd::store::v1 as store;
