@@ -10,6 +10,7 @@
 //! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod config;
 pub mod driver;
 pub mod sink;
