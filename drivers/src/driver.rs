@@ -45,8 +45,12 @@ pub fn is_task_driver(kind: crate::config::DriverKind) -> bool {
 
 /// Runs the driver task for one device until cancelled.
 pub async fn run(ctx: DriverContext) -> Result<(), DriverError> {
-    Err(DriverError::Device {
-        device: ctx.device.id.clone(),
-        message: format!("driver {} is not available yet", ctx.device.driver),
-    })
+    match ctx.device.driver {
+        crate::config::DriverKind::Pn532 => crate::pn532::run(ctx).await,
+        crate::config::DriverKind::R30x => crate::r30x::run(ctx).await,
+        other => Err(DriverError::Device {
+            device: ctx.device.id.clone(),
+            message: format!("driver {other} is served by a shared listener, not a device task"),
+        }),
+    }
 }

@@ -13,9 +13,13 @@
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod pn532;
+pub mod r30x;
+pub mod sim;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
+pub mod transport;
 
 pub use config::{DeviceConfig, DriverKind};
 pub use driver::DriverContext;

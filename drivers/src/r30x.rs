@@ -1,0 +1,304 @@
+//! The R307/R503 fingerprint module driver (SPEC 3.3): the gateway asks the module for an image, a template and a search
+//! of its library, and turns each identified finger into one `fingerprint` punch with credential `fp:{page}`.
+//!
+//! Per link: VfyPwd when a password is configured, ReadSysPara (library capacity for Search, and a check that the
+//! module answers at its address), then a probe of AuraLedConfig (R503-family modules light their ring; R307 modules
+//! refuse it and get no LED feedback). Then every `poll_interval`: GenImg → Img2Tz(1) → Search(1, 0, capacity).
+//!
+//! - "no finger" is quiet: no log, no count; it also marks the finger as lifted.
+//! - Image errors (GenImg failed, Img2Tz found too few features or a disorderly image) are counted as
+//!   `reason="image_error"`, never logged per poll.
+//! - A finger is identified once per placement: after a match (or a refusal) the driver waits for "no finger" first.
+//! - A match below `min_score` is refused (`reason="low_score"`), an unknown finger too (`reason="no_match"`); both light
+//!   the LED red.
+//! - A match becomes a punch; the LED turns green only after the sink says it is durable, red if it was rejected.
+//!
+//! Errors: checksum errors, truncated packets, noise, packets for another address and replies of the wrong shape
+//! (the module's acks carry no instruction code, so the shape is what identifies the reply) are counted and skipped;
+//! a command without a usable answer is retried up to three times, then the link is reopened with backoff.
+//!
+//! Cancel-safety: as for the PN532 driver, the task may be dropped at any await; a submitted punch is stored regardless,
+//! and the only thing lost is the LED acknowledgement.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use crate::codec::r30x::{cmd, confirm, Packet, R30xCodec, DEFAULT_ADDRESS, PID_ACK};
+use crate::config::HumanDuration;
+use crate::driver::{DriverContext, DriverError};
+use crate::sink::{DevicePunch, Method, Outcome, Subject};
+use crate::transport::{Link, SessionError, Stream};
+
+pub const DRIVER: &str = "r30x";
+
+const ATTEMPTS: u32 = 3;
+const LED_FLASH: u8 = 0x02;
+const LED_OFF: u8 = 0x04;
+const LED_RED: u8 = 0x01;
+const LED_GREEN: u8 = 0x04;
+
+/// The driver's settings from its `[[device]]` entry.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub baud: u32,
+    pub poll_interval: Duration,
+    pub response_timeout: Duration,
+    pub min_score: u16,
+    pub password: Option<u32>,
+    pub address: u32,
+}
+
+impl Settings {
+    pub fn from_config(device: &crate::config::DeviceConfig) -> Settings {
+        Settings {
+            baud: device.baud.unwrap_or(57_600),
+            poll_interval: device.poll_interval.map_or(Duration::from_millis(200), |HumanDuration(d)| d),
+            response_timeout: device.response_timeout.map_or(Duration::from_secs(1), |HumanDuration(d)| d),
+            min_score: device.min_score.unwrap_or(50),
+            password: device.password,
+            address: device.address.unwrap_or(DEFAULT_ADDRESS),
+        }
+    }
+}
+
+/// Runs the driver until cancelled, reopening the link whenever it is lost.
+pub async fn run(ctx: DriverContext) -> Result<(), DriverError> {
+    let spec = ctx.device.port_spec().ok_or_else(|| DriverError::Device {
+        device: ctx.device.id.clone(),
+        message: "no valid `port` configured".into(),
+    })?;
+    let settings = Settings::from_config(&ctx.device);
+    let connect_timeout = settings.response_timeout.max(Duration::from_secs(3));
+    let mut link = Link::new(spec, settings.baud, connect_timeout, &ctx.device.id, DRIVER, ctx.status.clone());
+    loop {
+        let Some(stream) = link.connect(&ctx.cancel).await else { return Ok(()) };
+        let started = Instant::now();
+        let ended = tokio::select! {
+            e = session(&ctx, &settings, &mut link, stream) => e,
+            _ = ctx.cancel.cancelled() => return Ok(()),
+        };
+        link.lost(&ended.to_string(), started.elapsed());
+    }
+}
+
+/// What one poll found.
+#[derive(Debug, PartialEq, Eq)]
+enum Poll {
+    NoFinger,
+    /// The finger identified last is still on the sensor.
+    Held,
+    ImageError,
+    NoMatch,
+    Match {
+        page: u16,
+        score: u16,
+    },
+}
+
+/// One open link: handshake, then poll until the link fails. Returns why it ended.
+pub async fn session(ctx: &DriverContext, settings: &Settings, link: &mut Link, stream: Stream) -> SessionError {
+    let mut module = Module {
+        framed: Framed::new(stream, R30xCodec),
+        ctx,
+        address: settings.address,
+        timeout: settings.response_timeout,
+        capacity: 0,
+        led: false,
+    };
+    match module.handshake(settings.password).await {
+        Ok(detail) => link.online(Some(format!("{detail} on {}", link.spec()))),
+        Err(e) => return e,
+    }
+    let device = &ctx.device.id;
+    let mut tick = tokio::time::interval(settings.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // True once the module has reported "no finger" since the last identification.
+    let mut lifted = true;
+    loop {
+        tick.tick().await;
+        let found = match module.poll(lifted).await {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        ctx.status.seen(device, DRIVER);
+        match found {
+            Poll::NoFinger => lifted = true,
+            Poll::Held => {}
+            Poll::ImageError => ctx.sink.count_unparsed(device, "image_error"),
+            Poll::NoMatch => {
+                lifted = false;
+                ctx.sink.count_unparsed(device, "no_match");
+                if let Err(e) = module.led(LED_RED).await {
+                    return e;
+                }
+            }
+            Poll::Match { score, .. } if score < settings.min_score => {
+                lifted = false;
+                ctx.sink.count_unparsed(device, "low_score");
+                if let Err(e) = module.led(LED_RED).await {
+                    return e;
+                }
+            }
+            Poll::Match { page, score } => {
+                lifted = false;
+                let now = jiff::Timestamp::now().as_millisecond();
+                let punch = DevicePunch {
+                    device_id: device.clone(),
+                    device_seq: None,
+                    method: Method::Fingerprint,
+                    subject: Subject::Credential(format!("fp:{page}")),
+                    device_time_ms: now,
+                    received_time_ms: now,
+                    realtime: true,
+                    geo: None,
+                    score: Some(f32::from(score)),
+                    attributes: vec![("page".into(), page.to_string())],
+                };
+                let colour = match ctx.sink.submit(punch).await {
+                    Outcome::Stored { .. } => LED_GREEN,
+                    Outcome::Rejected(r) => {
+                        tracing::warn!(device = %device, reason = %r, "fingerprint punch rejected");
+                        LED_RED
+                    }
+                };
+                if let Err(e) = module.led(colour).await {
+                    return e;
+                }
+            }
+        }
+    }
+}
+
+struct Module<'a> {
+    framed: Framed<Stream, R30xCodec>,
+    ctx: &'a DriverContext,
+    address: u32,
+    timeout: Duration,
+    capacity: u16,
+    led: bool,
+}
+
+impl Module<'_> {
+    /// Verifies the password, reads the system parameters and probes the LED ring; returns a status line.
+    async fn handshake(&mut self, password: Option<u32>) -> Result<String, SessionError> {
+        if let Some(password) = password {
+            let reply = self.command(cmd::VFY_PWD, &password.to_be_bytes(), 1, "VfyPwd", ATTEMPTS).await?;
+            if reply.first() != Some(&confirm::OK) {
+                return Err(SessionError::Refused(format!(
+                    "the module refused the configured password (confirmation code {:#04x})",
+                    reply.first().copied().unwrap_or(0)
+                )));
+            }
+        }
+        let para = self.command(cmd::READ_SYS_PARA, &[], 17, "ReadSysPara", ATTEMPTS).await?;
+        if para[0] != confirm::OK {
+            return Err(SessionError::Refused(format!("ReadSysPara answered confirmation code {:#04x}", para[0])));
+        }
+        self.capacity = u16::from_be_bytes([para[5], para[6]]).max(1);
+        let level = u16::from_be_bytes([para[7], para[8]]);
+        // One attempt: a module without a LED ring may not answer at all.
+        self.led = match self.command(cmd::AURA_LED_CONFIG, &[LED_OFF, 0, 0, 0], 1, "AuraLedConfig", 1).await {
+            Ok(reply) => reply[0] == confirm::OK,
+            Err(SessionError::NoAnswer { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        Ok(format!(
+            "fingerprint module, library of {} templates, security level {level}{}",
+            self.capacity,
+            if self.led { ", LED ring" } else { "" }
+        ))
+    }
+
+    /// GenImg, and unless the finger has not been lifted since the last identification, Img2Tz and Search.
+    async fn poll(&mut self, lifted: bool) -> Result<Poll, SessionError> {
+        let gen = self.command(cmd::GEN_IMG, &[], 1, "GenImg", ATTEMPTS).await?;
+        match gen[0] {
+            confirm::OK => {}
+            confirm::NO_FINGER => return Ok(Poll::NoFinger),
+            _ => return Ok(Poll::ImageError),
+        }
+        if !lifted {
+            return Ok(Poll::Held);
+        }
+        let tz = self.command(cmd::IMG_2_TZ, &[0x01], 1, "Img2Tz", ATTEMPTS).await?;
+        if tz[0] != confirm::OK {
+            return Ok(Poll::ImageError);
+        }
+        let [hi, lo] = self.capacity.to_be_bytes();
+        let found = self.command(cmd::SEARCH, &[0x01, 0x00, 0x00, hi, lo], 1, "Search", ATTEMPTS).await?;
+        match found.as_slice() {
+            [confirm::OK, p1, p2, s1, s2, ..] => {
+                Ok(Poll::Match { page: u16::from_be_bytes([*p1, *p2]), score: u16::from_be_bytes([*s1, *s2]) })
+            }
+            [confirm::OK, ..] => {
+                self.ctx.sink.count_unparsed(&self.ctx.device.id, "wrong_reply");
+                Ok(Poll::ImageError)
+            }
+            [confirm::NO_MATCH, ..] => Ok(Poll::NoMatch),
+            _ => Ok(Poll::ImageError),
+        }
+    }
+
+    /// Flashes the LED ring in `colour`, where the module has one.
+    async fn led(&mut self, colour: u8) -> Result<(), SessionError> {
+        if !self.led {
+            return Ok(());
+        }
+        // A lost LED acknowledgement is not worth a retry; the link itself must still work.
+        match self.command(cmd::AURA_LED_CONFIG, &[LED_FLASH, 0x20, colour, 0x02], 1, "AuraLedConfig", 1).await {
+            Ok(_) | Err(SessionError::NoAnswer { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a command and returns the acknowledge payload (confirmation code first, at least `min_len` bytes).
+    async fn command(
+        &mut self,
+        code: u8,
+        params: &[u8],
+        min_len: usize,
+        name: &'static str,
+        attempts: u32,
+    ) -> Result<Vec<u8>, SessionError> {
+        for _ in 0..attempts {
+            self.framed.send(Packet::command(self.address, code, params)).await.map_err(SessionError::write)?;
+            if let Some(reply) = self.answer(min_len).await? {
+                return Ok(reply);
+            }
+            self.framed.read_buffer_mut().clear();
+        }
+        Err(SessionError::NoAnswer { command: name, attempts, timeout: self.timeout })
+    }
+
+    /// Waits for an acknowledge packet from our module. `None` when this attempt timed out.
+    async fn answer(&mut self, min_len: usize) -> Result<Option<Vec<u8>>, SessionError> {
+        let deadline = Instant::now() + self.timeout;
+        let device = &self.ctx.device.id;
+        loop {
+            let item = match tokio::time::timeout_at(deadline, self.framed.next()).await {
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(SessionError::Closed),
+                Ok(Some(Err(e))) => return Err(SessionError::read(e)),
+                Ok(Some(Ok(item))) => item,
+            };
+            match item {
+                Err(bad) => self.ctx.sink.count_unparsed(device, bad.label()),
+                Ok(p) if p.address != self.address => self.ctx.sink.count_unparsed(device, "wrong_address"),
+                // A success must carry the command's data; an error code alone is a complete answer.
+                Ok(p)
+                    if p.pid == PID_ACK
+                        && !p.payload.is_empty()
+                        && (p.payload.len() >= min_len || p.payload[0] != confirm::OK) =>
+                {
+                    let mut payload = p.payload;
+                    payload.resize(payload.len().max(min_len), 0);
+                    return Ok(Some(payload));
+                }
+                Ok(_) => self.ctx.sink.count_unparsed(device, "wrong_reply"),
+            }
+        }
+    }
+}
