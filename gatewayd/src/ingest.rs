@@ -4,6 +4,10 @@
 //! (up to `max_batch` punches), checks each punch, writes them all in one atomic batch, flushes once, and only then
 //! answers every caller. Many punches share one `flush`, which is what makes durable writes fast.
 //!
+//! The writer is a two-stage pipeline: while the flush of batch N runs, batch N+1 is collected and written; batch N+1 is
+//! answered only after a flush that started after it was written. So the time per cycle is the longer of "write a batch"
+//! and "flush", not their sum.
+//!
 //! After each flush the writer publishes the highest durable sequence number on a watch channel; the engine and the outbox
 //! follow it, so they never see a punch that could still be lost.
 //!
@@ -15,10 +19,11 @@ use std::time::Instant;
 use drivers::sink::{IngestRequest, Outcome, Rejection};
 use drivers::DevicePunch;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::punch;
-use crate::store::Store;
+use crate::store::{Inserted, Store, StoreError};
 use crate::telemetry::{self, Metrics};
 
 /// Settings of the ingest writer.
@@ -26,6 +31,17 @@ use crate::telemetry::{self, Metrics};
 pub struct IngestSettings {
     pub gateway_id: String,
     pub max_batch: usize,
+}
+
+/// A batch written to sled and waiting for its flush.
+struct Written {
+    requests: Vec<IngestRequest>,
+    punches: usize,
+    /// Per request, per punch: a check failure, or an index into `inserted`.
+    slots: Vec<Vec<Result<usize, String>>>,
+    inserted: Result<Vec<Inserted>, StoreError>,
+    last_seq: u64,
+    started: Instant,
 }
 
 /// Runs the writer until cancelled (and the queue drained) or until every sender is gone.
@@ -49,47 +65,74 @@ pub async fn run_writer(
             return;
         }
     };
-    let mut requests: Vec<IngestRequest> = Vec::new();
+    // Batches written to sled but not yet covered by a flush, and the batches whose flush is running.
+    let mut pending: Vec<Written> = Vec::new();
+    let mut in_flight: Option<(Vec<Written>, JoinHandle<Result<(), StoreError>>)> = None;
+    let mut open = true;
     loop {
-        let first = tokio::select! {
-            biased;
-            req = rx.recv() => req,
-            _ = cancel.cancelled() => {
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { break };
-        let mut punches = first.punches.len();
-        requests.push(first);
-        while punches < settings.max_batch {
-            match rx.try_recv() {
-                Ok(req) => {
-                    punches += req.punches.len();
-                    requests.push(req);
-                }
-                Err(_) => break,
-            }
+        if in_flight.is_none() && !pending.is_empty() {
+            let store = store.clone();
+            let flush = tokio::spawn(async move { store.flush().await });
+            in_flight = Some((std::mem::take(&mut pending), flush));
         }
-        commit(&store, &settings, &mut requests, &mut next_seq, &durable, &metrics).await;
+        let pending_punches: usize = pending.iter().map(|w| w.punches).sum();
+        let room = open && pending_punches < settings.max_batch;
+        let first = match in_flight.as_mut() {
+            None if !open => break,
+            None => tokio::select! {
+                biased;
+                req = rx.recv() => req,
+                _ = cancel.cancelled() => {
+                    rx.close();
+                    rx.recv().await
+                }
+            },
+            Some((_, flush)) => tokio::select! {
+                biased;
+                flushed = flush => {
+                    let flushed = flushed.unwrap_or_else(|e| Err(StoreError::Flush(e.to_string())));
+                    if let Some((done, _)) = in_flight.take() {
+                        for w in done {
+                            answer(w, &flushed, &durable, &metrics);
+                        }
+                    }
+                    continue;
+                }
+                req = rx.recv(), if room => req,
+                _ = cancel.cancelled(), if open && !cancel.is_cancelled() => continue,
+            },
+        };
+        match first {
+            Some(req) => {
+                let mut requests = vec![req];
+                let mut punches = requests[0].punches.len();
+                while punches < settings.max_batch {
+                    match rx.try_recv() {
+                        Ok(req) => {
+                            punches += req.punches.len();
+                            requests.push(req);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                pending.push(write(&store, &settings, requests, &mut next_seq));
+            }
+            None => open = false,
+        }
+        if open && cancel.is_cancelled() {
+            // Stop taking new requests; what is already queued is still written and answered.
+            rx.close();
+        }
     }
     tracing::debug!("ingest writer stopped");
 }
 
-/// Writes and flushes one group of requests, then answers them all.
-async fn commit(
-    store: &Store,
-    settings: &IngestSettings,
-    requests: &mut Vec<IngestRequest>,
-    next_seq: &mut u64,
-    durable: &watch::Sender<u64>,
-    metrics: &Metrics,
-) {
+/// Checks and writes one group of requests (not yet durable).
+fn write(store: &Store, settings: &IngestSettings, requests: Vec<IngestRequest>, next_seq: &mut u64) -> Written {
     let started = Instant::now();
-    // Per request, per punch: either a check failure, or an index into `accepted`.
     let mut slots: Vec<Vec<Result<usize, String>>> = Vec::with_capacity(requests.len());
     let mut accepted: Vec<(&str, &DevicePunch)> = Vec::new();
-    for req in requests.iter() {
+    for req in &requests {
         let mut row = Vec::with_capacity(req.punches.len());
         for p in &req.punches {
             match punch::check(p) {
@@ -103,40 +146,45 @@ async fn commit(
         slots.push(row);
     }
     let seq_before = *next_seq;
-    let written = match store.insert_batch(&settings.gateway_id, &accepted, next_seq) {
-        Ok(inserted) => match store.flush().await {
-            Ok(()) => Ok(inserted),
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    let n_accepted = accepted.len();
-    drop(accepted);
-    match &written {
-        Ok(_) => {
-            let last = next_seq.saturating_sub(1);
-            if *next_seq > seq_before {
-                durable.send_replace(last);
-            }
-            telemetry::events::group_committed(metrics, n_accepted, started.elapsed());
-        }
-        Err(e) => {
-            // Nothing from this batch may be reported durable; sequence numbers are reused by the next batch only if the
-            // batch did not reach sled, which `last_seq` tells us.
-            *next_seq = store.last_seq().ok().flatten().map_or(seq_before, |s| (s + 1).max(seq_before));
-            telemetry::events::store_write_failed(metrics, e);
-        }
+    let inserted = store.insert_batch(&settings.gateway_id, &accepted, next_seq);
+    if inserted.is_err() {
+        // The batch did not reach sled (apply_batch is atomic): its sequence numbers are free again.
+        *next_seq = seq_before;
     }
-    for (req, row) in requests.drain(..).zip(slots) {
+    let punches = accepted.len();
+    drop(accepted);
+    Written { requests, punches, slots, inserted, last_seq: next_seq.saturating_sub(1), started }
+}
+
+/// Answers every caller of a written batch once its flush finished.
+fn answer(w: Written, flushed: &Result<(), StoreError>, durable: &watch::Sender<u64>, metrics: &Metrics) {
+    let result = match (w.inserted, flushed) {
+        (Ok(inserted), Ok(())) => {
+            if w.last_seq > *durable.borrow() {
+                durable.send_replace(w.last_seq);
+            }
+            telemetry::events::group_committed(metrics, inserted.len(), w.started.elapsed());
+            Ok(inserted)
+        }
+        (Err(e), _) => {
+            telemetry::events::store_write_failed(metrics, &e);
+            Err(e.to_string())
+        }
+        (Ok(_), Err(e)) => {
+            telemetry::events::store_write_failed(metrics, e);
+            Err(e.to_string())
+        }
+    };
+    for (req, row) in w.requests.into_iter().zip(w.slots) {
         let outcomes = row
             .into_iter()
-            .map(|slot| match (slot, &written) {
+            .map(|slot| match (slot, &result) {
                 (Err(reason), _) => Outcome::Rejected(Rejection::Invalid(reason)),
                 (Ok(i), Ok(inserted)) => match inserted.get(i) {
                     Some(ins) => Outcome::Stored { punch_id: ins.punch_id.clone(), duplicate: ins.duplicate },
                     None => Outcome::Rejected(Rejection::StoreFailed("internal: missing result".into())),
                 },
-                (Ok(_), Err(e)) => Outcome::Rejected(Rejection::StoreFailed(e.to_string())),
+                (Ok(_), Err(e)) => Outcome::Rejected(Rejection::StoreFailed(e.clone())),
             })
             .collect();
         // A caller that went away (device disconnected) will re-send; the punch is stored either way.

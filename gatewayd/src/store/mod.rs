@@ -60,6 +60,8 @@ pub enum StoreError {
     Foreign { path: PathBuf, found: String },
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    #[error("store: flush failed: {0}")]
+    Flush(String),
     #[error("store: stored punch {key} cannot be decoded: {message}")]
     Decode { key: String, message: String },
 }
