@@ -20,9 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, HealthState, Readiness};
+use crate::changes::ChangeLog;
 use crate::config::{Config, Problem};
 use crate::daemon::{self, Backoff, Notifier, Signal, Signals};
 use crate::ingest::{self, IngestSettings};
+use crate::outbox::budget::{self, DiskBudget};
+use crate::outbox::{feeder, Outbox, OutboxError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -42,6 +45,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -73,6 +78,13 @@ pub struct Running {
     pub listeners: Listeners,
     /// The highest sequence number durable in the store.
     pub durable: watch::Receiver<u64>,
+    /// The engine's decisions, in order (the engine appends, the outbox follows). One instance per process: its watch
+    /// channel is how the outbox learns that more is durable.
+    pub changes: ChangeLog,
+    /// What waits for upstream delivery.
+    pub outbox: Outbox,
+    /// The disk budget state the ingest writer consults.
+    pub disk_budget: DiskBudget,
     config_tx: watch::Sender<Arc<Config>>,
     readiness: Arc<Readiness>,
     notifier: Notifier,
@@ -118,6 +130,9 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let store = open_store(&config.gateway.data_dir, config.store.cache_mb).await?;
     readiness.set_store_open();
     tracing::info!(path = %store.path().display(), punches = store.count().unwrap_or(0), "store open");
+    let changes = ChangeLog::open(store.db())?;
+    let outbox = Outbox::open(store.db(), config.timezone())?;
+    let disk_budget = DiskBudget::new();
 
     let root = CancellationToken::new();
     let front = root.child_token();
@@ -141,6 +156,27 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     ));
 
     let (config_tx, _) = watch::channel(config.clone());
+
+    // Delivery: the feeder moves the change log into the outbox, the sender delivers it upstream over mTLS, and the
+    // disk budget monitor guards the disk. All in the back stage: stopped after ingest has flushed.
+    let (resend_tx, resend_rx) = tokio::sync::mpsc::channel(feeder::RESEND_QUEUE);
+    let feeder_parts =
+        feeder::Feeder { outbox: outbox.clone(), changes: changes.clone(), store: store.clone(), metrics: metrics.clone() };
+    back_tasks.spawn(feeder::run(feeder_parts, resend_rx, config_tx.subscribe(), back.clone()));
+    let sender = crate::upstream::Sender {
+        outbox: outbox.clone(),
+        config: config_tx.subscribe(),
+        metrics: metrics.clone(),
+        resend: resend_tx,
+    };
+    back_tasks.spawn(crate::upstream::run(sender, back.clone()));
+    back_tasks.spawn(budget::monitor(
+        store.db().clone(),
+        config_tx.subscribe(),
+        disk_budget.clone(),
+        metrics.clone(),
+        back.clone(),
+    ));
 
     // HTTP API.
     let api_listener = bind("api", &config.api.listen).await?;
@@ -196,6 +232,9 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         status,
         listeners,
         durable,
+        changes,
+        outbox,
+        disk_budget,
         config_tx,
         readiness,
         notifier,

@@ -8,12 +8,16 @@
 
 pub mod api;
 pub mod app;
+pub mod certs;
 pub mod changes;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod ingest;
+pub mod outbox;
 pub mod proto;
 pub mod punch;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;

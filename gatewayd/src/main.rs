@@ -26,6 +26,57 @@ enum Command {
     Validate(ConfigArg),
     /// A self-contained tour: temporary data dir, simulated devices, printed punches. Stops on Ctrl-C.
     Demo,
+    /// Certificates for trying mutual TLS.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// The reference receiver of the upstream protocol: verifies client certificates, decodes batches, is idempotent,
+    /// appends what it accepted as JSON lines. Prints one line per batch and a summary on Ctrl-C/SIGTERM.
+    UpstreamSink(SinkArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// A development CA, a server certificate (localhost, 127.0.0.1, ::1) and a client certificate.
+    Dev {
+        /// Directory to write ca.pem, ca.key, server.pem, server.key, client.pem, client.key into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Common name of the client certificate (e.g. the gateway id).
+        #[arg(long, default_value = "gatewayd-dev-client")]
+        client_name: String,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i32).range(1..=36500))]
+        days: i32,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SinkArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8443 (port 0 picks a free port; the address is printed).
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+    /// CA that client (gateway) certificates must chain to.
+    #[arg(long, value_name = "FILE")]
+    ca: PathBuf,
+    /// Server certificate chain (PEM).
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// JSON-lines file accepted items are appended to (read back at start, so re-sends stay idempotent).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Faults to inject for testing, e.g. "503*3,reset,slow=2000,422" (see the sink module documentation).
+    #[arg(long, value_name = "PLAN", value_parser = parse_fault_plan)]
+    fail: Option<gatewayd::sink::faults::FaultPlan>,
+    /// Print only the address and the final summary, not a line per batch.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_fault_plan(text: &str) -> Result<gatewayd::sink::faults::FaultPlan, String> {
+    gatewayd::sink::faults::FaultPlan::parse(text)
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +110,69 @@ fn main() -> ExitCode {
         Command::Demo => {
             telemetry::init_logging();
             block_on(demo::run())
+        }
+        Command::Certs(CertsCommand::Dev { out, client_name, days }) => certs_dev(&out, &client_name, days),
+        Command::UpstreamSink(args) => upstream_sink(args),
+    }
+}
+
+fn certs_dev(out: &std::path::Path, client_name: &str, days: i32) -> ExitCode {
+    match gatewayd::certs::write_dev_set(out, client_name, days) {
+        Ok(set) => {
+            println!("wrote a development CA and certificates (valid {days} days) to {}:", out.display());
+            for (what, path) in [
+                ("CA certificate (trust anchor)", &set.ca),
+                ("CA key (keep private)", &set.ca_key),
+                ("server certificate (localhost, 127.0.0.1, ::1)", &set.server_cert),
+                ("server key", &set.server_key),
+                (&format!("client certificate (CN={client_name})"), &set.client_cert),
+                ("client key", &set.client_key),
+            ] {
+                println!("  {:<48} {}", what, path.display());
+            }
+            println!("\ntry it:\n  gatewayd upstream-sink --listen 127.0.0.1:8443 --ca {ca} --cert {sc} --key {sk} --out received.jsonl",
+                ca = set.ca.display(), sc = set.server_cert.display(), sk = set.server_key.display());
+            println!("and in gatewayd.toml:\n  [upstream]\n  url = \"https://localhost:8443\"\n  ca = \"{ca}\"\n  cert = \"{cc}\"\n  key = \"{ck}\"",
+                ca = set.ca.display(), cc = set.client_cert.display(), ck = set.client_key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatewayd certs dev: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn upstream_sink(args: SinkArgs) -> ExitCode {
+    telemetry::init_logging();
+    let opts = gatewayd::sink::SinkOptions {
+        listen: args.listen,
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+        out: args.out,
+        faults: args.fail.unwrap_or_default(),
+        quiet: args.quiet,
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("upstream-sink")
+        .build()
+        .map_err(|e| e.to_string())
+        .map(|rt| rt.block_on(gatewayd::sink::run(opts)));
+    match result {
+        Ok(Ok(_)) => ExitCode::SUCCESS,
+        Ok(Err(e @ gatewayd::sink::SinkError::Tls(_))) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Ok(Err(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("gatewayd upstream-sink: cannot start the runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::telemetry::DriverMetrics;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -50,6 +52,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub drivers: DriverMetrics,
     pub store: Arc<StoreMetrics>,
+    pub outbox: Arc<OutboxMetrics>,
 }
 
 impl Metrics {
@@ -83,7 +86,8 @@ impl Metrics {
         );
         registry.register("gatewayd_store_size_bytes", "Bytes the store uses on disk", store.size_bytes.clone());
         registry.register("gatewayd_store_punches", "Punches in the store", store.punches.clone());
-        Metrics { registry: Arc::new(registry), drivers, store: Arc::new(store) }
+        let outbox = OutboxMetrics::register(&mut registry);
+        Metrics { registry: Arc::new(registry), drivers, store: Arc::new(store), outbox: Arc::new(outbox) }
     }
 
     /// The registry in Prometheus text format.
@@ -102,9 +106,217 @@ impl Default for Metrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// The outbox, the upstream sender and the disk budget.
+#[derive(Debug)]
+pub struct OutboxMetrics {
+    pub depth: Gauge,
+    pub oldest_age_seconds: Gauge,
+    pub enqueued: Family<KindLabel, Counter>,
+    pub compacted: Counter,
+    pub batches: Family<ResultLabel, Counter>,
+    pub delivered: Counter,
+    pub send_seconds: Histogram,
+    pub alarm: Gauge,
+    pub cert_days_left: Gauge,
+    pub tls_reload_failures: Counter,
+    pub resend_dates: Counter,
+    pub disk_budget_state: Gauge,
+    pub disk_budget_bytes: Gauge,
+    pub disk_used_bytes: Gauge,
+}
+
+impl OutboxMetrics {
+    fn register(registry: &mut Registry) -> OutboxMetrics {
+        let m = OutboxMetrics {
+            depth: Gauge::default(),
+            oldest_age_seconds: Gauge::default(),
+            enqueued: Family::default(),
+            compacted: Counter::default(),
+            batches: Family::default(),
+            delivered: Counter::default(),
+            send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            alarm: Gauge::default(),
+            cert_days_left: Gauge::default(),
+            tls_reload_failures: Counter::default(),
+            resend_dates: Counter::default(),
+            disk_budget_state: Gauge::default(),
+            disk_budget_bytes: Gauge::default(),
+            disk_used_bytes: Gauge::default(),
+        };
+        registry.register("gatewayd_outbox_depth", "Items waiting for upstream delivery", m.depth.clone());
+        registry.register(
+            "gatewayd_outbox_oldest_age_seconds",
+            "Age of the oldest undelivered item (0 when the outbox is empty)",
+            m.oldest_age_seconds.clone(),
+        );
+        registry.register("gatewayd_outbox_enqueued", "Items enqueued, by kind", m.enqueued.clone());
+        registry.register(
+            "gatewayd_outbox_compacted",
+            "Delivered day-index entries removed past retention",
+            m.compacted.clone(),
+        );
+        registry.register("gatewayd_upstream_batches", "Upstream batch attempts, by result", m.batches.clone());
+        registry.register("gatewayd_upstream_items_delivered", "Items acknowledged by the receiver", m.delivered.clone());
+        registry.register("gatewayd_upstream_send_seconds", "Round trip of one batch", m.send_seconds.clone());
+        registry.register(
+            "gatewayd_upstream_alarm",
+            "1 while the receiver refuses a batch (4xx or accepted=false): an operator must act",
+            m.alarm.clone(),
+        );
+        registry.register(
+            "gatewayd_upstream_cert_days_left",
+            "Days until the gateway's upstream client certificate expires",
+            m.cert_days_left.clone(),
+        );
+        registry.register(
+            "gatewayd_upstream_tls_reload_failures",
+            "Certificate or key files that could not be loaded",
+            m.tls_reload_failures.clone(),
+        );
+        registry.register("gatewayd_upstream_resend_dates", "Work dates the receiver asked for again", m.resend_dates.clone());
+        registry.register(
+            "gatewayd_disk_budget_state",
+            "0 ok, 1 near the budget (alarm), 2 budget reached (new punches refused)",
+            m.disk_budget_state.clone(),
+        );
+        registry.register("gatewayd_disk_budget_bytes", "The disk budget (0: none)", m.disk_budget_bytes.clone());
+        registry.register("gatewayd_disk_used_bytes", "Bytes the database uses on disk", m.disk_used_bytes.clone());
+        m
+    }
+}
+
 /// Internal events: each function logs and counts one thing that happened.
 pub mod events {
     use super::*;
+    use crate::outbox::budget::BudgetState;
+    use crate::outbox::{Filled, OpenBatch, QueueStats};
+    use crate::proto::upstream::UploadAck;
+    use crate::upstream::client::SendError;
+
+    fn clamp(v: u64) -> i64 {
+        i64::try_from(v).unwrap_or(i64::MAX)
+    }
+
+    pub fn outbox_filled(m: &Metrics, f: &Filled) {
+        for (kind, n) in [("punch", f.punches), ("record", f.records), ("digest", f.digests)] {
+            if n > 0 {
+                m.outbox.enqueued.get_or_create(&KindLabel { kind }).inc_by(n as u64);
+            }
+        }
+        tracing::debug!(changes = f.changes, punches = f.punches, records = f.records, digests = f.digests,
+            cursor = f.cursor, "outbox: changes enqueued");
+    }
+
+    pub fn outbox_stats(m: &Metrics, s: &QueueStats, now_ms: i64) {
+        m.outbox.depth.set(clamp(s.depth));
+        let age = s.oldest_enqueued_ms.map_or(0, |t| (now_ms - t).max(0) / 1000);
+        m.outbox.oldest_age_seconds.set(age);
+    }
+
+    pub fn outbox_failed(error: &dyn std::fmt::Display, retry_in: Duration) {
+        tracing::error!(%error, retry_ms = retry_in.as_millis() as u64,
+            "outbox: cannot enqueue changes; nothing is lost (the change log keeps them), retrying");
+    }
+
+    pub fn outbox_compacted(m: &Metrics, removed: usize, retention_days: u32) {
+        m.outbox.compacted.inc_by(removed as u64);
+        if removed > 0 {
+            tracing::info!(removed, retention_days, "outbox: delivered data past retention compacted");
+        }
+    }
+
+    pub fn resend_date(m: &Metrics, date: &str, items: usize) {
+        m.outbox.resend_dates.inc();
+        tracing::info!(date, items, "receiver asked for a work date again; re-enqueued");
+    }
+
+    pub fn upstream_sent(
+        m: &Metrics,
+        batch: &OpenBatch,
+        result: &Result<UploadAck, SendError>,
+        elapsed: Duration,
+        attempt: u32,
+    ) {
+        let label = match result {
+            Ok(_) => "accepted",
+            Err(e) => e.label(),
+        };
+        m.outbox.batches.get_or_create(&ResultLabel { result: label }).inc();
+        m.outbox.send_seconds.observe(elapsed.as_secs_f64());
+        if result.is_ok() {
+            m.outbox.delivered.inc_by(batch.count);
+            tracing::debug!(batch_seq = batch.batch_seq, items = batch.count, elapsed_ms = elapsed.as_millis() as u64,
+                attempt, "upstream: batch accepted");
+        }
+    }
+
+    pub fn upstream_retry(batch_seq: u64, error: &SendError, delay: Duration, attempt: u32) {
+        tracing::warn!(batch_seq, %error, retry_ms = delay.as_millis() as u64, attempt,
+            "upstream: batch not delivered; retrying");
+    }
+
+    pub fn upstream_alarm(m: &Metrics, batch_seq: u64, error: &SendError, retry_in: Duration) {
+        m.outbox.alarm.set(1);
+        tracing::error!(batch_seq, %error, retry_s = retry_in.as_secs(),
+            "upstream: the receiver refuses this batch; it is held (not dropped) until the receiver accepts it: \
+             check the receiver, then SIGHUP to retry at once");
+    }
+
+    pub fn upstream_alarm_cleared(m: &Metrics, batch_seq: u64) {
+        m.outbox.alarm.set(0);
+        tracing::info!(batch_seq, "upstream: the receiver accepts batches again");
+    }
+
+    pub fn upstream_link_built(receiver: &str, first: bool) {
+        if first {
+            tracing::info!(receiver, "upstream: TLS configuration loaded");
+        } else {
+            tracing::info!(receiver, "upstream: certificates or configuration changed; reloaded");
+        }
+    }
+
+    pub fn upstream_link_failed(m: &Metrics, error: &dyn std::fmt::Display, keeping_previous: bool) {
+        m.outbox.tls_reload_failures.inc();
+        if keeping_previous {
+            tracing::error!(%error, "upstream: new certificates cannot be loaded; still using the previous ones");
+        } else {
+            tracing::error!(%error, "upstream: certificates cannot be loaded; nothing is sent until they can");
+        }
+    }
+
+    pub fn upstream_cert_days_left(m: &Metrics, cert: &std::path::Path, days: i64, warn_days: i64) {
+        m.outbox.cert_days_left.set(days);
+        if days < 0 {
+            tracing::error!(cert = %cert.display(), days_ago = -days, "upstream: the gateway certificate has expired");
+        } else if days <= warn_days {
+            tracing::warn!(cert = %cert.display(), days_left = days, "upstream: the gateway certificate expires soon");
+        }
+    }
+
+    pub fn disk_budget(m: &Metrics, before: BudgetState, now: BudgetState, used: u64, limit: u64) {
+        m.outbox.disk_budget_state.set(now as i64);
+        m.outbox.disk_budget_bytes.set(clamp(limit));
+        m.outbox.disk_used_bytes.set(clamp(used));
+        if before == now {
+            return;
+        }
+        match now {
+            BudgetState::Full => tracing::error!(used, limit,
+                "disk budget reached: new punches are refused (devices keep them); deliver the backlog or raise store.disk_budget_mb"),
+            BudgetState::Near => tracing::warn!(used, limit, "disk usage is near the budget"),
+            BudgetState::Ok => tracing::info!(used, limit, "disk usage is below the budget alarm again"),
+        }
+    }
 
     pub fn group_committed(m: &Metrics, punches: usize, elapsed: Duration) {
         m.store.group_commits.inc();

@@ -140,11 +140,24 @@ pub struct StoreSection {
     /// sled page cache in MiB. Default 16.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Most disk the database (punches, outbox, engine state) may use, in MiB; 0 means no budget. At the budget new
+    /// punches are refused with `store_full` (devices keep them and retry); nothing undelivered is dropped. Default 8192.
+    #[serde(default = "default_disk_budget_mb")]
+    pub disk_budget_mb: u64,
+    /// Percentage of `disk_budget_mb` from which an alarm is raised (metric and log). 50..99, default 90.
+    #[serde(default = "default_disk_alarm_percent")]
+    pub disk_alarm_percent: u8,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { max_batch: default_max_batch(), queue: default_queue(), cache_mb: default_cache_mb() }
+        StoreSection {
+            max_batch: default_max_batch(),
+            queue: default_queue(),
+            cache_mb: default_cache_mb(),
+            disk_budget_mb: default_disk_budget_mb(),
+            disk_alarm_percent: default_disk_alarm_percent(),
+        }
     }
 }
 
@@ -158,6 +171,14 @@ fn default_queue() -> usize {
 
 fn default_cache_mb() -> u64 {
     16
+}
+
+fn default_disk_budget_mb() -> u64 {
+    8192
+}
+
+fn default_disk_alarm_percent() -> u8 {
+    90
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -180,12 +201,48 @@ pub struct UpstreamSection {
     pub key: PathBuf,
     /// Per-request timeout. Default 30s.
     pub timeout: Option<HumanDuration>,
+    /// Most items (punches, records, digests) in one batch. 1..100000, default 5000.
+    #[serde(default = "default_batch_max_items")]
+    pub batch_max_items: usize,
+    /// Most bytes of items in one batch (a single larger item still goes alone). 4096..67108864, default 4194304.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How long a batch that is not full waits for more items before it is sent. Up to 10s, default 200ms.
+    pub linger: Option<HumanDuration>,
+    /// Longest wait between retries of a failing batch (backoff doubles up to this, with jitter); also how often a
+    /// refused batch is tried again. 1s..1h, default 60s.
+    pub max_backoff: Option<HumanDuration>,
+    /// Days delivered punches and records are kept for `resend_dates` (counted from their work date). 1..3650,
+    /// default 30.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
 }
 
 impl UpstreamSection {
     pub fn timeout(&self) -> Duration {
         self.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30))
     }
+
+    pub fn linger(&self) -> Duration {
+        self.linger.map(|d| d.0).unwrap_or(Duration::from_millis(200))
+    }
+
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff.map(|d| d.0).unwrap_or(Duration::from_secs(60))
+    }
+}
+
+fn default_batch_max_items() -> usize {
+    5000
+}
+
+fn default_batch_max_bytes() -> usize {
+    4 << 20
+}
+
+/// Days delivered data is kept when `[upstream]` does not say.
+pub fn default_retention_days() -> u32 {
+    30
 }
 
 impl Config {
@@ -320,6 +377,13 @@ impl Config {
         if self.store.queue == 0 || self.store.queue > 1 << 20 {
             out.add(&[Seg::Key("store"), Seg::Key("queue")], "store.queue", "must be between 1 and 1048576".into());
         }
+        if !(50..=99).contains(&self.store.disk_alarm_percent) {
+            out.add(
+                &[Seg::Key("store"), Seg::Key("disk_alarm_percent")],
+                "store.disk_alarm_percent",
+                "must be between 50 and 99".into(),
+            );
+        }
 
         let mut ids = HashSet::new();
         let mut serials = HashSet::new();
@@ -368,6 +432,7 @@ impl Config {
 
         if let Some(up) = &self.upstream {
             let at = |k: &'static str| vec![Seg::Key("upstream"), Seg::Key(k)];
+            let before = out.list.len();
             match up.url.strip_prefix("https://") {
                 Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
                 _ => out.add(&at("url"), "upstream.url", format!("`{}` must be an https:// URL with a host", up.url)),
@@ -377,6 +442,27 @@ impl Config {
             check_file(&mut out, &at("key"), "upstream.key", &up.key);
             if up.timeout() < Duration::from_secs(1) || up.timeout() > Duration::from_secs(600) {
                 out.add(&at("timeout"), "upstream.timeout", "must be between 1s and 10m".into());
+            }
+            if up.batch_max_items == 0 || up.batch_max_items > 100_000 {
+                out.add(&at("batch_max_items"), "upstream.batch_max_items", "must be between 1 and 100000".into());
+            }
+            if up.batch_max_bytes < 4096 || up.batch_max_bytes > 64 << 20 {
+                out.add(&at("batch_max_bytes"), "upstream.batch_max_bytes", "must be between 4096 and 67108864".into());
+            }
+            if up.linger() > Duration::from_secs(10) {
+                out.add(&at("linger"), "upstream.linger", "must be at most 10s".into());
+            }
+            if up.max_backoff() < Duration::from_secs(1) || up.max_backoff() > Duration::from_secs(3600) {
+                out.add(&at("max_backoff"), "upstream.max_backoff", "must be between 1s and 1h".into());
+            }
+            if up.retention_days == 0 || up.retention_days > 3650 {
+                out.add(&at("retention_days"), "upstream.retention_days", "must be between 1 and 3650".into());
+            }
+            if out.list.len() == before {
+                // The files exist and the values are in range: check that they load as TLS material.
+                for (key, problem) in crate::upstream::check_section(up) {
+                    out.add(&at(key), &format!("upstream.{key}"), problem);
+                }
             }
         }
         out.list

@@ -1,0 +1,135 @@
+//! The disk budget: how much disk the gateway's database may use.
+//!
+//! Undelivered data is never dropped to make room. Instead, a monitor measures the database on disk once a second and
+//! publishes a [`BudgetState`] through a shared [`DiskBudget`] handle (an atomic, no lock):
+//! - `Ok` below `disk_alarm_percent` of `disk_budget_mb`;
+//! - `Near` from there: an alarm (metric `gatewayd_disk_budget_state` = 1 and a WARN log) so an operator can act;
+//! - `Full` at the budget: the ingest writer refuses NEW punches with `store_full` (devices keep them and retry; a
+//!   re-sent punch that is already stored is still answered `stored`), an ERROR log says so. Delivery goes on, and
+//!   delivered data past `retention_days` is compacted away, so the state returns to `Ok` once there is room again.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::telemetry::{self, Metrics};
+
+/// How often the monitor measures the database.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BudgetState {
+    Ok = 0,
+    Near = 1,
+    Full = 2,
+}
+
+impl BudgetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetState::Ok => "ok",
+            BudgetState::Near => "near",
+            BudgetState::Full => "full",
+        }
+    }
+}
+
+/// The shared budget state. Cheap to clone; starts `Ok` (unlimited until a monitor says otherwise).
+#[derive(Clone, Debug, Default)]
+pub struct DiskBudget(Arc<AtomicU8>);
+
+impl DiskBudget {
+    pub fn new() -> DiskBudget {
+        DiskBudget::default()
+    }
+
+    pub fn state(&self) -> BudgetState {
+        match self.0.load(Ordering::Relaxed) {
+            2 => BudgetState::Full,
+            1 => BudgetState::Near,
+            _ => BudgetState::Ok,
+        }
+    }
+
+    /// True when new punches must be refused.
+    pub fn is_full(&self) -> bool {
+        self.state() == BudgetState::Full
+    }
+
+    /// Sets the state (the monitor does this; tests may too).
+    pub fn set(&self, state: BudgetState) {
+        self.0.store(state as u8, Ordering::Relaxed);
+    }
+}
+
+/// The state for `used` bytes against a budget of `limit` bytes with the alarm at `alarm_percent`.
+pub fn evaluate(used: u64, limit: u64, alarm_percent: u8) -> BudgetState {
+    if limit == 0 {
+        return BudgetState::Ok;
+    }
+    if used >= limit {
+        BudgetState::Full
+    } else if u128::from(used) * 100 >= u128::from(limit) * u128::from(alarm_percent) {
+        BudgetState::Near
+    } else {
+        BudgetState::Ok
+    }
+}
+
+/// Measures the database every [`CHECK_EVERY`] against the current configuration's budget until cancelled.
+pub async fn monitor(
+    db: sled::Db,
+    mut config: watch::Receiver<Arc<Config>>,
+    budget: DiskBudget,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let (limit, alarm) = {
+            let c = config.borrow_and_update();
+            (c.store.disk_budget_mb.saturating_mul(1024 * 1024), c.store.disk_alarm_percent)
+        };
+        let db2 = db.clone();
+        let used = match tokio::task::spawn_blocking(move || db2.size_on_disk()).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk budget: cannot measure the database");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let state = evaluate(used, limit, alarm);
+        let before = budget.state();
+        budget.set(state);
+        telemetry::events::disk_budget(&metrics, before, state, used, limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_by_usage() {
+        assert_eq!(evaluate(10, 0, 90), BudgetState::Ok);
+        assert_eq!(evaluate(89, 100, 90), BudgetState::Ok);
+        assert_eq!(evaluate(90, 100, 90), BudgetState::Near);
+        assert_eq!(evaluate(100, 100, 90), BudgetState::Full);
+        assert_eq!(evaluate(u64::MAX, u64::MAX - 1, 90), BudgetState::Full);
+        let b = DiskBudget::new();
+        assert!(!b.is_full());
+        b.set(BudgetState::Full);
+        assert!(b.clone().is_full());
+    }
+}

@@ -1,0 +1,355 @@
+//! The upstream sender: delivers the outbox to the cloud receiver over mutual TLS (SPEC section 6,
+//! `docs/upstream-protocol.md`).
+//!
+//! One task, one batch in flight, which keeps batches in order. Each round:
+//! 1. **Link**: a [`client::Client`] built from `[upstream]` (URL, pinned CA, gateway certificate and key). It is rebuilt
+//!    when the configuration is reloaded (SIGHUP) or when the certificate, key or CA file changes on disk (checked
+//!    every [`CERT_CHECK_EVERY`]), between batches, so no in-flight data is lost: the batch that was open is simply sent
+//!    again over the new link. A file that does not load keeps the previous link in place (ERROR log).
+//! 2. **Batch**: the open batch if there is one (a previous attempt, or from before a restart), else a new one assigned
+//!    from the front of the queue once `batch_max_items` are ready or the oldest ready item waited `linger`. The open
+//!    batch is flushed to disk before it is sent.
+//! 3. **Send** `POST {url}/v1/batches` and classify the answer:
+//!    - `accepted = true`: the items leave the queue ([`Outbox::ack`]); `resend_dates` go to the feeder.
+//!    - 4xx or `accepted = false`: an operator alarm (`gatewayd_upstream_alarm` = 1, ERROR log). The batch is held and
+//!      tried again every `max_backoff` or at once after SIGHUP, never dropped.
+//!    - 5xx, timeouts, resets, connection and TLS failures: retried with capped, jittered exponential backoff.
+//!
+//! All waiting uses the monotonic clock, so wall-clock jumps do not stall or hurry retries. The certificate's days
+//! left (`gatewayd_upstream_cert_days_left`) are computed from the wall clock each time they are reported (at every
+//! link build and hourly), with a WARN from [`EXPIRY_WARN_DAYS`] days ahead.
+
+pub mod client;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, UpstreamSection};
+use crate::daemon::Backoff;
+use crate::outbox::{OpenBatch, Outbox, OutboxError};
+use crate::telemetry::{self, Metrics};
+use client::{Client, Endpoint};
+
+/// How often the certificate files are checked for changes.
+pub const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the certificate's days left are reported.
+pub const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// Warn this many days before the gateway certificate expires.
+pub const EXPIRY_WARN_DAYS: i64 = 30;
+/// First retry delay after a transient failure.
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream: {0}")]
+    Url(String),
+    #[error("upstream: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// What identifies the certificate files' contents: (path, modified time, length, inode) of each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp(Vec<(PathBuf, Option<std::time::SystemTime>, u64, u64)>);
+
+impl FileStamp {
+    fn of(up: &UpstreamSection) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp(
+            [&up.ca, &up.cert, &up.key]
+                .into_iter()
+                .map(|p| match std::fs::metadata(p) {
+                    Ok(m) => (p.clone(), m.modified().ok(), m.len(), m.ino()),
+                    Err(_) => (p.clone(), None, 0, 0),
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The current connection setup and what it was built from.
+struct Link {
+    client: Client,
+    section: String,
+    stamp: FileStamp,
+}
+
+fn section_key(up: &UpstreamSection) -> String {
+    format!("{up:?}")
+}
+
+fn build_link(up: &UpstreamSection) -> Result<Link, UpstreamError> {
+    let stamp = FileStamp::of(up);
+    let endpoint = Endpoint::parse(&up.url).map_err(UpstreamError::Url)?;
+    let config = tls::client_config(&up.ca, &up.cert, &up.key)?;
+    Ok(Link { client: Client::new(endpoint, config, up.timeout()), section: section_key(up), stamp })
+}
+
+fn report_expiry(metrics: &Metrics, up: &UpstreamSection) {
+    match tls::cert_days_left(&up.cert, jiff::Timestamp::now()) {
+        Ok(days) => telemetry::events::upstream_cert_days_left(metrics, &up.cert, days, EXPIRY_WARN_DAYS),
+        Err(e) => tracing::warn!(error = %e, "upstream: cannot read the gateway certificate's expiry"),
+    }
+}
+
+/// Why a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    Timer,
+    Config,
+    Queue,
+    Cancel,
+}
+
+async fn changed_or_never<T>(rx: &mut watch::Receiver<T>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn wait(
+    until: Instant,
+    config: &mut watch::Receiver<Arc<Config>>,
+    queue: Option<&mut watch::Receiver<u64>>,
+    cancel: &CancellationToken,
+) -> Wake {
+    let queue_changed = async {
+        match queue {
+            Some(q) => changed_or_never(q).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => Wake::Timer,
+        _ = changed_or_never(config) => Wake::Config,
+        _ = queue_changed => Wake::Queue,
+        _ = cancel.cancelled() => Wake::Cancel,
+    }
+}
+
+/// The sender's moving parts.
+pub struct Sender {
+    pub outbox: Outbox,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub metrics: Metrics,
+    /// `resend_dates` from acknowledgements go to the outbox feeder here.
+    pub resend: mpsc::Sender<Vec<String>>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").field("outbox", &self.outbox).finish()
+    }
+}
+
+/// Runs the sender until cancelled. An in-flight request is abandoned on cancel; its batch stays open in the outbox
+/// and is sent again after the restart.
+pub async fn run(mut s: Sender, cancel: CancellationToken) {
+    let mut queue = s.outbox.subscribe();
+    let mut link: Option<Link> = None;
+    let mut failed_stamp: Option<FileStamp> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut attempt = 0u32;
+    let mut alarm = false;
+    let mut linger_since: Option<Instant> = None;
+    let mut expiry_checked: Option<Instant> = None;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let config = s.config.borrow_and_update().clone();
+        let Some(up) = config.upstream.clone() else {
+            if link.take().is_some() {
+                tracing::info!("upstream: no [upstream] section any more; items wait in the outbox");
+            }
+            if wait(Instant::now() + Duration::from_secs(3600), &mut s.config, None, &cancel).await == Wake::Cancel {
+                break;
+            }
+            continue;
+        };
+
+        // 1. The link: (re)build on configuration or file changes.
+        let stamp = FileStamp::of(&up);
+        let stale = link.as_ref().is_none_or(|l| l.section != section_key(&up) || l.stamp != stamp);
+        if stale && failed_stamp.as_ref() != Some(&stamp) {
+            let first = link.is_none();
+            match build_link(&up) {
+                Ok(new) => {
+                    telemetry::events::upstream_link_built(&new.client.endpoint().authority, first);
+                    link = Some(new);
+                    failed_stamp = None;
+                    report_expiry(&s.metrics, &up);
+                    expiry_checked = Some(Instant::now());
+                    // New credentials or a new receiver: try at once.
+                    retry_at = None;
+                }
+                Err(e) => {
+                    telemetry::events::upstream_link_failed(&s.metrics, &e, link.is_some());
+                    failed_stamp = Some(stamp);
+                }
+            }
+        }
+        if expiry_checked.is_none_or(|t| t.elapsed() >= EXPIRY_CHECK_EVERY) {
+            report_expiry(&s.metrics, &up);
+            expiry_checked = Some(Instant::now());
+        }
+        let Some(current) = link.as_mut() else {
+            if wait(Instant::now() + CERT_CHECK_EVERY, &mut s.config, None, &cancel).await == Wake::Cancel {
+                break;
+            }
+            continue;
+        };
+
+        // Backoff after a failure (a rebuilt link or SIGHUP ends it early).
+        if let Some(at) = retry_at {
+            if Instant::now() < at {
+                let until = at.min(Instant::now() + CERT_CHECK_EVERY);
+                match wait(until, &mut s.config, None, &cancel).await {
+                    Wake::Cancel => break,
+                    Wake::Config => retry_at = None,
+                    _ => {}
+                }
+                continue;
+            }
+            retry_at = None;
+        }
+
+        // 2. The batch.
+        let open = match next_batch(&s.outbox, &up, &mut queue, &mut linger_since) {
+            Ok(Some(open)) => open,
+            Ok(None) => {
+                let until = linger_since.map_or(Instant::now() + CERT_CHECK_EVERY, |t| {
+                    (t + up.linger()).min(Instant::now() + CERT_CHECK_EVERY)
+                });
+                if wait(until, &mut s.config, Some(&mut queue), &cancel).await == Wake::Cancel {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: cannot read the outbox; retrying");
+                retry_at = Some(Instant::now() + up.max_backoff());
+                continue;
+            }
+        };
+        let body = match prepare(&s.outbox, open, &config.gateway.id).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, batch_seq = open.batch_seq, "upstream: cannot prepare the batch; retrying");
+                retry_at = Some(Instant::now() + up.max_backoff());
+                continue;
+            }
+        };
+
+        // 3. Send.
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = current.client.post(open.batch_seq, body) => r,
+            _ = cancel.cancelled() => break,
+        };
+        telemetry::events::upstream_sent(&s.metrics, &open, &result, started.elapsed(), attempt);
+        match result {
+            Ok(ack) => {
+                let outbox = s.outbox.clone();
+                let acked = tokio::task::spawn_blocking(move || outbox.ack(&open)).await;
+                match acked {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "upstream: cannot remove acknowledged items; they will be sent again"),
+                    Err(e) => tracing::error!(error = %e, "upstream: ack task failed"),
+                }
+                if alarm {
+                    alarm = false;
+                    telemetry::events::upstream_alarm_cleared(&s.metrics, open.batch_seq);
+                }
+                attempt = 0;
+                if let Ok(stats) = s.outbox.stats() {
+                    telemetry::events::outbox_stats(&s.metrics, &stats, jiff::Timestamp::now().as_millisecond());
+                }
+                if !ack.resend_dates.is_empty() {
+                    tokio::select! {
+                        _ = s.resend.send(ack.resend_dates) => {}
+                        _ = cancel.cancelled() => break,
+                    }
+                }
+            }
+            Err(e) if e.is_alarm() => {
+                if !alarm {
+                    alarm = true;
+                }
+                telemetry::events::upstream_alarm(&s.metrics, open.batch_seq, &e, up.max_backoff());
+                retry_at = Some(Instant::now() + up.max_backoff());
+            }
+            Err(e) => {
+                let backoff = Backoff { initial: FIRST_RETRY, max: up.max_backoff(), stable_after: Duration::MAX };
+                let delay = backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                telemetry::events::upstream_retry(open.batch_seq, &e, delay, attempt);
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+    tracing::debug!("upstream sender stopped");
+}
+
+/// The open batch, or a new one when enough is ready (or the oldest ready item lingered long enough).
+fn next_batch(
+    outbox: &Outbox,
+    up: &UpstreamSection,
+    queue: &mut watch::Receiver<u64>,
+    linger_since: &mut Option<Instant>,
+) -> Result<Option<OpenBatch>, OutboxError> {
+    if let Some(open) = outbox.open_batch()? {
+        return Ok(Some(open));
+    }
+    let through = *queue.borrow_and_update();
+    let ready = outbox.ready(through)?;
+    if ready == 0 {
+        *linger_since = None;
+        return Ok(None);
+    }
+    let since = *linger_since.get_or_insert_with(Instant::now);
+    if (ready as usize) < up.batch_max_items && since.elapsed() < up.linger() {
+        return Ok(None);
+    }
+    *linger_since = None;
+    outbox.assign_batch(up.batch_max_items, up.batch_max_bytes, through)
+}
+
+/// Makes the open batch durable and assembles its body.
+async fn prepare(outbox: &Outbox, open: OpenBatch, gateway_id: &str) -> Result<Bytes, OutboxError> {
+    outbox.flush().await?;
+    let outbox = outbox.clone();
+    let gateway_id = gateway_id.to_owned();
+    tokio::task::spawn_blocking(move || outbox.batch_body(&open, &gateway_id).map(Bytes::from))
+        .await
+        .map_err(|e| OutboxError::Date(format!("batch task: {e}")))?
+}
+
+/// Checks an upstream section's files and URL without starting anything (for `validate`): each problem as (key, text).
+pub fn check_section(up: &UpstreamSection) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Err(e) = Endpoint::parse(&up.url) {
+        out.push(("url", e));
+    }
+    for (key, path) in [("ca", &up.ca), ("cert", &up.cert)] {
+        if path.exists() {
+            if let Err(e) = tls::load_certs(path) {
+                out.push((key, e.to_string()));
+            }
+        }
+    }
+    if up.key.exists() && up.cert.exists() && up.ca.exists() && out.is_empty() {
+        if let Err(e) = tls::client_config(&up.ca, &up.cert, &up.key) {
+            out.push(("key", e.to_string()));
+        }
+    }
+    out
+}
