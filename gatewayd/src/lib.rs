@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod approvals;
 pub mod app;
 pub mod certs;
 pub mod changes;
@@ -17,6 +18,9 @@ pub mod ingest;
 pub mod outbox;
 pub mod proto;
 pub mod punch;
+pub mod reconcile;
+pub mod roster;
+pub mod rules;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

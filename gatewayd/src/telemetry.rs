@@ -53,6 +53,7 @@ pub struct Metrics {
     pub drivers: DriverMetrics,
     pub store: Arc<StoreMetrics>,
     pub outbox: Arc<OutboxMetrics>,
+    pub engine: Arc<EngineMetrics>,
 }
 
 impl Metrics {
@@ -87,7 +88,14 @@ impl Metrics {
         registry.register("gatewayd_store_size_bytes", "Bytes the store uses on disk", store.size_bytes.clone());
         registry.register("gatewayd_store_punches", "Punches in the store", store.punches.clone());
         let outbox = OutboxMetrics::register(&mut registry);
-        Metrics { registry: Arc::new(registry), drivers, store: Arc::new(store), outbox: Arc::new(outbox) }
+        let engine = EngineMetrics::register(&mut registry);
+        Metrics {
+            registry: Arc::new(registry),
+            drivers,
+            store: Arc::new(store),
+            outbox: Arc::new(outbox),
+            engine: Arc::new(engine),
+        }
     }
 
     /// The registry in Prometheus text format.
@@ -332,5 +340,119 @@ pub mod events {
 
     pub fn driver_restarting(device: &str, driver: &str, error: &dyn std::fmt::Display, backoff: Duration) {
         tracing::warn!(device, driver, %error, backoff_ms = backoff.as_millis() as u64, "driver failed; restarting");
+    }
+
+    /// One engine batch was committed.
+    pub fn engine_batch(
+        m: &Metrics,
+        punches: usize,
+        changes: &[crate::changes::Change],
+        engine: &crate::reconcile::Engine,
+        lag: u64,
+        elapsed: Duration,
+    ) {
+        use crate::changes::Change;
+        let e = &m.engine;
+        e.batches.inc();
+        e.batch_seconds.observe(elapsed.as_secs_f64());
+        e.punches.inc_by(punches as u64);
+        let mut revisions = 0u64;
+        for c in changes {
+            match c {
+                Change::Record(_) => revisions += 1,
+                Change::DayClosed(day) => {
+                    e.days_closed.inc();
+                    tracing::info!(work_date = %day, "work date closed");
+                }
+                Change::Punch(_) => {}
+            }
+        }
+        e.revisions.inc_by(revisions);
+        e.lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        e.records.set(i64::try_from(engine.records_tracked()).unwrap_or(i64::MAX));
+        e.punches_kept.set(i64::try_from(engine.punches_kept()).unwrap_or(i64::MAX));
+        e.rules_version.set(i64::from(engine.rules_version()));
+        tracing::debug!(punches, revisions, changes = changes.len(), elapsed_ms = elapsed.as_millis() as u64, "engine batch");
+    }
+
+    /// The engine was rebuilt from the store (start or after a failure).
+    pub fn engine_recovered(m: &Metrics, replayed: usize, changes: usize, elapsed: Duration) {
+        m.engine.recoveries.inc();
+        tracing::info!(replayed, changes, elapsed_ms = elapsed.as_millis() as u64, "engine state rebuilt from the store");
+    }
+
+    /// The engine stage failed; it is rebuilt from the store. Records wait meanwhile.
+    pub fn engine_failed(m: &Metrics, error: &dyn std::fmt::Display) {
+        m.engine.failures.inc();
+        tracing::error!(%error, "engine stage failed; rebuilding its state from the store");
+    }
+
+    pub fn rules_in_force(m: &Metrics, version: u32) {
+        m.engine.rules_version.set(i64::from(version));
+        tracing::info!(version, "rules in force");
+    }
+
+    /// A rules file with problems was not put in force; the rules in force stay.
+    pub fn rules_rejected(problems: &[String]) {
+        for problem in problems {
+            tracing::error!(%problem, "rules not reloaded; the rules in force stay");
+        }
+    }
+
+    pub fn roster_in_force(employees: usize) {
+        tracing::info!(employees, "roster in force");
+    }
+
+    /// A roster file with problems was not imported; the roster in force stays.
+    pub fn roster_rejected(problems: &[String]) {
+        for problem in problems {
+            tracing::error!(%problem, "roster not imported; the roster in force stays");
+        }
+    }
+}
+
+/// The attendance engine.
+#[derive(Debug)]
+pub struct EngineMetrics {
+    pub batches: Counter,
+    pub batch_seconds: Histogram,
+    pub punches: Counter,
+    pub revisions: Counter,
+    pub days_closed: Counter,
+    pub recoveries: Counter,
+    pub failures: Counter,
+    pub lag: Gauge,
+    pub records: Gauge,
+    pub punches_kept: Gauge,
+    pub rules_version: Gauge,
+}
+
+impl EngineMetrics {
+    fn register(registry: &mut Registry) -> EngineMetrics {
+        let m = EngineMetrics {
+            batches: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            punches: Counter::default(),
+            revisions: Counter::default(),
+            days_closed: Counter::default(),
+            recoveries: Counter::default(),
+            failures: Counter::default(),
+            lag: Gauge::default(),
+            records: Gauge::default(),
+            punches_kept: Gauge::default(),
+            rules_version: Gauge::default(),
+        };
+        registry.register("gatewayd_engine_batches", "Engine batches committed", m.batches.clone());
+        registry.register("gatewayd_engine_batch_seconds", "Time to apply and commit one engine batch", m.batch_seconds.clone());
+        registry.register("gatewayd_engine_punches", "Punches applied by the engine", m.punches.clone());
+        registry.register("gatewayd_engine_record_revisions", "Record revisions emitted", m.revisions.clone());
+        registry.register("gatewayd_engine_days_closed", "Work date closings announced", m.days_closed.clone());
+        registry.register("gatewayd_engine_recoveries", "Engine state rebuilds from the store", m.recoveries.clone());
+        registry.register("gatewayd_engine_failures", "Engine stage failures", m.failures.clone());
+        registry.register("gatewayd_engine_lag_punches", "Durable punches not yet applied by the engine", m.lag.clone());
+        registry.register("gatewayd_engine_records", "Records the engine tracks in its horizon", m.records.clone());
+        registry.register("gatewayd_engine_punches_kept", "Punches the engine keeps in memory", m.punches_kept.clone());
+        registry.register("gatewayd_engine_rules_version", "The rules version in force", m.rules_version.clone());
+        m
     }
 }

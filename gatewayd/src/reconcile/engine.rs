@@ -1,0 +1,970 @@
+//! The attendance engine: a synchronous, I/O-free state machine. Stored punches, clock ticks, rules, roster and manager
+//! decisions go in ([`Input`]); the changes to deliver come out ([`Change`]): each punch as it goes upstream, each new
+//! record revision, and "this work date closed".
+//!
+//! # What it keeps
+//! Every punch of the last `reconcile_days` (rules) by employee (or, while its credential is unknown, by credential), the
+//! latest revision and a content digest of every record in that horizon, the dates whose windows are still open, and
+//! the watermarks ([`Watermarks`]) the stage persists. Records themselves are not kept: they are recomputed from punches.
+//!
+//! # How a batch is applied
+//! [`Engine::apply_batch`] takes any number of inputs, marks the (employee, work date) pairs they touch, then settles:
+//! records whose window closed by `now` and whole work dates that closed are marked too, every marked record is
+//! recomputed ([`super::day::evaluate`]) and compared with its last revision by digest, and only records whose content
+//! changed get a new revision. The output order is: punch changes, record changes (by date, then employee), then
+//! `DayClosed` dates in order.
+//!
+//! # Determinism
+//! A record's content is a function of the punches assigned to it, the rules version in force for its date, the roster,
+//! manager decisions and `now`. The order punches arrive in, how they are batched and how often they are re-sent change
+//! nothing but how many intermediate revisions appear. A restart re-derives the same content from the stored punches,
+//! so comparing with the stored revisions yields no change.
+//!
+//! # Rules versions per date
+//! When a work date closes, the rules version in force is frozen for it; later punches for that date (a device that was
+//! offline) are reconciled with the same rules, so a rules change never rewrites closed days. Open dates follow the
+//! rules in force.
+//!
+//! # Work dates
+//! A punch belongs to the record whose shift window contains it. Windows of consecutive dates can overlap (a night
+//! shift's closing hours and the next morning's opening hours); then the punch goes to the shift whose scheduled span
+//! [start, end] is nearest, the earlier date on a tie. DayClosed is announced for every date from the engine's first
+//! day on as its last window closes, for earlier dates once they have punches and are closed, and again for any closed
+//! date whose records changed later (a late punch), so the day digest can be sent again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use drivers::sink::{GeoPoint, Subject};
+use drivers::Method;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::day::{evaluate, DayContext, DayPunch, Fence};
+use crate::changes::Change;
+use crate::proto::upstream;
+use crate::punch::Punch;
+use crate::roster::Roster;
+use crate::rules::{local_date, local_ms, DayPlan, Rules, ShiftSpan};
+
+/// Flags on punches as they go upstream.
+pub mod flags {
+    pub const UNKNOWN_CREDENTIAL: &str = "unknown_credential";
+    pub const CLOCK_SKEW: &str = "clock_skew";
+    pub const DUPLICATE_MERGED: &str = "duplicate_merged";
+    pub const OUT_OF_FENCE: &str = "out_of_fence";
+    /// The punch's work date is older than `reconcile_days`: forwarded, but no record changes.
+    pub const NOT_RECONCILED: &str = "not_reconciled";
+}
+
+/// One input to the engine.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A punch that became durable: reconciled, and forwarded as a punch change.
+    Punch(Punch),
+    /// A punch already forwarded before a restart: reconciled again, not forwarded again.
+    Restore(Punch),
+    /// The clock: windows and work dates that ended by this time (Unix ms) close. Time never goes back.
+    Tick(i64),
+    /// New rules in force with their version number.
+    Rules { version: u32, rules: Arc<Rules> },
+    /// A new roster in force.
+    Roster(Arc<Roster>),
+    /// A manager's decision on an out-of-fence punch.
+    FenceDecision { punch_id: String, approved: bool },
+}
+
+/// What the engine must remember across restarts besides punches and records (the stage persists it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermarks {
+    /// The latest tick (Unix ms).
+    pub now_ms: i64,
+    /// The first work date the engine announces closings for (the local date of its first tick).
+    pub epoch: Option<Date>,
+    /// Every work date up to this one (from `epoch`) has been closed and announced.
+    pub closed_through: Option<Date>,
+    /// The rules version frozen for each work date: fixed when the first window of the date closes.
+    pub day_versions: BTreeMap<Date, u32>,
+    /// Work dates whose closing has been announced (`DayClosed`) at least once.
+    #[serde(default)]
+    pub announced: BTreeSet<Date>,
+}
+
+/// An out-of-fence punch that needs a manager's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceRequest {
+    pub punch_id: String,
+    pub employee: String,
+    pub department: String,
+    pub time_ms: i64,
+}
+
+/// Fixed settings of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Part of every record id.
+    pub gateway_id: String,
+    /// The site time zone: work dates and shift times are read in it.
+    pub tz: TimeZone,
+}
+
+/// A punch as the engine keeps it.
+#[derive(Clone, Debug)]
+struct Fact {
+    subject: Arc<str>,
+    credential: bool,
+    device: Arc<str>,
+    method: Method,
+    realtime: bool,
+    received_ms: i64,
+    score: Option<f32>,
+}
+
+type Key = (i64, Arc<str>);
+
+#[derive(Clone, Debug)]
+struct RecState {
+    shift: Arc<str>,
+    revision: u32,
+    digest: u64,
+    closed: bool,
+    cleared: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Notes {
+    merged: bool,
+    outside: bool,
+    skew: bool,
+}
+
+/// Who a kept punch belongs to: an employee, or `None` while its credential is unknown.
+type Owner = Option<Arc<str>>;
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    settings: EngineSettings,
+    rules: BTreeMap<u32, Arc<Rules>>,
+    current: u32,
+    roster: Arc<Roster>,
+    marks: Watermarks,
+    strings: HashSet<Arc<str>>,
+    by_employee: HashMap<Arc<str>, BTreeMap<Key, Fact>>,
+    unresolved: BTreeMap<Key, Fact>,
+    geo: HashMap<Arc<str>, (GeoPoint, i64)>,
+    decisions: HashMap<Arc<str>, bool>,
+    records: HashMap<(Arc<str>, Date), Vec<RecState>>,
+    closing: BTreeSet<(i64, Date, Arc<str>)>,
+    pending_days: BTreeSet<Date>,
+    spans: HashMap<(u32, usize, Date), (DayPlan, ShiftSpan)>,
+    evicted_before: Option<Date>,
+    // Per batch.
+    dirty: BTreeSet<(Date, Arc<str>)>,
+    fresh: Vec<(Owner, Key)>,
+    fresh_set: HashSet<Arc<str>>,
+    fresh_unkept: Vec<upstream::Punch>,
+    notes: HashMap<Arc<str>, Notes>,
+    touched_closed: BTreeSet<Date>,
+    requests: Vec<FenceRequest>,
+    requested: HashSet<Arc<str>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules_version", &self.current)
+            .field("employees", &self.by_employee.len())
+            .field("records", &self.records.len())
+            .field("marks", &self.marks)
+            .finish()
+    }
+}
+
+/// A stable 64-bit digest of a record's content (revision and rules version excluded): FNV-1a over its protobuf encoding.
+pub fn content_digest(record: &upstream::AttendanceRecord) -> u64 {
+    let mut normal = record.clone();
+    normal.revision = 0;
+    normal.rules_version = 0;
+    let bytes = normal.encode_to_vec();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The record id of (employee, work date, shift), stable across revisions.
+pub fn record_id(gateway_id: &str, employee: &str, date: Date, shift: &str) -> String {
+    format!("{gateway_id}:{employee}:{date}:{shift}")
+}
+
+fn next_day(d: Date) -> Date {
+    d.tomorrow().unwrap_or(d)
+}
+
+fn prev_day(d: Date) -> Date {
+    d.yesterday().unwrap_or(d)
+}
+
+fn days_before(d: Date, n: u32) -> Date {
+    d.checked_sub(jiff::Span::new().days(i64::from(n))).unwrap_or(d)
+}
+
+impl Engine {
+    /// An engine with the given rules versions (`current` must be among them), roster and watermarks.
+    pub fn new(
+        settings: EngineSettings,
+        marks: Watermarks,
+        mut rules: BTreeMap<u32, Arc<Rules>>,
+        current: u32,
+        roster: Arc<Roster>,
+    ) -> Engine {
+        rules.entry(current).or_insert_with(|| Arc::new(Rules::none()));
+        Engine {
+            settings,
+            rules,
+            current,
+            roster,
+            marks,
+            strings: HashSet::new(),
+            by_employee: HashMap::new(),
+            unresolved: BTreeMap::new(),
+            geo: HashMap::new(),
+            decisions: HashMap::new(),
+            records: HashMap::new(),
+            closing: BTreeSet::new(),
+            pending_days: BTreeSet::new(),
+            spans: HashMap::new(),
+            evicted_before: None,
+            dirty: BTreeSet::new(),
+            fresh: Vec::new(),
+            fresh_set: HashSet::new(),
+            fresh_unkept: Vec::new(),
+            notes: HashMap::new(),
+            touched_closed: BTreeSet::new(),
+            requests: Vec::new(),
+            requested: HashSet::new(),
+        }
+    }
+
+    pub fn watermarks(&self) -> &Watermarks {
+        &self.marks
+    }
+
+    pub fn rules_version(&self) -> u32 {
+        self.current
+    }
+
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules[&self.current]
+    }
+
+    pub fn roster(&self) -> &Arc<Roster> {
+        &self.roster
+    }
+
+    /// Rules versions the engine still needs (the current one and those frozen for dates in the horizon).
+    pub fn versions_in_use(&self) -> BTreeSet<u32> {
+        let mut out: BTreeSet<u32> = self.marks.day_versions.values().copied().collect();
+        out.insert(self.current);
+        out
+    }
+
+    /// Punches kept (for metrics).
+    pub fn punches_kept(&self) -> usize {
+        self.by_employee.values().map(BTreeMap::len).sum::<usize>() + self.unresolved.len()
+    }
+
+    /// Records tracked (for metrics).
+    pub fn records_tracked(&self) -> usize {
+        self.records.values().map(Vec::len).sum()
+    }
+
+    /// Out-of-fence punches found since the last call that have no request yet.
+    pub fn take_fence_requests(&mut self) -> Vec<FenceRequest> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// Tells the engine a request already exists for this punch (after a restart).
+    pub fn mark_requested(&mut self, punch_id: &str) {
+        let id = self.intern(punch_id);
+        self.requested.insert(id);
+    }
+
+    /// Loads the latest stored revision of a record (after a restart), so that re-derived content is compared with it.
+    pub fn restore_record(&mut self, r: &upstream::AttendanceRecord) {
+        let Ok(date) = r.work_date.parse::<Date>() else { return };
+        let emp = self.intern(&r.employee_id);
+        let shift = self.intern(&r.shift_id);
+        let state = RecState {
+            shift: shift.clone(),
+            revision: r.revision,
+            digest: content_digest(r),
+            closed: r.closed,
+            cleared: r.statuses.is_empty() && r.punch_ids.is_empty(),
+        };
+        let states = self.records.entry((emp, date)).or_default();
+        match states.iter_mut().find(|s| s.shift == shift) {
+            Some(s) if s.revision >= r.revision => {}
+            Some(s) => *s = state,
+            None => states.push(state),
+        }
+    }
+
+    /// Applies one input and settles.
+    pub fn apply(&mut self, input: Input) -> Vec<Change> {
+        self.apply_batch([input])
+    }
+
+    /// Applies inputs in order, then settles once (see the module documentation).
+    pub fn apply_batch(&mut self, inputs: impl IntoIterator<Item = Input>) -> Vec<Change> {
+        for input in inputs {
+            match input {
+                Input::Punch(p) => self.ingest(p, true),
+                Input::Restore(p) => self.ingest(p, false),
+                Input::Tick(now) => self.tick(now),
+                Input::Rules { version, rules } => self.set_rules(version, rules),
+                Input::Roster(roster) => self.set_roster(roster),
+                Input::FenceDecision { punch_id, approved } => self.decide(&punch_id, approved),
+            }
+        }
+        self.settle()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strings.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.strings.insert(a.clone());
+        a
+    }
+
+    fn version_for(&self, date: Date) -> u32 {
+        match self.marks.day_versions.get(&date) {
+            Some(v) if self.rules.contains_key(v) => *v,
+            _ => self.current,
+        }
+    }
+
+    fn rules_for(&self, date: Date) -> Arc<Rules> {
+        let v = self.version_for(date);
+        self.rules.get(&v).cloned().unwrap_or_else(|| Arc::new(Rules::none()))
+    }
+
+    fn today(&self) -> Option<Date> {
+        (self.marks.now_ms > 0).then(|| local_date(self.marks.now_ms, &self.settings.tz))
+    }
+
+    fn horizon_start(&self) -> Option<Date> {
+        let days = self.rules().reconcile_days;
+        self.today().map(|d| days_before(d, days))
+    }
+
+    fn department(&self, employee: &str) -> String {
+        self.roster.get(employee).map(|e| e.department.clone()).unwrap_or_default()
+    }
+
+    fn resolve(&mut self, fact: &Fact) -> Option<Arc<str>> {
+        let found = if fact.credential {
+            self.roster.resolve(&fact.subject, &fact.device, fact.method).map(|e| e.id.clone())
+        } else {
+            Some(
+                self.roster
+                    .resolve_employee(&fact.subject)
+                    .map(|e| e.id.clone())
+                    .unwrap_or_else(|| fact.subject.to_string()),
+            )
+        };
+        found.map(|id| self.intern(&id))
+    }
+
+    fn span_for(&mut self, version: u32, group: usize, date: Date) -> Option<(DayPlan, ShiftSpan)> {
+        if let Some(hit) = self.spans.get(&(version, group, date)) {
+            return Some(*hit);
+        }
+        let rules = self.rules.get(&version)?.clone();
+        let plan = rules.plan(group, date)?;
+        let span = rules.shifts.get(plan.shift)?.span(date, &self.settings.tz);
+        self.spans.insert((version, group, date), (plan, span));
+        Some((plan, span))
+    }
+
+    /// The record a punch at `t` of `employee` belongs to.
+    fn assign(&mut self, employee: &str, department: &str, t: i64) -> Option<Date> {
+        let d0 = local_date(t, &self.settings.tz);
+        let mut best: Option<(i64, Date)> = None;
+        let mut d = prev_day(prev_day(d0));
+        for _ in 0..4 {
+            let version = self.version_for(d);
+            let group = self.rules.get(&version).and_then(|r| r.group_of(employee, department));
+            if let Some((_, span)) = group.and_then(|g| self.span_for(version, g, d)) {
+                if span.open_ms <= t && t <= span.close_ms {
+                    let distance = if t < span.start_ms {
+                        span.start_ms - t
+                    } else if t > span.end_ms {
+                        t - span.end_ms
+                    } else {
+                        0
+                    };
+                    if best.as_ref().is_none_or(|(bd, _)| distance < *bd) {
+                        best = Some((distance, d));
+                    }
+                }
+            }
+            d = next_day(d);
+        }
+        best.map(|(_, a)| a)
+    }
+
+    /// Marks the record a punch belongs to (and notes dates for closing announcements).
+    fn mark(&mut self, employee: &Arc<str>, t: i64) {
+        let department = self.department(employee);
+        let date = match self.assign(employee, &department, t) {
+            Some(date) => {
+                self.dirty.insert((date, employee.clone()));
+                date
+            }
+            None => local_date(t, &self.settings.tz),
+        };
+        self.note_day(date);
+    }
+
+    fn note_day(&mut self, date: Date) {
+        if self.marks.announced.contains(&date) {
+            return;
+        }
+        let before_epoch = match self.marks.epoch {
+            Some(epoch) => date < epoch,
+            None => true,
+        };
+        if before_epoch {
+            self.pending_days.insert(date);
+        }
+    }
+
+    fn too_old(&self, t: i64) -> bool {
+        match self.horizon_start() {
+            Some(start) => local_date(t, &self.settings.tz) < start,
+            None => false,
+        }
+    }
+
+    fn ingest(&mut self, p: Punch, fresh: bool) {
+        let id = self.intern(&p.punch_id);
+        if self.too_old(p.device_time_ms) {
+            if fresh && self.fresh_set.insert(id) {
+                let employee = match &p.subject {
+                    Subject::Employee(e) => {
+                        self.roster.resolve_employee(e).map(|x| x.id.clone()).unwrap_or_else(|| e.clone())
+                    }
+                    Subject::Credential(c) => {
+                        self.roster.resolve(c, &p.device_id, p.method).map(|x| x.id.clone()).unwrap_or_default()
+                    }
+                };
+                let mut flags = vec![flags::NOT_RECONCILED.to_owned()];
+                if employee.is_empty() {
+                    flags.insert(0, flags::UNKNOWN_CREDENTIAL.to_owned());
+                }
+                let credential = p.credential().unwrap_or_default().to_owned();
+                self.fresh_unkept.push(upstream::Punch {
+                    punch_id: p.punch_id,
+                    device_id: p.device_id,
+                    employee_id: employee,
+                    method: p.method.as_str().to_owned(),
+                    device_time_ms: p.device_time_ms,
+                    received_time_ms: p.received_time_ms,
+                    flags,
+                    lat: p.geo.map(|g| g.lat),
+                    lng: p.geo.map(|g| g.lng),
+                    score: p.score,
+                    credential,
+                });
+            }
+            return;
+        }
+        let (subject, credential) = match &p.subject {
+            Subject::Employee(e) => (self.intern(e), false),
+            Subject::Credential(c) => (self.intern(c), true),
+        };
+        let fact = Fact {
+            subject,
+            credential,
+            device: self.intern(&p.device_id),
+            method: p.method,
+            realtime: p.realtime,
+            received_ms: p.received_time_ms,
+            score: p.score,
+        };
+        let key: Key = (p.device_time_ms, id.clone());
+        let employee = self.resolve(&fact);
+        let new = match &employee {
+            Some(e) => self.by_employee.entry(e.clone()).or_default().insert(key.clone(), fact).is_none(),
+            None => self.unresolved.insert(key.clone(), fact).is_none(),
+        };
+        if !new {
+            return;
+        }
+        if let Some(g) = p.geo {
+            self.geo.insert(id.clone(), (g, p.device_time_ms));
+        }
+        match &employee {
+            Some(e) => self.mark(&e.clone(), p.device_time_ms),
+            None => self.note_day(local_date(p.device_time_ms, &self.settings.tz)),
+        }
+        if fresh && self.fresh_set.insert(id) {
+            self.fresh.push((employee, key));
+        }
+    }
+
+    fn tick(&mut self, now: i64) {
+        if now <= self.marks.now_ms {
+            return;
+        }
+        self.marks.now_ms = now;
+        if self.marks.epoch.is_none() {
+            let today = local_date(now, &self.settings.tz);
+            self.marks.epoch = Some(today);
+            self.marks.closed_through = Some(prev_day(today));
+            self.pending_days.retain(|d| *d < today);
+        }
+    }
+
+    /// Every kept punch, for re-marking after rules or roster changes.
+    fn all_keys(&self) -> Vec<(Owner, Key)> {
+        let mut out: Vec<(Owner, Key)> = Vec::with_capacity(self.punches_kept());
+        for (e, map) in &self.by_employee {
+            out.extend(map.keys().map(|k| (Some(e.clone()), k.clone())));
+        }
+        out.extend(self.unresolved.keys().map(|k| (None, k.clone())));
+        out
+    }
+
+    /// After rules or roster changes: every open record and every punch on an open date is reconsidered.
+    fn remark_open(&mut self) {
+        let open: Vec<(Date, Arc<str>)> = self
+            .records
+            .keys()
+            .filter(|(_, d)| !self.marks.day_versions.contains_key(d))
+            .map(|(e, d)| (*d, e.clone()))
+            .collect();
+        self.dirty.extend(open);
+        for (employee, (t, _)) in self.all_keys() {
+            if let Some(e) = employee {
+                let date = local_date(t, &self.settings.tz);
+                let frozen =
+                    [prev_day(date), date, next_day(date)].iter().all(|d| self.marks.day_versions.contains_key(d));
+                if !frozen {
+                    self.mark(&e, t);
+                }
+            }
+        }
+    }
+
+    fn set_rules(&mut self, version: u32, rules: Arc<Rules>) {
+        if version == self.current && self.rules.get(&version) == Some(&rules) {
+            return;
+        }
+        self.rules.insert(version, rules);
+        self.current = version;
+        self.spans.retain(|(v, _, _), _| *v != version);
+        self.remark_open();
+    }
+
+    fn set_roster(&mut self, roster: Arc<Roster>) {
+        if *roster == *self.roster {
+            return;
+        }
+        self.roster = roster;
+        // Re-resolve every punch: credentials learned since resolve earlier unknown punches.
+        let mut moved: Vec<(Owner, Owner, Key)> = Vec::new();
+        for (old, key) in self.all_keys() {
+            let fact = match &old {
+                Some(e) => self.by_employee.get(e).and_then(|m| m.get(&key)).cloned(),
+                None => self.unresolved.get(&key).cloned(),
+            };
+            let Some(fact) = fact else { continue };
+            let new = self.resolve(&fact);
+            if new != old {
+                match &old {
+                    Some(e) => {
+                        if let Some(m) = self.by_employee.get_mut(e) {
+                            m.remove(&key);
+                        }
+                    }
+                    None => {
+                        self.unresolved.remove(&key);
+                    }
+                }
+                match &new {
+                    Some(e) => {
+                        self.by_employee.entry(e.clone()).or_default().insert(key.clone(), fact);
+                    }
+                    None => {
+                        self.unresolved.insert(key.clone(), fact);
+                    }
+                }
+                moved.push((old, new, key));
+            }
+        }
+        // Dates of moved punches are reconsidered even when closed: the punch was never counted there (or is gone).
+        for (old, new, (t, id)) in moved {
+            if let Some(o) = &old {
+                let dept = self.department(o);
+                if let Some(date) = self.assign(o, &dept, t) {
+                    self.dirty.insert((date, o.clone()));
+                }
+            }
+            if let Some(n) = &new {
+                self.mark(n, t);
+                if old.is_none() && !self.fresh_set.contains(&id) {
+                    // Forward the punch again, now with its employee.
+                    self.fresh_set.insert(id.clone());
+                    self.fresh.push((new.clone(), (t, id)));
+                }
+            }
+        }
+        // Departments and group membership may have changed.
+        self.remark_open();
+    }
+
+    fn decide(&mut self, punch_id: &str, approved: bool) {
+        let id = self.intern(punch_id);
+        if self.decisions.insert(id.clone(), approved) == Some(approved) {
+            return;
+        }
+        let Some(&(_, t)) = self.geo.get(&id) else { return };
+        let key: Key = (t, id);
+        let owner = self.by_employee.iter().find(|(_, m)| m.contains_key(&key)).map(|(e, _)| e.clone());
+        if let Some(e) = owner {
+            self.mark(&e, t);
+        }
+    }
+
+    fn evict(&mut self) {
+        let Some(start) = self.horizon_start() else { return };
+        if self.evicted_before == Some(start) {
+            return;
+        }
+        self.evicted_before = Some(start);
+        let keep_from = days_before(start, 3);
+        let cut = local_ms(keep_from, 0, &self.settings.tz);
+        let empty: Arc<str> = Arc::from("");
+        for map in self.by_employee.values_mut() {
+            let kept = map.split_off(&(cut, empty.clone()));
+            let old = std::mem::replace(map, kept);
+            for ((_, id), _) in old {
+                self.geo.remove(&id);
+                self.decisions.remove(&id);
+            }
+        }
+        self.by_employee.retain(|_, m| !m.is_empty());
+        let kept = self.unresolved.split_off(&(cut, empty));
+        self.unresolved = kept;
+        self.records.retain(|(_, d), _| *d >= keep_from);
+        self.spans.retain(|(_, _, d), _| *d >= keep_from);
+        self.pending_days.retain(|d| *d >= keep_from);
+        let versions_needed: BTreeSet<u32> = self.marks.day_versions.range(keep_from..).map(|(_, v)| *v).collect();
+        self.marks.day_versions = self.marks.day_versions.split_off(&keep_from);
+        self.marks.announced = self.marks.announced.split_off(&keep_from);
+        let current = self.current;
+        self.rules.retain(|v, _| *v == current || versions_needed.contains(v));
+        let geo = &self.geo;
+        self.requested.retain(|id| geo.contains_key(id));
+        // A string only the interner still holds is no longer used.
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// Employees that have a group on `date` (and so a record, absent or not, on working days).
+    fn scheduled_employees(&mut self, date: Date) -> Vec<Arc<str>> {
+        let rules = self.rules_for(date);
+        if rules.groups.is_empty() {
+            return Vec::new();
+        }
+        let roster = self.roster.clone();
+        let mut out = Vec::new();
+        for e in roster.employees() {
+            if rules.group_of(&e.id, &e.department).is_some() {
+                out.push(self.intern(&e.id));
+            }
+        }
+        out
+    }
+
+    fn settle(&mut self) -> Vec<Change> {
+        let now = self.marks.now_ms;
+        let tz = self.settings.tz.clone();
+        // Records whose window has closed.
+        while let Some(first) = self.closing.first().cloned() {
+            if first.0 >= now {
+                break;
+            }
+            self.closing.pop_first();
+            self.dirty.insert((first.1, first.2));
+        }
+        // Work dates whose last window has closed, in order.
+        let mut announce: Vec<Date> = Vec::new();
+        if let Some(mut through) = self.marks.closed_through {
+            if let Some(start) = self.horizon_start() {
+                if through < prev_day(start) {
+                    through = prev_day(start);
+                    self.marks.closed_through = Some(through);
+                }
+            }
+            loop {
+                let d = next_day(through);
+                if d == through || self.rules_for(d).day_close_ms(d, &tz) >= now {
+                    break;
+                }
+                for e in self.scheduled_employees(d) {
+                    self.dirty.insert((d, e));
+                }
+                announce.push(d);
+                through = d;
+                self.marks.closed_through = Some(d);
+            }
+        }
+        let due: Vec<Date> =
+            self.pending_days.iter().copied().filter(|d| self.rules_for(*d).day_close_ms(*d, &tz) < now).collect();
+        for d in due {
+            self.pending_days.remove(&d);
+            announce.push(d);
+        }
+
+        let mut record_changes = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        for (date, employee) in dirty {
+            self.recompute(&employee, date, &mut record_changes);
+        }
+        for d in &announce {
+            let v = self.version_for(*d);
+            self.marks.day_versions.entry(*d).or_insert(v);
+            self.marks.announced.insert(*d);
+        }
+
+        let mut out = Vec::with_capacity(self.fresh.len() + self.fresh_unkept.len() + record_changes.len());
+        for (employee, key) in std::mem::take(&mut self.fresh) {
+            if let Some(p) = self.punch_change(employee, &key) {
+                out.push(Change::Punch(p));
+            }
+        }
+        out.extend(std::mem::take(&mut self.fresh_unkept).into_iter().map(Change::Punch));
+        self.fresh_set.clear();
+        self.notes.clear();
+        out.extend(record_changes.into_iter().map(Change::Record));
+        let mut days: BTreeSet<Date> = announce.into_iter().collect();
+        days.extend(std::mem::take(&mut self.touched_closed));
+        out.extend(days.into_iter().map(|d| Change::DayClosed(d.to_string())));
+        self.evict();
+        out
+    }
+
+    fn punch_change(&self, employee: Owner, key: &Key) -> Option<upstream::Punch> {
+        let fact = match &employee {
+            None => self.unresolved.get(key)?,
+            Some(e) => self.by_employee.get(e)?.get(key)?,
+        };
+        let (t, id) = key;
+        let notes = self.notes.get(id).copied().unwrap_or_default();
+        let mut flags = Vec::new();
+        if employee.is_none() {
+            flags.push(flags::UNKNOWN_CREDENTIAL.to_owned());
+        }
+        let skew_ms = self.rules().max_clock_skew_ms;
+        if notes.skew || (fact.realtime && (t - fact.received_ms).abs() > skew_ms) {
+            flags.push(flags::CLOCK_SKEW.to_owned());
+        }
+        if notes.merged {
+            flags.push(flags::DUPLICATE_MERGED.to_owned());
+        }
+        if notes.outside {
+            flags.push(flags::OUT_OF_FENCE.to_owned());
+        }
+        let geo = self.geo.get(id).map(|(g, _)| *g);
+        Some(upstream::Punch {
+            punch_id: id.to_string(),
+            device_id: fact.device.to_string(),
+            employee_id: employee.map(|e| e.to_string()).unwrap_or_default(),
+            method: fact.method.as_str().to_owned(),
+            device_time_ms: *t,
+            received_time_ms: fact.received_ms,
+            flags,
+            lat: geo.map(|g| g.lat),
+            lng: geo.map(|g| g.lng),
+            score: fact.score,
+            credential: if fact.credential { fact.subject.to_string() } else { String::new() },
+        })
+    }
+
+    /// Recomputes the record(s) of (employee, date) and appends a revision for every one whose content changed.
+    fn recompute(&mut self, employee: &Arc<str>, date: Date, out: &mut Vec<upstream::AttendanceRecord>) {
+        let version = self.version_for(date);
+        let rules = self.rules_for(date);
+        let department = self.department(employee);
+        let group = rules.group_of(employee, &department);
+        let now = self.marks.now_ms;
+        let mut computed: Option<(Arc<str>, upstream::AttendanceRecord, i64)> = None;
+        if let Some((g, (plan, span))) = group.and_then(|g| self.span_for(version, g, date).map(|s| (g, s))) {
+            let closed = now > span.close_ms;
+            // The punches in the window that belong to this date.
+            let empty: Arc<str> = Arc::from("");
+            let candidates: Vec<(Key, Fact)> = self
+                .by_employee
+                .get(employee)
+                .map(|m| {
+                    m.range((span.open_ms, empty.clone())..(span.close_ms.saturating_add(1), empty))
+                        .map(|(k, f)| (k.clone(), f.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut mine: Vec<(Key, Fact)> = Vec::with_capacity(candidates.len());
+            for (k, f) in candidates {
+                if self.assign(employee, &department, k.0) == Some(date) {
+                    mine.push((k, f));
+                }
+            }
+            if !mine.is_empty() || (plan.workday && closed) {
+                let group = &rules.groups[g];
+                let shift = &rules.shifts[plan.shift];
+                let day_punches: Vec<DayPunch<'_>> = mine
+                    .iter()
+                    .map(|((t, id), f)| {
+                        let fence = match (self.geo.get(id), &group.geofence) {
+                            (Some((pt, _)), Some(fence)) if f.method != Method::Makeup => {
+                                if fence.contains(pt.lat, pt.lng) {
+                                    Fence::Inside
+                                } else {
+                                    match self.decisions.get(id) {
+                                        Some(true) => Fence::Approved,
+                                        Some(false) => Fence::Rejected,
+                                        None => Fence::Pending,
+                                    }
+                                }
+                            }
+                            _ => Fence::NotApplicable,
+                        };
+                        DayPunch {
+                            time_ms: *t,
+                            id,
+                            method: f.method,
+                            clock_skew: f.realtime && (t - f.received_ms).abs() > rules.max_clock_skew_ms,
+                            fence,
+                        }
+                    })
+                    .collect();
+                let ctx = DayContext {
+                    shift,
+                    span,
+                    workday: plan.workday,
+                    verification: group.verification,
+                    dedupe_window_ms: rules.dedupe_window_ms,
+                    closed,
+                };
+                let ev = evaluate(&ctx, &day_punches);
+                let mut requests = Vec::new();
+                for ((p, merged), ((_, id), _)) in day_punches.iter().zip(&ev.merged).zip(&mine) {
+                    if self.fresh_set.contains(p.id) {
+                        self.notes.insert(
+                            id.clone(),
+                            Notes { merged: *merged, outside: p.fence.outside(), skew: p.clock_skew },
+                        );
+                    }
+                    if p.fence == Fence::Pending && !self.requested.contains(p.id) {
+                        requests.push(FenceRequest {
+                            punch_id: p.id.to_owned(),
+                            employee: employee.to_string(),
+                            department: department.clone(),
+                            time_ms: p.time_ms,
+                        });
+                    }
+                }
+                let record = upstream::AttendanceRecord {
+                    record_id: record_id(&self.settings.gateway_id, employee, date, &shift.id),
+                    revision: 0,
+                    employee_id: employee.to_string(),
+                    work_date: date.to_string(),
+                    shift_id: shift.id.clone(),
+                    clock_in_ms: ev.clock_in_ms,
+                    clock_out_ms: ev.clock_out_ms,
+                    statuses: ev.statuses.iter().map(|s| s.as_str().to_owned()).collect(),
+                    late_minutes: ev.late_minutes,
+                    early_leave_minutes: ev.early_leave_minutes,
+                    worked_minutes: ev.worked_minutes,
+                    overtime_minutes: ev.overtime_minutes,
+                    punch_ids: mine.iter().map(|((_, id), _)| id.to_string()).collect(),
+                    closed,
+                    rules_version: version,
+                };
+                for r in requests {
+                    let id = self.intern(&r.punch_id);
+                    self.requested.insert(id);
+                    self.requests.push(r);
+                }
+                let shift_id = self.intern(&shift.id);
+                if closed {
+                    // The date's rules are fixed once one of its windows has closed.
+                    self.marks.day_versions.entry(date).or_insert(version);
+                } else {
+                    self.closing.insert((span.close_ms, date, employee.clone()));
+                }
+                computed = Some((shift_id, record, span.close_ms));
+            }
+        }
+
+        let announced = self.marks.announced.contains(&date);
+        let gateway = self.settings.gateway_id.clone();
+        let states = self.records.entry((employee.clone(), date)).or_default();
+        let mut changed = false;
+        for st in states.iter_mut() {
+            let replaced = computed.as_ref().is_none_or(|(s, _, _)| *s != st.shift);
+            if replaced && !st.cleared {
+                let cleared = upstream::AttendanceRecord {
+                    record_id: record_id(&gateway, employee, date, &st.shift),
+                    revision: st.revision + 1,
+                    employee_id: employee.to_string(),
+                    work_date: date.to_string(),
+                    shift_id: st.shift.to_string(),
+                    closed: st.closed,
+                    rules_version: version,
+                    ..Default::default()
+                };
+                st.revision += 1;
+                st.digest = content_digest(&cleared);
+                st.cleared = true;
+                out.push(cleared);
+                changed = true;
+            }
+        }
+        if let Some((shift, mut record, _)) = computed {
+            let digest = content_digest(&record);
+            match states.iter_mut().find(|s| s.shift == shift) {
+                Some(st) => {
+                    if st.digest != digest {
+                        st.revision += 1;
+                        st.digest = digest;
+                        st.closed = record.closed;
+                        st.cleared = false;
+                        record.revision = st.revision;
+                        out.push(record);
+                        changed = true;
+                    }
+                }
+                None => {
+                    record.revision = 1;
+                    states.push(RecState { shift, revision: 1, digest, closed: record.closed, cleared: false });
+                    out.push(record);
+                    changed = true;
+                }
+            }
+        }
+        if states.is_empty() {
+            self.records.remove(&(employee.clone(), date));
+        }
+        if changed && announced {
+            self.touched_closed.insert(date);
+        }
+    }
+}

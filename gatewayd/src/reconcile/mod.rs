@@ -1,0 +1,24 @@
+//! Reconciliation: stored punches in, attendance records out (SPEC section 4).
+//!
+//! - [`day`]: one record's evaluation, a pure function (merge duplicates, pair dual verification, clock-in/clock-out,
+//!   late/early/overtime minutes, statuses).
+//! - [`engine`]: the synchronous, I/O-free engine. It assigns punches to (employee, work date, shift) records, keeps the
+//!   latest revision of each, and turns inputs (punches, ticks, rules, roster, decisions) into [`crate::changes::Change`]s.
+//!   Time is an input ([`engine::Input::Tick`]); nothing in it reads a clock or a file.
+//! - [`records`]: the sled trees that keep the latest revision of every record and the engine's watermarks, with the
+//!   queries the API uses (by date range, employee, department).
+//! - [`stage`]: the daemon stage that feeds the engine from the store, writes its changes and its state in one sled
+//!   transaction, closes windows on a timer in the site time zone and survives restarts without duplicating or losing
+//!   changes.
+
+pub mod day;
+pub mod engine;
+pub mod records;
+pub mod stage;
+pub use day::Status;
+pub use engine::{Engine, EngineSettings, FenceRequest, Input, Watermarks};
+pub use records::{RecordQuery, RecordStore};
+pub use stage::{Attendance, EngineHandle, StageError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,480 @@
+//! The engine stage: feeds the pure [`Engine`] from the durable punch store and writes what it decides.
+//!
+//! # Loop
+//! - When the store reports more durable punches (`Running.durable`), the stage reads them in arrival order after its
+//!   `applied_seq`, at most [`BATCH`] at a time, and applies them as one engine batch.
+//! - Every [`TICK`] it gives the engine the time, so windows and work dates close on time in the site time zone (shift
+//!   times are converted with jiff, so DST gaps and folds are handled where the engine computes windows).
+//! - On SIGHUP (a configuration update) it re-reads the rules and roster files; a file with problems is reported and
+//!   the rules or roster in force stay.
+//! - Commands from the API ([`EngineHandle`]): a roster imported through the API, a manager's out-of-fence decision.
+//!
+//! Each engine batch is committed with [`RecordStore::commit`]: changes, record revisions, `applied_seq` and watermarks in
+//! one sled transaction, then the change log is flushed (which wakes the outbox). The engine work and the sled writes
+//! run on the blocking pool so the async runtime stays responsive.
+//!
+//! # Restart
+//! The engine's memory is rebuilt from the store: the stored rules version and roster in force, the latest revision of
+//! every record in the horizon, decided out-of-fence approvals, then every stored punch up to `applied_seq` replayed as
+//! [`Input::Restore`] in ONE batch, with the persisted `now`. That re-derives exactly the stored content, so only what a
+//! crash lost (a batch whose transaction did not commit) comes out as changes. Then the clock, the files' rules and
+//! roster, and the punches after `applied_seq` are applied as usual. A failed commit or a panic in the engine drops the
+//! in-memory engine and rebuilds it this way.
+//!
+//! # Shutdown
+//! The stage runs in the delivery stage of the shutdown tree: it is cancelled after the ingest writer has flushed, and
+//! applies every punch that became durable before it returns.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drivers::PunchSink;
+use jiff::tz::TimeZone;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Engine, EngineSettings, Input};
+use super::records::RecordStore;
+use crate::approvals::{ApprovalError, Approvals};
+use crate::changes::{Change, ChangeLog};
+use crate::config::Config;
+use crate::roster::{Roster, RosterError, RosterStore};
+use crate::rules::{local_date, local_ms, Rules};
+use crate::store::{Store, StoreError};
+use crate::telemetry::{events, Metrics};
+
+/// Most punches applied in one engine batch (one sled transaction).
+pub const BATCH: usize = 4096;
+/// How often the engine is given the time.
+pub const TICK: Duration = Duration::from_secs(10);
+/// Commands waiting for the stage.
+pub const COMMAND_QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("engine: {0}")]
+    Store(#[from] StoreError),
+    #[error("engine: {0}")]
+    Roster(#[from] RosterError),
+    #[error("engine: {0}")]
+    Approvals(#[from] ApprovalError),
+    #[error("engine: the engine task failed: {0}")]
+    Task(String),
+}
+
+/// A request to the engine stage.
+#[derive(Debug)]
+enum Command {
+    Roster(Arc<Roster>),
+    Fence { punch_id: String, approved: bool },
+}
+
+/// How other parts of the daemon talk to the engine stage. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    fn channel() -> (EngineHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        (EngineHandle { tx }, rx)
+    }
+
+    /// A handle whose stage is not running (for tests of other parts): commands are dropped.
+    pub fn detached() -> EngineHandle {
+        EngineHandle::channel().0
+    }
+
+    /// The roster in sled was replaced (an API import): reconcile with it.
+    pub async fn roster_replaced(&self, roster: Arc<Roster>) {
+        let _ = self.tx.send(Command::Roster(roster)).await;
+    }
+
+    /// A manager decided an out-of-fence punch (the decision is already durable in the approvals tree).
+    pub async fn fence_decided(&self, punch_id: String, approved: bool) {
+        let _ = self.tx.send(Command::Fence { punch_id, approved }).await;
+    }
+}
+
+/// What the rest of the daemon (the API) uses of attendance: the engine handle, records, roster and approvals.
+#[derive(Clone, Debug)]
+pub struct Attendance {
+    pub engine: EngineHandle,
+    pub records: RecordStore,
+    pub roster: RosterStore,
+    pub approvals: Approvals,
+}
+
+/// The stage, ready to run.
+pub struct Stage {
+    settings: EngineSettings,
+    store: Store,
+    log: ChangeLog,
+    records: RecordStore,
+    roster_store: RosterStore,
+    approvals: Approvals,
+    durable: watch::Receiver<u64>,
+    config: watch::Receiver<Arc<Config>>,
+    commands: mpsc::Receiver<Command>,
+    metrics: Metrics,
+    applied: u64,
+}
+
+/// Opens the engine's trees and returns the handles and the stage to spawn.
+pub fn open(
+    config: &Config,
+    store: &Store,
+    log: &ChangeLog,
+    sink: &PunchSink,
+    metrics: &Metrics,
+    durable: watch::Receiver<u64>,
+    config_updates: watch::Receiver<Arc<Config>>,
+) -> Result<(Attendance, Stage), StageError> {
+    let db = store.db();
+    let records = RecordStore::open(db)?;
+    let roster_store = RosterStore::open(db)?;
+    let (engine, commands) = EngineHandle::channel();
+    let approvals = Approvals::open(db, &config.gateway.id, sink.clone(), engine.clone())?;
+    let attendance =
+        Attendance { engine, records: records.clone(), roster: roster_store.clone(), approvals: approvals.clone() };
+    let stage = Stage {
+        settings: EngineSettings { gateway_id: config.gateway.id.clone(), tz: config.timezone() },
+        store: store.clone(),
+        log: log.clone(),
+        records,
+        roster_store,
+        approvals,
+        durable,
+        config: config_updates,
+        commands,
+        metrics: metrics.clone(),
+        applied: 0,
+    };
+    Ok((attendance, stage))
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The rules text for a configuration ("" when no rules file is configured), or the problems.
+fn read_rules(config: &Config) -> Result<(Rules, String), Vec<String>> {
+    match &config.rules {
+        None => Ok((Rules::none(), String::new())),
+        Some(f) => Rules::load(&f.file).map_err(|ps| ps.iter().map(ToString::to_string).collect()),
+    }
+}
+
+fn compile(version: u32, text: &str) -> Rules {
+    if text.is_empty() {
+        return Rules::none();
+    }
+    match Rules::parse(&PathBuf::from(format!("rules version {version}")), text) {
+        Ok(r) => r,
+        Err(problems) => {
+            // It was valid when it was put in force; a newer build may be stricter.
+            for p in &problems {
+                tracing::error!(version, problem = %p, "stored rules no longer validate; using no rules for them");
+            }
+            Rules::none()
+        }
+    }
+}
+
+impl Stage {
+    /// Runs until cancelled. Errors are logged and the engine is rebuilt from the store after a pause.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut engine: Option<Engine> = None;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures = 0u32;
+        loop {
+            if engine.is_none() {
+                match self.recover().await {
+                    Ok(e) => {
+                        failures = 0;
+                        engine = Some(e);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        events::engine_failed(&self.metrics, &e);
+                        let pause = Duration::from_secs(u64::from(failures.min(6)) * 5);
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => continue,
+                            _ = cancel.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            // Apply every durable punch first.
+            if self.applied < *self.durable.borrow() {
+                engine = self.step(engine.take(), Vec::new(), true).await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        // The ingest writer is gone: nothing more will become durable.
+                        cancel.cancelled().await;
+                        break;
+                    }
+                }
+                Some(cmd) = self.commands.recv() => {
+                    let input = match cmd {
+                        Command::Roster(r) => Input::Roster(r),
+                        Command::Fence { punch_id, approved } => Input::FenceDecision { punch_id, approved },
+                    };
+                    engine = self.step(engine.take(), vec![input], false).await;
+                }
+                changed = self.config.changed() => {
+                    if changed.is_ok() {
+                        let config = self.config.borrow_and_update().clone();
+                        let inputs = self.reload(&config, engine.as_ref());
+                        if !inputs.is_empty() {
+                            engine = self.step(engine.take(), inputs, false).await;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    engine = self.step(engine.take(), vec![Input::Tick(now_ms())], false).await;
+                }
+            }
+        }
+        // Stopping: the ingest writer has flushed; apply what it made durable.
+        while engine.is_some() && self.applied < *self.durable.borrow() {
+            engine = self.step(engine.take(), Vec::new(), true).await;
+        }
+        tracing::debug!("engine stage stopped");
+    }
+
+    /// Rules and roster from the files named in `config`, as inputs for the engine (only what changed).
+    fn reload(&self, config: &Config, engine: Option<&Engine>) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        match read_rules(config) {
+            Ok((rules, text)) => match self.records.register_rules(&text) {
+                Ok((version, _)) => {
+                    if engine.is_none_or(|e| e.rules_version() != version) {
+                        events::rules_in_force(&self.metrics, version);
+                        inputs.push(Input::Rules { version, rules: Arc::new(rules) });
+                    }
+                }
+                Err(e) => events::engine_failed(&self.metrics, &StageError::Store(e)),
+            },
+            Err(problems) => events::rules_rejected(&problems),
+        }
+        if let Some(f) = &config.roster {
+            match Roster::load(&f.file) {
+                Ok(roster) => match self.roster_store.replace(&roster) {
+                    Ok(_) => {
+                        events::roster_in_force(roster.len());
+                        inputs.push(Input::Roster(Arc::new(roster)));
+                    }
+                    Err(e) => events::engine_failed(&self.metrics, &StageError::Roster(e)),
+                },
+                Err(problems) => events::roster_rejected(&problems.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            }
+        }
+        inputs
+    }
+
+    /// Rebuilds the engine from the store (see the module documentation).
+    async fn recover(&mut self) -> Result<Engine, StageError> {
+        let started = std::time::Instant::now();
+        let config = self.config.borrow().clone();
+        // Make-up punches approved but not stored (a crash in between) are submitted again.
+        let resubmitted = self.approvals.resubmit_approved(&self.store).await?;
+        if resubmitted > 0 {
+            tracing::info!(count = resubmitted, "make-up punches submitted again after a restart");
+        }
+        let store = self.store.clone();
+        let records = self.records.clone();
+        let roster_store = self.roster_store.clone();
+        let approvals = self.approvals.clone();
+        let settings = self.settings.clone();
+        let log = self.log.clone();
+        let job = move || -> Result<(Engine, u64, Vec<Change>, usize), StageError> {
+            // The rules versions and roster that were in force.
+            let texts = records.rules_versions()?;
+            let mut current = records.current_rules()?;
+            if current == 0 || !texts.contains_key(&current) {
+                let text = match read_rules(&config) {
+                    Ok((_, text)) => text,
+                    Err(_) => String::new(),
+                };
+                current = records.register_rules(&text)?.0;
+            }
+            let texts = records.rules_versions()?;
+            let marks = records.watermarks()?;
+            let mut versions = BTreeMap::new();
+            for v in marks.day_versions.values().copied().chain([current]) {
+                if let Some(text) = texts.get(&v) {
+                    versions.entry(v).or_insert_with(|| Arc::new(compile(v, text)));
+                }
+            }
+            let mut roster = roster_store.load()?;
+            if roster.is_empty() {
+                // First start: import the roster file before anything is reconciled.
+                if let Some(f) = &config.roster {
+                    if let Ok(r) = Roster::load(&f.file) {
+                        roster_store.replace(&r)?;
+                        roster = r;
+                    }
+                }
+            }
+            let horizon_days = versions.get(&current).map(|r| r.reconcile_days).unwrap_or(31);
+            let mut engine = Engine::new(settings.clone(), marks.clone(), versions, current, Arc::new(roster));
+            let applied = records.applied_seq()?;
+            // The horizon the engine keeps, with margin for windows that reach into the previous days.
+            let from_date = if marks.now_ms > 0 {
+                let today = local_date(marks.now_ms, &settings.tz);
+                today.checked_sub(jiff::Span::new().days(i64::from(horizon_days) + 4)).unwrap_or(today)
+            } else {
+                jiff::civil::Date::MIN
+            };
+            for r in records.between(from_date, jiff::civil::Date::MAX) {
+                engine.restore_record(&r?);
+            }
+            for id in approvals.fence_punches()? {
+                engine.mark_requested(&id);
+            }
+            let mut inputs: Vec<Input> = approvals
+                .fence_decisions()?
+                .into_iter()
+                .map(|(punch_id, approved)| Input::FenceDecision { punch_id, approved })
+                .collect();
+            let from_ms = local_ms(from_date, 0, &settings.tz);
+            let mut replayed = 0usize;
+            let mut failed: Option<StoreError> = None;
+            for p in store.by_time(from_ms, i64::MAX) {
+                match p {
+                    Ok(p) if p.seq <= applied => {
+                        replayed += 1;
+                        inputs.push(Input::Restore(p));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            let changes = engine.apply_batch(inputs);
+            if !changes.is_empty() {
+                records.commit(&log, &changes, applied, engine.watermarks())?;
+            }
+            Ok((engine, applied, changes, replayed))
+        };
+        let (engine, applied, changes, replayed) =
+            tokio::task::spawn_blocking(job).await.map_err(|e| StageError::Task(e.to_string()))??;
+        self.applied = applied;
+        if !changes.is_empty() {
+            self.log.flush().await?;
+        }
+        events::engine_recovered(&self.metrics, replayed, changes.len(), started.elapsed());
+        // Then the present: the clock, the files' rules and roster.
+        let config = self.config.borrow().clone();
+        let mut inputs = vec![Input::Tick(now_ms())];
+        inputs.extend(self.reload(&config, Some(&engine)));
+        let engine = self.step(Some(engine), inputs, false).await;
+        engine.ok_or_else(|| StageError::Task("the first engine batch after the restart failed".into()))
+    }
+
+    /// One engine batch: `inputs`, plus the next durable punches when `punches` is set. Returns the engine, or `None`
+    /// when the batch failed (it is then rebuilt from the store).
+    async fn step(&mut self, engine: Option<Engine>, inputs: Vec<Input>, punches: bool) -> Option<Engine> {
+        let mut engine = engine?;
+        let started = std::time::Instant::now();
+        let store = self.store.clone();
+        let records = self.records.clone();
+        let log = self.log.clone();
+        let applied = self.applied;
+        let durable = *self.durable.borrow();
+        let job = move || {
+            let result = (|| -> Result<(Vec<Change>, u64, usize), StageError> {
+                let mut inputs = inputs;
+                let mut last = applied;
+                let mut n = 0;
+                if punches {
+                    for p in store.after(applied).take(BATCH) {
+                        let p = p?;
+                        if p.seq > durable {
+                            break;
+                        }
+                        last = p.seq;
+                        n += 1;
+                        inputs.push(Input::Punch(p));
+                    }
+                    if n == 0 {
+                        // Nothing stored between what was applied and what is durable.
+                        last = durable.max(applied);
+                    }
+                }
+                let changes = engine.apply_batch(inputs);
+                if !changes.is_empty() || last != applied {
+                    records.commit(&log, &changes, last, engine.watermarks())?;
+                }
+                Ok((changes, last, n))
+            })();
+            (engine, result)
+        };
+        let (engine, result) = match tokio::task::spawn_blocking(job).await {
+            Ok(done) => done,
+            Err(e) => {
+                events::engine_failed(&self.metrics, &StageError::Task(e.to_string()));
+                return None;
+            }
+        };
+        match result {
+            Ok((changes, last, n)) => {
+                self.applied = last;
+                if !changes.is_empty() {
+                    if let Err(e) = self.log.flush().await {
+                        events::engine_failed(&self.metrics, &StageError::Store(e));
+                        return None;
+                    }
+                }
+                let mut engine = engine;
+                let now = now_ms();
+                for req in engine.take_fence_requests() {
+                    if let Err(e) = self.approvals.ensure_fence(&req, now) {
+                        events::engine_failed(&self.metrics, &StageError::Approvals(e));
+                    }
+                }
+                events::engine_batch(
+                    &self.metrics,
+                    n,
+                    &changes,
+                    &engine,
+                    durable.saturating_sub(last),
+                    started.elapsed(),
+                );
+                Some(engine)
+            }
+            Err(e) => {
+                events::engine_failed(&self.metrics, &e);
+                None
+            }
+        }
+    }
+}
+
+/// The site time zone of a configuration (for callers that build an engine directly, such as the benchmark).
+pub fn settings_for(config: &Config) -> EngineSettings {
+    EngineSettings { gateway_id: config.gateway.id.clone(), tz: config.timezone() }
+}
+
+/// Builds settings for a time zone name (UTC if unknown).
+pub fn settings(gateway_id: &str, tz: &str) -> EngineSettings {
+    EngineSettings { gateway_id: gateway_id.to_owned(), tz: TimeZone::get(tz).unwrap_or(TimeZone::UTC) }
+}
+
+#[cfg(test)]
+mod tests;
