@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ingest;
 pub mod outbox;
+pub mod privileges;
 pub mod proto;
 pub mod punch;
 pub mod reconcile;

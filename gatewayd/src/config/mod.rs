@@ -54,6 +54,11 @@ pub struct GatewaySection {
     pub data_dir: PathBuf,
     /// The IANA time zone of the site, e.g. `Asia/Shanghai`; device local times are read in it.
     pub timezone: String,
+    /// Started as root (outside systemd): the user to drop to once the store is open and the listeners are bound.
+    pub user: Option<String>,
+    /// Allow running as root with no `user` to drop to. Default false: running as root is refused.
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

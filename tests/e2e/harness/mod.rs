@@ -24,7 +24,7 @@ pub fn repo_root() -> PathBuf {
 /// The `[gateway]` table and loopback listeners on free ports; append devices and sections after it.
 pub fn base_config(gateway_id: &str) -> String {
     format!(
-        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\n\n\
+        "[gateway]\nid = \"{gateway_id}\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\nallow_root = true\n\n\
          [api]\nlisten = \"127.0.0.1:0\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n"
     )
 }
@@ -54,6 +54,8 @@ impl Gateway {
         std::fs::write(&config_path, config).expect("write config");
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        // A daemon that dropped root privileges must still be able to notify.
+        std::fs::set_permissions(&notify_path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).expect("chmod");
         notify.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
         let mut gw = Gateway {
             dir,
