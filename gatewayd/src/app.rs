@@ -146,13 +146,14 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let (sink, rx) = PunchSink::channel(config.store.queue, metrics.drivers.clone());
     let (durable_tx, durable) = watch::channel(store.last_seq()?.unwrap_or(0));
     let settings = IngestSettings { gateway_id: config.gateway.id.clone(), max_batch: config.store.max_batch };
-    ingest_tasks.spawn(ingest::run_writer(
+    ingest_tasks.spawn(ingest::run_writer_with_budget(
         store.clone(),
         settings,
         rx,
         durable_tx,
         metrics.clone(),
         ingest_cancel.clone(),
+        disk_budget.clone(),
     ));
 
     let (config_tx, _) = watch::channel(config.clone());

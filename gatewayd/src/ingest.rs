@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::budget::DiskBudget;
 use crate::punch;
 use crate::store::{Inserted, Store, StoreError};
 use crate::telemetry::{self, Metrics};
@@ -37,8 +38,8 @@ pub struct IngestSettings {
 struct Written {
     requests: Vec<IngestRequest>,
     punches: usize,
-    /// Per request, per punch: a check failure, or an index into `inserted`.
-    slots: Vec<Vec<Result<usize, String>>>,
+    /// Per request, per punch: a refusal (failed check, disk budget), or an index into `inserted`.
+    slots: Vec<Vec<Result<usize, Rejection>>>,
     inserted: Result<Vec<Inserted>, StoreError>,
     last_seq: u64,
     started: Instant,
@@ -48,10 +49,25 @@ struct Written {
 pub async fn run_writer(
     store: Store,
     settings: IngestSettings,
+    rx: mpsc::Receiver<IngestRequest>,
+    durable: watch::Sender<u64>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    run_writer_with_budget(store, settings, rx, durable, metrics, cancel, DiskBudget::new()).await
+}
+
+/// [`run_writer`] under a disk budget: while `budget` says full, NEW punches are refused with
+/// [`Rejection::StoreFull`] (the device keeps them and retries); a re-sent punch that is already stored is still answered
+/// `stored`, so the device can forget it. Nothing stored is ever dropped.
+pub async fn run_writer_with_budget(
+    store: Store,
+    settings: IngestSettings,
     mut rx: mpsc::Receiver<IngestRequest>,
     durable: watch::Sender<u64>,
     metrics: Metrics,
     cancel: CancellationToken,
+    budget: DiskBudget,
 ) {
     let mut next_seq = match store.last_seq() {
         Ok(last) => last.unwrap_or(0) + 1,
@@ -115,7 +131,7 @@ pub async fn run_writer(
                         Err(_) => break,
                     }
                 }
-                pending.push(write(&store, &settings, requests, &mut next_seq));
+                pending.push(write(&store, &settings, requests, &mut next_seq, budget.is_full()));
             }
             None => open = false,
         }
@@ -128,19 +144,28 @@ pub async fn run_writer(
 }
 
 /// Checks and writes one group of requests (not yet durable).
-fn write(store: &Store, settings: &IngestSettings, requests: Vec<IngestRequest>, next_seq: &mut u64) -> Written {
+fn write(
+    store: &Store,
+    settings: &IngestSettings,
+    requests: Vec<IngestRequest>,
+    next_seq: &mut u64,
+    full: bool,
+) -> Written {
     let started = Instant::now();
-    let mut slots: Vec<Vec<Result<usize, String>>> = Vec::with_capacity(requests.len());
+    let mut slots: Vec<Vec<Result<usize, Rejection>>> = Vec::with_capacity(requests.len());
     let mut accepted: Vec<(&str, &DevicePunch)> = Vec::new();
     for req in &requests {
         let mut row = Vec::with_capacity(req.punches.len());
         for p in &req.punches {
             match punch::check(p) {
+                Ok(()) if full && !matches!(store.get_by_id(&punch::punch_id(&settings.gateway_id, p)), Ok(Some(_))) => {
+                    row.push(Err(Rejection::StoreFull));
+                }
                 Ok(()) => {
                     row.push(Ok(accepted.len()));
                     accepted.push((req.driver, p));
                 }
-                Err(reason) => row.push(Err(reason)),
+                Err(reason) => row.push(Err(Rejection::Invalid(reason))),
             }
         }
         slots.push(row);
@@ -179,7 +204,7 @@ fn answer(w: Written, flushed: &Result<(), StoreError>, durable: &watch::Sender<
         let outcomes = row
             .into_iter()
             .map(|slot| match (slot, &result) {
-                (Err(reason), _) => Outcome::Rejected(Rejection::Invalid(reason)),
+                (Err(rejection), _) => Outcome::Rejected(rejection),
                 (Ok(i), Ok(inserted)) => match inserted.get(i) {
                     Some(ins) => Outcome::Stored { punch_id: ins.punch_id.clone(), duplicate: ins.duplicate },
                     None => Outcome::Rejected(Rejection::StoreFailed("internal: missing result".into())),

@@ -10,3 +10,4 @@ mod harness;
 mod config_files;
 mod lifecycle;
 mod store_durability;
+mod upstream;

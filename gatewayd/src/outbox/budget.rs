@@ -119,6 +119,52 @@ pub async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drivers::sink::{Outcome, Rejection, Subject};
+    use drivers::{DevicePunch, Method, PunchSink};
+
+    fn punch(seq: u64) -> DevicePunch {
+        DevicePunch {
+            device_id: "face-1".into(),
+            device_seq: Some(seq),
+            method: Method::Face,
+            subject: Subject::Employee("E1".into()),
+            device_time_ms: 1_795_276_800_000,
+            received_time_ms: 1_795_276_800_000,
+            realtime: true,
+            geo: None,
+            score: None,
+            attributes: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_refuses_new_punches_but_still_confirms_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 8).unwrap();
+        let (sink, rx) = PunchSink::channel(8, drivers::telemetry::DriverMetrics::default());
+        let sink = sink.for_driver("mqtt");
+        let budget = DiskBudget::new();
+        let settings = crate::ingest::IngestSettings { gateway_id: "gw".into(), max_batch: 16 };
+        let cancel = CancellationToken::new();
+        let writer = tokio::spawn(crate::ingest::run_writer_with_budget(
+            store.clone(),
+            settings,
+            rx,
+            watch::channel(0).0,
+            Metrics::new(),
+            cancel.clone(),
+            budget.clone(),
+        ));
+        assert!(matches!(sink.submit(punch(1)).await, Outcome::Stored { duplicate: false, .. }));
+        budget.set(BudgetState::Full);
+        assert_eq!(sink.submit(punch(2)).await, Outcome::Rejected(Rejection::StoreFull));
+        assert!(matches!(sink.submit(punch(1)).await, Outcome::Stored { duplicate: true, .. }));
+        budget.set(BudgetState::Near);
+        assert!(matches!(sink.submit(punch(2)).await, Outcome::Stored { duplicate: false, .. }));
+        assert_eq!(store.count().unwrap(), 2);
+        cancel.cancel();
+        writer.await.unwrap();
+    }
 
     #[test]
     fn states_by_usage() {
