@@ -10,9 +10,11 @@
 //! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers.
 #![forbid(unsafe_code)]
 
+pub mod adms;
 pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod mqtt;
 pub mod pn532;
 pub mod r30x;
 pub mod sim;

@@ -64,6 +64,11 @@ pub enum AppError {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Listeners {
     pub api: SocketAddr,
+    /// The MQTT device listener (the front of the embedded broker).
+    pub mqtt: SocketAddr,
+    /// The MQTT TLS listener, when `[mqtt].tls_listen` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_tls: Option<SocketAddr>,
 }
 
 /// A started gateway.
@@ -146,14 +151,13 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let (sink, rx) = PunchSink::channel(config.store.queue, metrics.drivers.clone());
     let (durable_tx, durable) = watch::channel(store.last_seq()?.unwrap_or(0));
     let settings = IngestSettings { gateway_id: config.gateway.id.clone(), max_batch: config.store.max_batch };
-    ingest_tasks.spawn(ingest::run_writer_with_budget(
+    ingest_tasks.spawn(ingest::run_writer(
         store.clone(),
         settings,
         rx,
         durable_tx,
         metrics.clone(),
         ingest_cancel.clone(),
-        disk_budget.clone(),
     ));
 
     let (config_tx, _) = watch::channel(config.clone());
@@ -179,6 +183,27 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         back.clone(),
     ));
 
+    // MQTT devices: the embedded broker behind its authenticating front (drivers::mqtt).
+    let mqtt_ctx = drivers::mqtt::MqttContext {
+        sink: sink.clone(),
+        status: status.clone(),
+        metrics: metrics.drivers.clone(),
+        timezone: config.timezone(),
+        cancel: front.clone(),
+        tasks: front_tasks.clone(),
+    };
+    let mqtt = drivers::mqtt::start(mqtt_settings(&config), &config.devices, mqtt_ctx).await.map_err(|e| match e {
+        drivers::mqtt::MqttError::Bind { what, addr, source } => {
+            AppError::Bind { what: if what.is_empty() { "mqtt" } else { "mqtt tls" }, addr, source }
+        }
+        other => AppError::Driver(other.to_string()),
+    })?;
+    // ZKTeco PUSH terminals: the /iclock routes on the API listener (drivers::adms).
+    let adms =
+        drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes);
+    adms.spawn_presence(front.clone(), &front_tasks);
+    spawn_device_tables(config_tx.subscribe(), mqtt.clone(), adms.clone(), front.clone(), &front_tasks);
+
     // HTTP API.
     let api_listener = bind("api", &config.api.listen).await?;
     let api_addr = api_listener.local_addr().map_err(|source| AppError::Bind {
@@ -191,6 +216,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         metrics: metrics.clone(),
         store: store.clone(),
     })
+    .merge(adms.router())
     .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
     let api_cancel = front.clone();
     front_tasks.spawn(async move {
@@ -200,7 +226,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     });
     tracing::info!(addr = %api_addr, "api listening");
 
-    let listeners = Listeners { api: api_addr };
+    let listeners = Listeners { api: api_addr, mqtt: mqtt.addr, mqtt_tls: mqtt.tls_addr };
     write_listeners(&config.gateway.data_dir, &listeners);
 
     // Devices the gateway drives itself, each under a supervisor.
@@ -248,6 +274,46 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         back,
         back_tasks,
     })
+}
+
+/// The MQTT service settings from the configuration.
+fn mqtt_settings(config: &Config) -> drivers::mqtt::MqttSettings {
+    let tls = match (&config.mqtt.tls_listen, &config.mqtt.tls) {
+        (Some(listen), Some(files)) => Some(drivers::mqtt::MqttTls {
+            listen: listen.clone(),
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            client_ca: files.client_ca.clone(),
+        }),
+        _ => None,
+    };
+    drivers::mqtt::MqttSettings {
+        listen: config.mqtt.listen.clone(),
+        tls,
+        max_payload_bytes: config.mqtt.max_payload_bytes,
+    }
+}
+
+/// Feeds configuration reloads to the MQTT credentials and the ADMS serial-number table, so devices added or removed
+/// by SIGHUP take effect without a restart.
+fn spawn_device_tables(
+    mut updates: watch::Receiver<Arc<Config>>,
+    mqtt: drivers::mqtt::MqttService,
+    adms: drivers::adms::Adms,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                changed = updates.changed() => if changed.is_err() { break },
+                _ = cancel.cancelled() => break,
+            }
+            let config = updates.borrow_and_update().clone();
+            mqtt.update_devices(&config.devices);
+            adms.update_devices(&config.devices);
+        }
+    });
 }
 
 fn write_listeners(data_dir: &Path, listeners: &Listeners) {

@@ -9,5 +9,5 @@ mod harness;
 
 mod config_files;
 mod lifecycle;
+mod mqtt;
 mod store_durability;
-mod upstream;

@@ -40,6 +40,8 @@ pub struct Gateway {
     pub stderr: String,
     /// `listeners.json` of the running process.
     pub listeners: serde_json::Value,
+    /// Drains the daemon's stderr while it runs (a full pipe would block the daemon's logging, and with it the daemon).
+    stderr_reader: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Gateway {
@@ -65,6 +67,7 @@ impl Gateway {
             notify_path,
             stderr: String::new(),
             listeners: serde_json::Value::Null,
+            stderr_reader: None,
         };
         gw.spawn();
         gw
@@ -82,6 +85,14 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start gatewayd");
+        let mut child = child;
+        self.stderr_reader = child.stderr.take().map(|mut err| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err.read_to_string(&mut s);
+                s
+            })
+        });
         self.child = Some(child);
         self.wait_for("READY=1", Duration::from_secs(60));
         let listeners = std::fs::read(self.dir.path().join("data").join("listeners.json")).expect("listeners.json");
@@ -122,6 +133,11 @@ impl Gateway {
     }
 
     fn collect_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            if let Ok(s) = reader.join() {
+                self.stderr.push_str(&s);
+            }
+        }
         if let Some(child) = self.child.as_mut() {
             if let Some(mut err) = child.stderr.take() {
                 let mut s = String::new();

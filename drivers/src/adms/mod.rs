@@ -1,0 +1,389 @@
+//! ZKTeco PUSH ("ADMS" / iclock) terminals over HTTP (SPEC 3.2), served as routes of the API listener.
+//!
+//! A terminal is known by its serial number (`SN=` on every request); unknown serial numbers get 403. The exchange:
+//! - `GET /iclock/cdata?SN=…&options=all`: the handshake. The reply starts `GET OPTION FROM: {SN}` and sets
+//!   `ATTLOGStamp` (the last stamp this gateway stored for the device), `Delay` (seconds between polls), `TransFlag`
+//!   (attendance records only), `TimeZone` (the site's UTC offset now: hours when whole, else minutes, as the protocol
+//!   reads values outside -12..14 as minutes) and `Realtime=1`; the HTTP `Date` header carries the gateway's clock.
+//! - `POST /iclock/cdata?SN=…&table=ATTLOG&Stamp=…`: records, one per line ([`attlog`]). All records of the upload go
+//!   to the store in one `submit_many`; the answer `OK: {n}` is sent only after they are durable. Malformed lines are
+//!   counted and skipped (re-sending them would not make them valid). If the store cannot take the upload (full,
+//!   failing, shutting down) the answer is 503 and the device re-sends the whole upload later; records already stored are
+//!   recognised by their punch id (a hash of device, PIN, method and time: ATTLOG has no sequence numbers), so
+//!   re-uploads, including those after a stamp reset, create no duplicates.
+//! - `GET /iclock/getrequest` (command poll: no commands, `OK`), `POST /iclock/devicecmd` (command results: `OK`),
+//!   `GET /iclock/ping` (`OK`).
+//!
+//! Device times are site-local. A record counts as real-time (so the rules may flag `clock_skew`) when the device has
+//! been polling without a gap for [`SETTLE`] and the upload is small; uploads right after a handshake are backlogs.
+
+pub mod attlog;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DeviceConfig, DriverKind};
+use crate::sink::{Outcome, PunchSink, Rejection};
+use crate::status::StatusBoard;
+
+/// The driver label of ADMS terminals.
+pub const DRIVER: &str = "adms";
+/// Seconds between the terminal's command polls (`Delay` option).
+pub const DELAY_SECS: u64 = 10;
+/// A terminal silent this long is offline.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(6 * DELAY_SECS);
+/// How long a terminal must have been polling without a gap before its uploads count as real-time.
+pub const SETTLE: Duration = Duration::from_secs(30);
+/// Uploads with more records than this are backlogs, not real-time.
+pub const REALTIME_MAX_RECORDS: usize = 10;
+
+#[derive(Debug, Default)]
+struct Seen {
+    last: Option<Instant>,
+    online_since: Option<Instant>,
+    stamp: Option<String>,
+}
+
+/// The shared state of the ADMS routes. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Adms {
+    /// Serial number → device id.
+    devices: Arc<RwLock<HashMap<String, String>>>,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    sink: PunchSink,
+    status: StatusBoard,
+    timezone: jiff::tz::TimeZone,
+    max_body_bytes: usize,
+}
+
+impl Adms {
+    /// `sink` is relabelled for [`DRIVER`]; `max_body_bytes` is the API body limit (named in the 413 answer).
+    pub fn new(
+        devices: &[DeviceConfig],
+        sink: &PunchSink,
+        status: StatusBoard,
+        timezone: jiff::tz::TimeZone,
+        max_body_bytes: usize,
+    ) -> Adms {
+        let adms = Adms {
+            devices: Arc::default(),
+            seen: Arc::default(),
+            sink: sink.for_driver(DRIVER),
+            status,
+            timezone,
+            max_body_bytes,
+        };
+        adms.update_devices(devices);
+        adms
+    }
+
+    /// Applies a (re)loaded device list: serial numbers added or removed take effect on the next request.
+    pub fn update_devices(&self, devices: &[DeviceConfig]) {
+        let table: HashMap<String, String> = devices
+            .iter()
+            .filter(|d| d.driver == DriverKind::Adms)
+            .filter_map(|d| d.serial_number.clone().map(|sn| (sn, d.id.clone())))
+            .collect();
+        for id in table.values() {
+            if self.status.get(id).is_none() {
+                self.status.register(id, DRIVER);
+            }
+        }
+        if let Ok(mut t) = self.devices.write() {
+            *t = table;
+        }
+    }
+
+    fn device_of(&self, sn: &str) -> Option<String> {
+        self.devices.read().ok().and_then(|t| t.get(sn).cloned())
+    }
+
+    /// Records a request from `sn`; returns whether the terminal has been polling steadily for [`SETTLE`].
+    fn touch(&self, sn: &str, device: &str, handshake: bool) -> bool {
+        let now = Instant::now();
+        let (settled, came_online) = match self.seen.lock() {
+            Ok(mut seen) => {
+                let s = seen.entry(sn.to_owned()).or_default();
+                let gap = s.last.is_none_or(|l| now.duration_since(l) > OFFLINE_AFTER);
+                let came_online = gap;
+                if gap || handshake {
+                    s.online_since = Some(now);
+                }
+                s.last = Some(now);
+                (s.online_since.is_some_and(|t| now.duration_since(t) >= SETTLE), came_online)
+            }
+            Err(_) => (false, false),
+        };
+        if came_online {
+            self.status.set_online(device, DRIVER, true);
+        } else {
+            self.status.seen(device, DRIVER);
+        }
+        settled
+    }
+
+    fn stamp(&self, sn: &str) -> Option<String> {
+        self.seen.lock().ok().and_then(|s| s.get(sn).and_then(|s| s.stamp.clone()))
+    }
+
+    fn set_stamp(&self, sn: &str, stamp: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.entry(sn.to_owned()).or_default().stamp = Some(stamp.chars().take(32).collect());
+        }
+    }
+
+    /// Marks terminals offline once they fall silent; runs until cancelled.
+    pub fn spawn_presence(&self, cancel: CancellationToken, tasks: &TaskTracker) {
+        let adms = self.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(DELAY_SECS));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = cancel.cancelled() => return,
+                }
+                let gone: Vec<String> = match adms.seen.lock() {
+                    Ok(mut seen) => seen
+                        .iter_mut()
+                        .filter(|(_, s)| s.last.is_some_and(|l| l.elapsed() > OFFLINE_AFTER))
+                        .map(|(sn, s)| {
+                            s.online_since = None;
+                            s.last = None;
+                            sn.clone()
+                        })
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                for sn in gone {
+                    if let Some(device) = adms.device_of(&sn) {
+                        adms.status.set_online(&device, DRIVER, false);
+                    }
+                }
+            }
+        });
+    }
+
+    /// The `/iclock/*` routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/iclock/cdata", get(handshake).post(upload))
+            .route("/iclock/getrequest", get(poll))
+            .route("/iclock/devicecmd", axum::routing::post(command_result))
+            .route("/iclock/ping", get(poll))
+            .with_state(self.clone())
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// A plain-text answer with the HTTP `Date` header (the terminals set their clock from it).
+fn text(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    let now = jiff::Timestamp::now();
+    let mut date = String::new();
+    if jiff::fmt::rfc2822::DateTimePrinter::new().print_timestamp_rfc9110(&now, &mut date).is_ok() {
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            headers.insert(header::DATE, v);
+        }
+    }
+    resp
+}
+
+fn param<'a>(q: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    q.get(key).or_else(|| q.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v)).map(String::as_str)
+}
+
+/// A request refused before it reached a device: status and body.
+struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        text(self.0, self.1.to_owned())
+    }
+}
+
+/// Resolves the `SN` parameter to a configured device, or the error answer.
+fn identify(adms: &Adms, q: &HashMap<String, String>) -> Result<(String, String), Refusal> {
+    let Some(sn) = param(q, "SN").filter(|s| !s.is_empty()) else {
+        return Err(Refusal(StatusCode::BAD_REQUEST, "ERROR: missing SN parameter\n"));
+    };
+    match adms.device_of(sn) {
+        Some(device) => Ok((sn.to_owned(), device)),
+        None => {
+            tracing::warn!(sn = %sn.chars().take(64).collect::<String>(), "adms request from an unknown serial number");
+            Err(Refusal(StatusCode::FORBIDDEN, "ERROR: unknown device serial number\n"))
+        }
+    }
+}
+
+/// The `TimeZone` option: the site's current UTC offset in hours when whole, else in minutes.
+pub fn timezone_option(offset_seconds: i32) -> String {
+    if offset_seconds % 3600 == 0 {
+        (offset_seconds / 3600).to_string()
+    } else {
+        (offset_seconds / 60).to_string()
+    }
+}
+
+/// The handshake answer for `sn`.
+pub fn handshake_reply(sn: &str, stamp: Option<&str>, offset_seconds: i32) -> String {
+    let mut out = String::with_capacity(256);
+    let _ = writeln!(out, "GET OPTION FROM: {sn}");
+    let _ = writeln!(out, "ATTLOGStamp={}", stamp.unwrap_or("None"));
+    // 9999: do not send operation logs or photos; this gateway stores attendance records only.
+    let _ = writeln!(out, "OPERLOGStamp=9999");
+    let _ = writeln!(out, "ATTPHOTOStamp=9999");
+    let _ = writeln!(out, "ErrorDelay=30");
+    let _ = writeln!(out, "Delay={DELAY_SECS}");
+    let _ = writeln!(out, "TransTimes=00:00;14:05");
+    let _ = writeln!(out, "TransInterval=1");
+    let _ = writeln!(out, "TransFlag=TransData AttLog");
+    let _ = writeln!(out, "TimeZone={}", timezone_option(offset_seconds));
+    let _ = writeln!(out, "Realtime=1");
+    let _ = writeln!(out, "Encrypt=None");
+    out
+}
+
+async fn handshake(State(adms): State<Adms>, Query(q): Params) -> Response {
+    let (sn, device) = match identify(&adms, &q) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    adms.touch(&sn, &device, true);
+    let offset = adms.timezone.to_offset(jiff::Timestamp::now()).seconds();
+    if let Some(ver) = param(&q, "pushver") {
+        adms.status.detail(&device, DRIVER, format!("SN {sn}, push {}", ver.chars().take(16).collect::<String>()));
+    }
+    tracing::info!(device = %device, sn = %sn, "adms handshake");
+    text(StatusCode::OK, handshake_reply(&sn, adms.stamp(&sn).as_deref(), offset))
+}
+
+async fn upload(State(adms): State<Adms>, Query(q): Params, body: Result<Bytes, BytesRejection>) -> Response {
+    let (sn, device) = match identify(&adms, &q) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            adms.sink.count_unparsed(&device, "body_too_large");
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "ERROR: upload larger than {} bytes (api.max_body_bytes); the device should send fewer records per \
+                     request\n",
+                    adms.max_body_bytes
+                )
+            } else {
+                format!("ERROR: cannot read the upload: {rejection}\n")
+            };
+            tracing::warn!(device = %device, %status, "adms upload refused");
+            return text(status, msg);
+        }
+    };
+    let settled = adms.touch(&sn, &device, false);
+    let table = param(&q, "table").unwrap_or_default();
+    if !table.eq_ignore_ascii_case("ATTLOG") {
+        // Operation logs, photos, user data: not punches. Acknowledge so the terminal moves on.
+        let lines = attlog::decode_body(&body).lines().filter(|l| !l.trim().is_empty()).count();
+        return text(StatusCode::OK, format!("OK: {lines}\n"));
+    }
+    let text_body = attlog::decode_body(&body);
+    let (records, errors) = attlog::parse_attlog(&text_body);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let realtime = settled && records.len() <= REALTIME_MAX_RECORDS;
+    let mut punches = Vec::with_capacity(records.len());
+    let mut bad = errors.len();
+    for e in &errors {
+        tracing::debug!(device = %device, line = e.line, reason = %e.reason, "adms line skipped");
+        adms.sink.count_unparsed(&device, "malformed_line");
+    }
+    for r in &records {
+        match attlog::to_punch(&device, r, &adms.timezone, now, realtime) {
+            Ok(p) => punches.push(p),
+            Err(e) => {
+                bad += 1;
+                tracing::debug!(device = %device, line = e.line, reason = %e.reason, "adms line skipped");
+                adms.sink.count_unparsed(&device, "malformed_line");
+            }
+        }
+    }
+    if bad > 0 {
+        adms.status.error(&device, DRIVER, format!("{bad} malformed ATTLOG line(s) skipped in the last upload"));
+    }
+    let outcomes = adms.sink.submit_many(punches).await;
+    let mut stored = 0usize;
+    for o in &outcomes {
+        match o {
+            Outcome::Stored { .. } => stored += 1,
+            Outcome::Rejected(Rejection::Invalid(_)) => {}
+            Outcome::Rejected(r) => {
+                tracing::warn!(device = %device, reason = %r, "adms upload not stored; the terminal will re-send");
+                return text(StatusCode::SERVICE_UNAVAILABLE, format!("ERROR: {r}\n"));
+            }
+        }
+    }
+    if let Some(stamp) = param(&q, "Stamp") {
+        adms.set_stamp(&sn, stamp);
+    }
+    tracing::debug!(device = %device, stored, skipped = bad, "adms upload stored");
+    text(StatusCode::OK, format!("OK: {stored}\n"))
+}
+
+async fn poll(State(adms): State<Adms>, Query(q): Params) -> Response {
+    let (sn, device) = match identify(&adms, &q) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    adms.touch(&sn, &device, false);
+    if let Some(info) = param(&q, "INFO") {
+        // Firmware version, user count, … as the terminal reports them.
+        adms.status.detail(&device, DRIVER, format!("SN {sn}, info {}", info.chars().take(80).collect::<String>()));
+    }
+    text(StatusCode::OK, "OK\n".into())
+}
+
+async fn command_result(State(adms): State<Adms>, Query(q): Params, _body: Result<Bytes, BytesRejection>) -> Response {
+    let (sn, device) = match identify(&adms, &q) {
+        Ok(x) => x,
+        Err(refusal) => return refusal.into_response(),
+    };
+    adms.touch(&sn, &device, false);
+    text(StatusCode::OK, "OK\n".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timezone_units() {
+        assert_eq!(timezone_option(8 * 3600), "8");
+        assert_eq!(timezone_option(-5 * 3600), "-5");
+        assert_eq!(timezone_option(5 * 3600 + 1800), "330");
+        assert_eq!(timezone_option(0), "0");
+    }
+
+    #[test]
+    fn handshake_has_the_options() {
+        let r = handshake_reply("CKJG201960012", None, 8 * 3600);
+        assert!(r.starts_with("GET OPTION FROM: CKJG201960012\n"));
+        for opt in ["ATTLOGStamp=None", "Delay=10", "TransFlag=TransData AttLog", "TimeZone=8", "Realtime=1"] {
+            assert!(r.lines().any(|l| l == opt), "{opt} missing in {r}");
+        }
+    }
+}

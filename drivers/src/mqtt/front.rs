@@ -1,0 +1,480 @@
+//! The front: the listeners devices connect to. Each device connection is authenticated here and then spliced to the
+//! embedded broker's internal listener, with every packet the device sends checked on the way.
+//!
+//! Per connection:
+//! 1. read the CONNECT (within [`CONNECT_TIMEOUT`]); refuse MQTT 5 (`CONNACK 1`), a bad or missing password or an
+//!    unknown device (`CONNACK 4`), a certificate/username mismatch or a last will outside the device's status topic
+//!    (`CONNACK 5`);
+//! 2. rewrite it: client id and username become the device id, the password becomes the per-process broker token;
+//! 3. open a connection to the broker, forward the rewritten CONNECT and the broker's CONNACK;
+//! 4. pump bytes both ways. Device to broker, each frame is parsed far enough to check it: a PUBLISH must go to
+//!    `gw/v1/dev/{own id}/punch` or `/status`, a SUBSCRIBE may only name filters under `gw/v1/dev/{own id}/`. Anything
+//!    else closes the connection (MQTT 3.1.1 §3.3.5 lets a server close instead of acknowledging an unauthorised
+//!    PUBLISH) and is counted as `topic_not_allowed`.
+//!
+//! The connection also closes when the device is removed from the configuration or its secret changes (SIGHUP), and when
+//! the gateway shuts down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::auth::Credentials;
+use super::wire::{self, kind, ConnectReturn};
+use super::{DRIVER, TOPIC_PREFIX};
+use crate::status::StatusBoard;
+use crate::telemetry::DriverMetrics;
+
+/// How long a new connection may take to send its CONNECT (and a TLS client its handshake).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest CONNECT accepted.
+const CONNECT_LIMIT: usize = 64 * 1024;
+
+/// What every front connection shares.
+pub(crate) struct Front {
+    pub credentials: Credentials,
+    pub broker: SocketAddr,
+    pub token: String,
+    pub status: StatusBoard,
+    pub metrics: DriverMetrics,
+    /// Largest frame passed to the broker; larger ones close the connection. Payloads between `max_payload_bytes` and
+    /// this limit reach the gateway and are answered `rejected`.
+    pub frame_limit: usize,
+    presence: Mutex<HashMap<String, (usize, bool)>>,
+}
+
+impl Front {
+    pub fn new(
+        credentials: Credentials,
+        broker: SocketAddr,
+        token: String,
+        status: StatusBoard,
+        metrics: DriverMetrics,
+        frame_limit: usize,
+    ) -> Front {
+        Front { credentials, broker, token, status, metrics, frame_limit, presence: Mutex::default() }
+    }
+
+    /// One more open connection of `device`: online; a reconnect if it had connected before.
+    fn connected(&self, device: &str, peer: SocketAddr) {
+        let again = match self.presence.lock() {
+            Ok(mut p) => {
+                let entry = p.entry(device.to_owned()).or_insert((0, false));
+                entry.0 += 1;
+                std::mem::replace(&mut entry.1, true)
+            }
+            Err(_) => false,
+        };
+        if again {
+            self.status.reconnected(device, DRIVER);
+        }
+        self.status.set_online(device, DRIVER, true);
+        self.status.detail(device, DRIVER, format!("connected from {peer}"));
+        tracing::info!(device, %peer, "mqtt device connected");
+    }
+
+    /// One connection of `device` fewer: offline when it was the last.
+    fn disconnected(&self, device: &str, why: &str) {
+        let last = match self.presence.lock() {
+            Ok(mut p) => match p.get_mut(device) {
+                Some(entry) => {
+                    entry.0 = entry.0.saturating_sub(1);
+                    entry.0 == 0
+                }
+                None => true,
+            },
+            Err(_) => true,
+        };
+        if last {
+            self.status.set_online(device, DRIVER, false);
+        }
+        tracing::info!(device, reason = why, "mqtt device disconnected");
+    }
+
+    fn refused(&self, device: &str, peer: SocketAddr, why: &str) {
+        tracing::warn!(device, %peer, reason = why, "mqtt connection refused");
+        if self.credentials.knows(device) {
+            self.status.error(device, DRIVER, format!("connection from {peer} refused: {why}"));
+        }
+    }
+}
+
+/// Accepts plain TCP device connections until cancelled.
+pub(crate) async fn serve_plain(listener: TcpListener, front: Arc<Front>, cancel: CancellationToken, tasks: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cancel.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let front = front.clone();
+                let cancel = cancel.clone();
+                tasks.spawn(async move { handle(stream, None, peer, front, cancel).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mqtt accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts TLS device connections until cancelled. With a client CA, the certificate's common name is the device id.
+pub(crate) async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    front: Arc<Front>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = cancel.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "mqtt tls accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let front = front.clone();
+        let cancel = cancel.clone();
+        let acceptor = acceptor.clone();
+        tasks.spawn(async move {
+            let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "mqtt tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "mqtt tls handshake timed out");
+                    return;
+                }
+            };
+            let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => match super::tls::device_id_of(cert.as_ref()) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "mqtt client certificate names no device");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            handle(tls, identity, peer, front, cancel).await
+        });
+    }
+}
+
+/// Reads until one whole frame is in `buf`; returns (first byte, header length, body length).
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Option<(u8, usize, usize)>, String> {
+    loop {
+        if let Some((header, body)) = wire::frame_len(buf, limit).map_err(|e| e.to_string())? {
+            if buf.len() >= header + body {
+                return Ok(Some((buf[0], header, body)));
+            }
+            buf.reserve(header + body - buf.len());
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// What a device may publish to: its punch and status topics.
+pub fn publish_allowed(device: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(TOPIC_PREFIX)
+        .and_then(|rest| rest.strip_prefix(device))
+        .is_some_and(|leaf| leaf == "/punch" || leaf == "/status")
+}
+
+/// What a device may subscribe to: filters under its own `gw/v1/dev/{id}/`.
+pub fn subscribe_allowed(device: &str, filter: &str) -> bool {
+    filter
+        .strip_prefix(TOPIC_PREFIX)
+        .and_then(|rest| rest.strip_prefix(device))
+        .is_some_and(|leaf| leaf.starts_with('/') && leaf.len() > 1)
+}
+
+async fn handle<S>(mut device: S, cert_id: Option<String>, peer: SocketAddr, front: Arc<Front>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut device, &mut buf, CONNECT_LIMIT)).await;
+    let (b0, header, body) = match first {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "mqtt connection closed before CONNECT");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    if b0 >> 4 != kind::CONNECT {
+        tracing::debug!(%peer, "first packet is not CONNECT");
+        return;
+    }
+    let mut connect = match wire::parse_connect(&buf[header..header + body]) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "malformed CONNECT");
+            return;
+        }
+    };
+    buf.advance(header + body);
+
+    let refuse = |code: ConnectReturn| wire::connack(code);
+    if connect.level == 5 {
+        let _ = device.write_all(&refuse(ConnectReturn::UnacceptableProtocol)).await;
+        front.refused(connect.username.as_deref().unwrap_or("?"), peer, "MQTT 5 is not supported; use 3.1.1");
+        return;
+    }
+    let device_id = match (&cert_id, &connect.username) {
+        (Some(id), user) => {
+            if user.as_ref().is_some_and(|u| u != id) {
+                let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+                front.refused(id, peer, "username differs from the device in the client certificate");
+                return;
+            }
+            if !front.credentials.knows(id) {
+                let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+                front.refused(id, peer, "client certificate names no configured mqtt device");
+                return;
+            }
+            id.clone()
+        }
+        (None, Some(user)) => {
+            let password = connect.password.as_deref().unwrap_or_default();
+            if !front.credentials.check(user, password) {
+                let _ = device.write_all(&refuse(ConnectReturn::BadUsernameOrPassword)).await;
+                front.refused(user, peer, "unknown device or wrong password");
+                front.metrics.rejected(DRIVER, if front.credentials.knows(user) { user } else { "unknown" }, "auth");
+                return;
+            }
+            user.clone()
+        }
+        (None, None) => {
+            let _ = device.write_all(&refuse(ConnectReturn::BadUsernameOrPassword)).await;
+            front.refused("?", peer, "no username (the username is the device id)");
+            return;
+        }
+    };
+    if let Some(will) = &connect.will {
+        if will.topic != format!("{TOPIC_PREFIX}{device_id}/status") {
+            let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+            front.refused(&device_id, peer, "the last will must go to the device's own status topic");
+            return;
+        }
+    }
+    let secret = front.credentials.secret_of(&device_id);
+    connect.client_id = device_id.clone();
+    connect.username = Some(device_id.clone());
+    connect.password = Some(front.token.as_bytes().to_vec());
+
+    let mut broker = match TcpStream::connect(front.broker).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(device = %device_id, error = %e, "cannot reach the embedded broker");
+            let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+            return;
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    if broker.write_all(&wire::encode_connect(&connect)).await.is_err() {
+        let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+        return;
+    }
+    let mut from_broker = BytesMut::with_capacity(1024);
+    let connack = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut broker, &mut from_broker, front.frame_limit));
+    let code = match connack.await {
+        Ok(Ok(Some((_, h, b)))) => wire::connack_code(&from_broker[..h + b]),
+        _ => None,
+    };
+    if code != Some(0) {
+        tracing::error!(device = %device_id, ?code, "embedded broker refused a connection the front accepted");
+        let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+        return;
+    }
+    if device.write_all(&from_broker).await.is_err() {
+        return;
+    }
+    from_broker.clear();
+
+    front.connected(&device_id, peer);
+    let why = pump(device, broker, buf, &device_id, secret, &front, &cancel).await;
+    front.disconnected(&device_id, &why);
+}
+
+/// Moves bytes both ways until either side closes, a rule is broken, the device is deconfigured or the gateway stops.
+/// Returns why it ended.
+async fn pump<S>(
+    device: S,
+    broker: TcpStream,
+    mut buf: BytesMut,
+    device_id: &str,
+    secret: Option<crate::config::Secret>,
+    front: &Front,
+    cancel: &CancellationToken,
+) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut dev_rd, mut dev_wr) = tokio::io::split(device);
+    let (mut br_rd, mut br_wr) = broker.into_split();
+    let mut revisions = front.credentials.revisions();
+    revisions.mark_unchanged();
+
+    let why = {
+    let upstream = async {
+        loop {
+            // Check and forward every whole frame in the buffer, then read more.
+            let mut ready = 0;
+            loop {
+                let rest = &buf[ready..];
+                let (header, body) = match wire::frame_len(rest, front.frame_limit) {
+                    Ok(Some((h, b))) if rest.len() >= h + b => (h, b),
+                    Ok(_) => break,
+                    Err(e) => return format!("protocol error: {e}"),
+                };
+                let b0 = rest[0];
+                let frame_body = &rest[header..header + body];
+                if let Err(why) = check_frame(device_id, b0, frame_body) {
+                    front.metrics.rejected(DRIVER, device_id, "topic_not_allowed");
+                    front.status.error(device_id, DRIVER, why.clone());
+                    tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
+                    return why;
+                }
+                ready += header + body;
+            }
+            if ready > 0 {
+                if let Err(e) = br_wr.write_all(&buf[..ready]).await {
+                    return format!("broker write: {e}");
+                }
+                buf.advance(ready);
+            }
+            match dev_rd.read_buf(&mut buf).await {
+                Ok(0) => return "device closed the connection".to_owned(),
+                Ok(_) => {}
+                Err(e) => return format!("device read: {e}"),
+            }
+        }
+    };
+    let downstream = async {
+        match tokio::io::copy(&mut br_rd, &mut dev_wr).await {
+            Ok(_) => "broker closed the connection".to_owned(),
+            Err(e) => format!("device write: {e}"),
+        }
+    };
+    let deconfigured = async {
+        loop {
+            if revisions.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let now = front.credentials.secret_of(device_id);
+            if now.is_none() || now != secret {
+                return "device removed from the configuration or its secret changed".to_owned();
+            }
+        }
+    };
+    tokio::select! {
+        why = upstream => why,
+        why = downstream => why,
+        why = deconfigured => why,
+        _ = cancel.cancelled() => "gateway shutting down".to_owned(),
+    }
+    };
+    let _ = br_wr.shutdown().await;
+    why
+}
+
+/// Checks one device frame against the topic rules. `Err` says what was wrong.
+pub fn check_frame(device_id: &str, b0: u8, body: &[u8]) -> Result<(), String> {
+    match b0 >> 4 {
+        kind::PUBLISH => {
+            let topic = wire::publish_topic(b0, body).map_err(|e| format!("malformed PUBLISH: {e}"))?;
+            if publish_allowed(device_id, topic) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "published to `{}`: device {device_id} may publish only to {TOPIC_PREFIX}{device_id}/punch and \
+                     /status",
+                    topic.chars().take(128).collect::<String>()
+                ))
+            }
+        }
+        kind::SUBSCRIBE => {
+            let filters = wire::subscription_filters(body, true).map_err(|e| format!("malformed SUBSCRIBE: {e}"))?;
+            match filters.iter().find(|f| !subscribe_allowed(device_id, f)) {
+                None => Ok(()),
+                Some(f) => Err(format!(
+                    "subscribed to `{}`: device {device_id} may subscribe only under {TOPIC_PREFIX}{device_id}/",
+                    f.chars().take(128).collect::<String>()
+                )),
+            }
+        }
+        kind::UNSUBSCRIBE => {
+            wire::subscription_filters(body, false).map_err(|e| format!("malformed UNSUBSCRIBE: {e}"))?;
+            Ok(())
+        }
+        kind::PUBACK | kind::PUBREC | kind::PUBREL | kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => Ok(()),
+        other => Err(format!("packet type {other} is not allowed from a client here")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        assert!(publish_allowed("a", "gw/v1/dev/a/punch"));
+        assert!(publish_allowed("a", "gw/v1/dev/a/status"));
+        assert!(!publish_allowed("a", "gw/v1/dev/b/punch"));
+        assert!(!publish_allowed("a", "gw/v1/dev/ab/punch"));
+        assert!(!publish_allowed("a", "gw/v1/dev/a/ack"));
+        assert!(!publish_allowed("a", "gw/v1/dev/a/punch/x"));
+        assert!(subscribe_allowed("a", "gw/v1/dev/a/ack"));
+        assert!(subscribe_allowed("a", "gw/v1/dev/a/#"));
+        assert!(!subscribe_allowed("a", "gw/v1/dev/+/ack"));
+        assert!(!subscribe_allowed("a", "gw/v1/dev/ab/ack"));
+        assert!(!subscribe_allowed("a", "#"));
+        assert!(!subscribe_allowed("a", "gw/v1/dev/a/"));
+    }
+
+    #[test]
+    fn frames_are_checked() {
+        let mut publish = Vec::new();
+        publish.extend_from_slice(&(17u16).to_be_bytes());
+        publish.extend_from_slice(b"gw/v1/dev/b/punch");
+        publish.extend_from_slice(&[0, 1]);
+        assert!(check_frame("a", 0x32, &publish).is_err());
+        assert!(check_frame("b", 0x32, &publish).is_ok());
+        assert!(check_frame("b", 0x20, &[]).is_err());
+        assert!(check_frame("b", 0xc0, &[]).is_ok());
+    }
+}

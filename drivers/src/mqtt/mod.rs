@@ -1,0 +1,419 @@
+//! MQTT face terminals (SPEC 3.1) through the embedded rumqttd broker.
+//!
+//! ```text
+//! device ──TCP/TLS──> front (auth, topic rules) ──loopback──> rumqttd (own thread) ──local link──> ingest ──> PunchSink
+//!    ^                                                                                   |
+//!    └────────────── gw/v1/dev/{id}/ack <── rumqttd <── ack thread (LinkTx) <── outcome ─┘
+//! ```
+//!
+//! - [`front`]: the listeners on `[mqtt].listen` (and `tls_listen`). It authenticates every CONNECT against the
+//!   configured devices, rewrites it with the per-process broker token, and checks every PUBLISH/SUBSCRIBE topic against
+//!   the authenticated device id before the bytes reach the broker. rumqttd 0.20 offers no hook that ties a publish to
+//!   its publisher (its auth handler sees only the CONNECT, and a local link's `Forward` does not say who published), so
+//!   this is where "a device must not report punches as another device" is enforced.
+//! - rumqttd listens only on a loopback port chosen at start and accepts only CONNECTs carrying the token, so a local
+//!   process cannot bypass the front. It runs on its own OS thread: rumqttd has no shutdown path (see
+//!   `docs/architecture.md`).
+//! - The ingest task reads device publishes from a local link (`Broker::link`), parses them ([`payload`]), submits them
+//!   to the [`PunchSink`] in batches and answers each on `gw/v1/dev/{id}/ack` only after the sink says the punch is
+//!   durable. The broker's PUBACK means only "reached the broker".
+//! - Presence: the front marks a device online when the broker accepted its CONNECT and offline when its last connection
+//!   ends; messages on `gw/v1/dev/{id}/status` (including the last will) are recorded as the device's status detail.
+
+pub mod auth;
+pub mod front;
+pub mod payload;
+pub mod tls;
+pub mod wire;
+
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DeviceConfig;
+use crate::sink::{DevicePunch, Outcome, PunchSink, Rejection};
+use crate::status::StatusBoard;
+use crate::telemetry::DriverMetrics;
+pub use auth::Credentials;
+use payload::Ack;
+
+/// The driver label of MQTT devices.
+pub const DRIVER: &str = "mqtt";
+/// Every device topic starts with this, then the device id.
+pub const TOPIC_PREFIX: &str = "gw/v1/dev/";
+/// Largest MQTT frame the front passes on (bounds memory per connection). Payloads up to this size but above
+/// `max_payload_bytes` are answered `rejected`; larger frames close the connection.
+pub const FRAME_LIMIT: usize = (1 << 20) + 1024;
+/// Punches read from the broker but not yet submitted, before the link stops reading (backpressure into the broker).
+const JOB_QUEUE: usize = 8192;
+/// Most punches submitted in one `submit_many`.
+const SUBMIT_BATCH: usize = 1024;
+/// Most `submit_many` calls waiting for the store at once.
+const SUBMITS_IN_FLIGHT: usize = 64;
+/// Acks waiting to be published.
+const ACK_QUEUE: usize = 16384;
+/// The local link's client id: contains `:`, which device ids cannot, so no device can take over the session.
+const LINK_CLIENT_ID: &str = "gatewayd:ingest";
+
+/// Why the MQTT service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("cannot listen on {addr} (mqtt{what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("embedded mqtt broker: {0}")]
+    Broker(String),
+}
+
+/// The TLS listener settings (`[mqtt].tls_listen` and `[mqtt].tls`).
+#[derive(Clone, Debug)]
+pub struct MqttTls {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What the MQTT service needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub listen: String,
+    pub tls: Option<MqttTls>,
+    /// Largest punch payload accepted (`[mqtt].max_payload_bytes`).
+    pub max_payload_bytes: usize,
+}
+
+/// Where punches go, where status and metrics are reported, when to stop.
+#[derive(Clone, Debug)]
+pub struct MqttContext {
+    /// The sink (labelled for [`DRIVER`] by `start`).
+    pub sink: PunchSink,
+    pub status: StatusBoard,
+    pub metrics: DriverMetrics,
+    /// The site time zone: punch times without an offset are read in it.
+    pub timezone: jiff::tz::TimeZone,
+    /// Stops the front (listeners and device connections) and the ingest task.
+    pub cancel: CancellationToken,
+    /// Tracks every task `start` spawns, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// The running MQTT service.
+#[derive(Clone, Debug)]
+pub struct MqttService {
+    /// The bound plain listener.
+    pub addr: SocketAddr,
+    /// The bound TLS listener, when configured.
+    pub tls_addr: Option<SocketAddr>,
+    credentials: Credentials,
+}
+
+impl MqttService {
+    /// Applies a reloaded device list: new devices may connect at once, removed ones (or changed secrets) are
+    /// disconnected.
+    pub fn update_devices(&self, devices: &[DeviceConfig]) {
+        let (added, removed) = self.credentials.update(devices);
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(?added, ?removed, "mqtt devices reloaded");
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, MqttError> {
+    TcpListener::bind(addr).await.map_err(|source| MqttError::Bind { what, addr: addr.to_owned(), source })
+}
+
+fn local_addr(what: &'static str, l: &TcpListener, addr: &str) -> Result<SocketAddr, MqttError> {
+    l.local_addr().map_err(|source| MqttError::Bind { what, addr: addr.to_owned(), source })
+}
+
+/// Binds the listeners, starts the broker thread and the ingest task. Returns once devices can connect.
+pub async fn start(
+    settings: MqttSettings,
+    devices: &[DeviceConfig],
+    ctx: MqttContext,
+) -> Result<MqttService, MqttError> {
+    let credentials = Credentials::new(devices);
+    for d in devices.iter().filter(|d| d.driver == crate::config::DriverKind::Mqtt) {
+        ctx.status.register(&d.id, DRIVER);
+    }
+    let plain = bind("", &settings.listen).await?;
+    let addr = local_addr("", &plain, &settings.listen)?;
+    let tls = match &settings.tls {
+        Some(t) => {
+            let acceptor = tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())?;
+            let l = bind(" tls", &t.listen).await?;
+            let a = local_addr(" tls", &l, &t.listen)?;
+            Some((l, a, acceptor))
+        }
+        None => None,
+    };
+
+    let token = random_token();
+    let creds_for_broker = credentials.clone();
+    let token_for_broker = token.clone();
+    let (broker_addr, link_tx, link_rx) =
+        tokio::task::spawn_blocking(move || start_broker(token_for_broker, creds_for_broker))
+            .await
+            .map_err(|e| MqttError::Broker(e.to_string()))??;
+
+    let front = Arc::new(front::Front::new(
+        credentials.clone(),
+        broker_addr,
+        token,
+        ctx.status.clone(),
+        ctx.metrics.clone(),
+        FRAME_LIMIT,
+    ));
+    let sink = ctx.sink.for_driver(DRIVER);
+    spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes);
+    ctx.tasks.spawn(front::serve_plain(plain, front.clone(), ctx.cancel.clone(), ctx.tasks.clone()));
+    let tls_addr = match tls {
+        Some((l, a, acceptor)) => {
+            ctx.tasks.spawn(front::serve_tls(l, acceptor, front, ctx.cancel.clone(), ctx.tasks.clone()));
+            Some(a)
+        }
+        None => None,
+    };
+    tracing::info!(%addr, ?tls_addr, broker = %broker_addr, "mqtt listening");
+    Ok(MqttService { addr, tls_addr, credentials })
+}
+
+/// 32 random bytes in hex: the password only the front knows for the broker's internal listener.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts rumqttd on its own thread with one internal loopback listener, and opens the ingest link.
+///
+/// rumqttd binds its listener itself and cannot report the address, so a free loopback port is picked first (bind to
+/// port 0 and release). Should another process take the port in between, rumqttd's listener fails and its server
+/// thread ends; `start` notices that (the broker thread returns) and fails instead of talking to a stranger.
+fn start_broker(token: String, credentials: Credentials) -> Result<(SocketAddr, LinkTx, LinkRx), MqttError> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| MqttError::Broker(format!("cannot pick a loopback port: {e}")))?
+        .port();
+    let internal = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let mut connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: FRAME_LIMIT,
+        max_inflight_count: 256,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: false,
+    };
+    connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
+        let ok = client_id == user && bool::from(pass.as_bytes().ct_eq(token.as_bytes())) && credentials.knows(&user);
+        async move { ok }
+    });
+    let server = rumqttd::ServerSettings {
+        name: "gatewayd-internal".into(),
+        listen: internal,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = rumqttd::RouterConfig {
+        max_connections: 100_000,
+        max_outgoing_packet_count: 1024,
+        max_segment_size: 1 << 20,
+        max_segment_count: 4,
+        custom_segment: None,
+        // Filters exist from the start, so the gateway's acks always have somewhere to go even before a device
+        // subscribed (rumqttd drops a publisher whose topic matches no filter).
+        initialized_filters: Some(vec![
+            format!("{TOPIC_PREFIX}+/punch"),
+            format!("{TOPIC_PREFIX}+/status"),
+            format!("{TOPIC_PREFIX}+/ack"),
+        ]),
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router,
+        v4: Some([("internal".to_owned(), server)].into_iter().collect()),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    let (mut link_tx, link_rx) = broker.link(LINK_CLIENT_ID).map_err(|e| MqttError::Broker(e.to_string()))?;
+    for leaf in ["punch", "status"] {
+        link_tx
+            .subscribe(format!("{TOPIC_PREFIX}+/{leaf}"))
+            .map_err(|e| MqttError::Broker(format!("subscribe: {e}")))?;
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            // Returns only when every rumqttd server thread has ended (for example, its bind failed).
+            let outcome = match broker.start() {
+                Ok(()) => "its listener stopped".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(reason = %outcome, "embedded mqtt broker stopped: mqtt devices cannot connect");
+            let _ = done_tx.send(outcome);
+        })
+        .map_err(|e| MqttError::Broker(format!("cannot start the broker thread: {e}")))?;
+
+    // Wait (bounded) until the internal listener accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(reason) = done_rx.try_recv() {
+            return Err(MqttError::Broker(format!("failed to start on {internal}: {reason}")));
+        }
+        if StdTcpStream::connect_timeout(&internal, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(MqttError::Broker(format!("internal listener {internal} did not come up")));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((internal, link_tx, link_rx))
+}
+
+/// One parsed punch waiting for the store.
+struct Job {
+    device: String,
+    seq: u64,
+    punch: DevicePunch,
+}
+
+/// An ack to publish: (device, payload).
+type AckMsg = (String, Vec<u8>);
+
+fn spawn_ingest(link_tx: LinkTx, link_rx: LinkRx, sink: PunchSink, ctx: &MqttContext, max_payload: usize) {
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(JOB_QUEUE);
+    let (acks_tx, acks_rx) = mpsc::channel::<AckMsg>(ACK_QUEUE);
+
+    // Acks go out through the link's sending half, whose `publish` blocks on the router channel: a thread of its own.
+    let spawned = std::thread::Builder::new().name("mqtt-acks".into()).spawn(move || publish_acks(link_tx, acks_rx));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the mqtt ack thread: devices will not get acks");
+    }
+    ctx.tasks.spawn(read_link(link_rx, jobs_tx, acks_tx.clone(), sink.clone(), ctx.clone(), max_payload));
+    ctx.tasks.spawn(submit_jobs(jobs_rx, acks_tx, sink, ctx.tasks.clone()));
+}
+
+fn publish_acks(mut link_tx: LinkTx, mut acks: mpsc::Receiver<AckMsg>) {
+    while let Some((device, payload)) = acks.blocking_recv() {
+        if let Err(e) = link_tx.publish(format!("{TOPIC_PREFIX}{device}/ack"), payload) {
+            tracing::error!(error = %e, "mqtt broker link lost: acks cannot be published");
+            return;
+        }
+    }
+}
+
+/// Reads device publishes from the broker and turns them into jobs (or rejection acks).
+async fn read_link(
+    mut link_rx: LinkRx,
+    jobs: mpsc::Sender<Job>,
+    acks: mpsc::Sender<AckMsg>,
+    sink: PunchSink,
+    ctx: MqttContext,
+    max_payload: usize,
+) {
+    loop {
+        let next = tokio::select! {
+            n = link_rx.next() => n,
+            _ = ctx.cancel.cancelled() => return,
+        };
+        let forward = match next {
+            Ok(Some(Notification::Forward(f))) => f,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "mqtt broker link lost: mqtt punches cannot be received until restart");
+                return;
+            }
+        };
+        let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else { continue };
+        let Some((device, leaf)) = payload::split_topic(topic) else { continue };
+        ctx.status.seen(device, DRIVER);
+        match leaf {
+            "punch" => {
+                let now = jiff::Timestamp::now().as_millisecond();
+                match payload::parse_punch(device, &forward.publish.payload, &ctx.timezone, now, max_payload) {
+                    Ok(punch) => {
+                        let seq = punch.device_seq.unwrap_or_default();
+                        let job = Job { device: device.to_owned(), seq, punch };
+                        if jobs.send(job).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        sink.count_unparsed(device, e.label);
+                        tracing::debug!(device, reason = %e.reason, "mqtt punch rejected");
+                        let ack = Ack::rejected(e.seq, e.reason).to_json();
+                        if acks.send((device.to_owned(), ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            "status" => {
+                let text: String = String::from_utf8_lossy(&forward.publish.payload).chars().take(64).collect();
+                ctx.status.detail(device, DRIVER, format!("status: {text}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Submits queued punches in batches and answers each once the store decided.
+///
+/// Transient failures (store full, store failed, shutting down) get no ack: the device re-sends until it sees one
+/// (SPEC 3.1), whereas a `rejected` ack could make it discard a punch the gateway would store a minute later.
+async fn submit_jobs(mut jobs: mpsc::Receiver<Job>, acks: mpsc::Sender<AckMsg>, sink: PunchSink, tasks: TaskTracker) {
+    let in_flight = Arc::new(Semaphore::new(SUBMITS_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(SUBMIT_BATCH);
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        if jobs.recv_many(&mut batch, SUBMIT_BATCH).await == 0 {
+            return;
+        }
+        let taken: Vec<Job> = std::mem::take(&mut batch);
+        let sink = sink.clone();
+        let acks = acks.clone();
+        tasks.spawn(async move {
+            let (meta, punches): (Vec<(String, u64)>, Vec<DevicePunch>) =
+                taken.into_iter().map(|j| ((j.device, j.seq), j.punch)).unzip();
+            let outcomes = sink.submit_many(punches).await;
+            drop(permit);
+            for ((device, seq), outcome) in meta.into_iter().zip(outcomes) {
+                let ack = match outcome {
+                    Outcome::Stored { .. } => Ack::stored(seq),
+                    Outcome::Rejected(r @ Rejection::Invalid(_)) => Ack::rejected(Some(seq), r.to_string()),
+                    Outcome::Rejected(r) => {
+                        tracing::warn!(device = %device, seq, reason = %r, "mqtt punch not stored; the device will re-send");
+                        continue;
+                    }
+                };
+                if acks.send((device, ack.to_json())).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
