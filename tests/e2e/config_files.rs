@@ -43,7 +43,12 @@ fn invalid_configs_fail_with_their_named_problem() {
         let file = parts.next().unwrap_or_default();
         let line = parts.next().unwrap_or_default();
         let rest = parts.next().unwrap_or_default().trim_start();
-        assert_eq!(file, path.to_str().unwrap(), "{first}");
+        // A problem inside a referenced file (rules, roster) names that file: `# file: RELATIVE_PATH` on line 2.
+        let expected_file = match text.lines().nth(1).and_then(|l| l.strip_prefix("# file: ")) {
+            Some(rel) => dir.join(rel.trim()),
+            None => path.clone(),
+        };
+        assert_eq!(file, expected_file.to_str().unwrap(), "{first}");
         assert!(line.parse::<usize>().is_ok_and(|n| n >= 1), "line number in {first}");
         assert!(rest.starts_with(expect.trim_end()), "{}:\n  got:    {rest}\n  wanted: {expect}", path.display());
         checked += 1;

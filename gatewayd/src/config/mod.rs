@@ -431,7 +431,16 @@ impl Config {
 
         for (section, file) in [("roster", &self.roster), ("rules", &self.rules)] {
             if let Some(f) = file {
+                let before = out.list.len();
                 check_file(&mut out, &[Seg::Key(section), Seg::Key("file")], &format!("{section}.file"), &f.file);
+                // The file's own contents, reported with its own FILE:LINE.
+                if out.list.len() == before {
+                    let problems = match section {
+                        "rules" => crate::rules::Rules::load(&f.file).err(),
+                        _ => crate::roster::Roster::load(&f.file).err(),
+                    };
+                    out.list.extend(problems.unwrap_or_default());
+                }
             }
         }
 
