@@ -28,7 +28,8 @@ pub enum LogStyle {
 pub fn init_logging() {
     let style = if std::env::var_os("JOURNAL_STREAM").is_some() { LogStyle::Journal } else { LogStyle::Terminal };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,rumqttd=warn"));
+        // rumqttd logs every ordinary disconnect at ERROR; the MQTT front logs connects, refusals and disconnects itself.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sled=warn,rumqttd=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match style {
         LogStyle::Terminal => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),

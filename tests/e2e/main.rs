@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod adms;
 mod config_files;
 mod lifecycle;
 mod mqtt;

@@ -62,7 +62,9 @@ async fn connect(addr: SocketAddr, id: &str) -> (AsyncClient, EventLoop) {
 }
 
 fn punch(seq: u64, employee: &str) -> String {
-    format!(r#"{{"seq": {seq}, "time": "2026-11-22T08:59:30+08:00", "method": "face", "employee": "{employee}", "score": 0.93}}"#)
+    format!(
+        r#"{{"seq": {seq}, "time": "2026-11-22T08:59:30+08:00", "method": "face", "employee": "{employee}", "score": 0.93}}"#
+    )
 }
 
 /// Publishes `payload` on the device's punch topic and waits for the next ack.
@@ -148,10 +150,26 @@ fn mqtt_garbage_is_rejected_with_a_reason_and_the_connection_stays_up() {
         let cases: Vec<(Vec<u8>, Value, &str)> = vec![
             (b"not json".to_vec(), Value::Null, "not valid JSON"),
             (br#"{"seq": 5, "time": "2026-11-22T08:59:30Z"}"#.to_vec(), 5.into(), "missing field `method`"),
-            (br#"{"seq": 6, "time": "2026-11-22T08:59:30Z", "method": "smell", "employee": "E1"}"#.to_vec(), 6.into(), "unknown method"),
-            (br#"{"seq": 7, "time": "1970-01-01T00:00:00Z", "method": "face", "employee": "E1"}"#.to_vec(), 7.into(), "before 2000"),
-            (br#"{"seq": 8, "time": "2999-01-01T00:00:00Z", "method": "face", "employee": "E1"}"#.to_vec(), 8.into(), "future"),
-            (format!(r#"{{"seq": 9, "pad": "{}"}}"#, "x".repeat(10_000)).into_bytes(), 9.into(), "more than the 4096 allowed"),
+            (
+                br#"{"seq": 6, "time": "2026-11-22T08:59:30Z", "method": "smell", "employee": "E1"}"#.to_vec(),
+                6.into(),
+                "unknown method",
+            ),
+            (
+                br#"{"seq": 7, "time": "1970-01-01T00:00:00Z", "method": "face", "employee": "E1"}"#.to_vec(),
+                7.into(),
+                "before 2000",
+            ),
+            (
+                br#"{"seq": 8, "time": "2999-01-01T00:00:00Z", "method": "face", "employee": "E1"}"#.to_vec(),
+                8.into(),
+                "future",
+            ),
+            (
+                format!(r#"{{"seq": 9, "pad": "{}"}}"#, "x".repeat(10_000)).into_bytes(),
+                9.into(),
+                "more than the 4096 allowed",
+            ),
         ];
         for (payload, seq, reason) in cases {
             let ack = publish_and_ack(&client, &mut events, "face-1", payload).await;
@@ -228,7 +246,10 @@ fn mqtt_hundred_devices_publishing_at_once_are_all_acked() {
             tasks.push(tokio::spawn(async move {
                 let (client, mut events) = connect(addr, &id).await;
                 for seq in 1..=per_device {
-                    client.publish(format!("gw/v1/dev/{id}/punch"), QoS::AtLeastOnce, false, punch(seq, "E1")).await.unwrap();
+                    client
+                        .publish(format!("gw/v1/dev/{id}/punch"), QoS::AtLeastOnce, false, punch(seq, "E1"))
+                        .await
+                        .unwrap();
                 }
                 let mut acked = std::collections::BTreeSet::new();
                 while acked.len() < per_device as usize {
@@ -336,7 +357,9 @@ fn mqtt_tls_client_certificate_is_enough() {
         client.publish("gw/v1/dev/face-2/punch", QoS::AtLeastOnce, false, punch(4, "E1")).await.unwrap();
         loop {
             match tokio::time::timeout(LIMIT, events.poll()).await.expect("no reaction in time") {
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("face-2") => panic!("spoofed publish routed"),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.contains("face-2") => {
+                    panic!("spoofed publish routed")
+                }
                 Ok(_) => continue,
                 Err(_) => break,
             }

@@ -76,7 +76,10 @@ pub fn parse_line(line_no: usize, line: &str) -> Result<AttRecord, LineError> {
     }
     let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
     if fields.len() < 4 {
-        return Err(err(format!("{} tab-separated fields, at least 4 needed (PIN, time, status, verify)", fields.len())));
+        return Err(err(format!(
+            "{} tab-separated fields, at least 4 needed (PIN, time, status, verify)",
+            fields.len()
+        )));
     }
     let pin = fields[0];
     if pin.is_empty() {
@@ -87,10 +90,8 @@ pub fn parse_line(line_no: usize, line: &str) -> Result<AttRecord, LineError> {
     }
     let time = DateTime::strptime("%Y-%m-%d %H:%M:%S", fields[1])
         .map_err(|_| err(format!("time `{}` is not YYYY-MM-DD HH:MM:SS", short(fields[1]))))?;
-    let status: u32 =
-        fields[2].parse().map_err(|_| err(format!("status `{}` is not a number", short(fields[2]))))?;
-    let verify: u32 =
-        fields[3].parse().map_err(|_| err(format!("verify `{}` is not a number", short(fields[3]))))?;
+    let status: u32 = fields[2].parse().map_err(|_| err(format!("status `{}` is not a number", short(fields[2]))))?;
+    let verify: u32 = fields[3].parse().map_err(|_| err(format!("verify `{}` is not a number", short(fields[3]))))?;
     let workcode = fields.get(4).filter(|w| !w.is_empty() && **w != "0").map(|w| short(w));
     Ok(AttRecord { line: line_no, pin: pin.to_owned(), time, status, verify, workcode })
 }
@@ -125,7 +126,8 @@ pub fn to_punch(
         line: rec.line,
         reason: format!("time {} does not exist in the site time zone: {e}", rec.time),
     })?;
-    let mut attributes = vec![("status".to_owned(), rec.status.to_string()), ("verify".to_owned(), rec.verify.to_string())];
+    let mut attributes =
+        vec![("status".to_owned(), rec.status.to_string()), ("verify".to_owned(), rec.verify.to_string())];
     if let Some(w) = &rec.workcode {
         attributes.push(("workcode".to_owned(), w.clone()));
     }

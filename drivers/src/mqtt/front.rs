@@ -107,7 +107,12 @@ impl Front {
 }
 
 /// Accepts plain TCP device connections until cancelled.
-pub(crate) async fn serve_plain(listener: TcpListener, front: Arc<Front>, cancel: CancellationToken, tasks: TaskTracker) {
+pub(crate) async fn serve_plain(
+    listener: TcpListener,
+    front: Arc<Front>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -217,8 +222,13 @@ pub fn subscribe_allowed(device: &str, filter: &str) -> bool {
         .is_some_and(|leaf| leaf.starts_with('/') && leaf.len() > 1)
 }
 
-async fn handle<S>(mut device: S, cert_id: Option<String>, peer: SocketAddr, front: Arc<Front>, cancel: CancellationToken)
-where
+async fn handle<S>(
+    mut device: S,
+    cert_id: Option<String>,
+    peer: SocketAddr,
+    front: Arc<Front>,
+    cancel: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut buf = BytesMut::with_capacity(1024);
@@ -350,63 +360,63 @@ where
     revisions.mark_unchanged();
 
     let why = {
-    let upstream = async {
-        loop {
-            // Check and forward every whole frame in the buffer, then read more.
-            let mut ready = 0;
+        let upstream = async {
             loop {
-                let rest = &buf[ready..];
-                let (header, body) = match wire::frame_len(rest, front.frame_limit) {
-                    Ok(Some((h, b))) if rest.len() >= h + b => (h, b),
-                    Ok(_) => break,
-                    Err(e) => return format!("protocol error: {e}"),
-                };
-                let b0 = rest[0];
-                let frame_body = &rest[header..header + body];
-                if let Err(why) = check_frame(device_id, b0, frame_body) {
-                    front.metrics.rejected(DRIVER, device_id, "topic_not_allowed");
-                    front.status.error(device_id, DRIVER, why.clone());
-                    tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
-                    return why;
+                // Check and forward every whole frame in the buffer, then read more.
+                let mut ready = 0;
+                loop {
+                    let rest = &buf[ready..];
+                    let (header, body) = match wire::frame_len(rest, front.frame_limit) {
+                        Ok(Some((h, b))) if rest.len() >= h + b => (h, b),
+                        Ok(_) => break,
+                        Err(e) => return format!("protocol error: {e}"),
+                    };
+                    let b0 = rest[0];
+                    let frame_body = &rest[header..header + body];
+                    if let Err(why) = check_frame(device_id, b0, frame_body) {
+                        front.metrics.rejected(DRIVER, device_id, "topic_not_allowed");
+                        front.status.error(device_id, DRIVER, why.clone());
+                        tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
+                        return why;
+                    }
+                    ready += header + body;
                 }
-                ready += header + body;
-            }
-            if ready > 0 {
-                if let Err(e) = br_wr.write_all(&buf[..ready]).await {
-                    return format!("broker write: {e}");
+                if ready > 0 {
+                    if let Err(e) = br_wr.write_all(&buf[..ready]).await {
+                        return format!("broker write: {e}");
+                    }
+                    buf.advance(ready);
                 }
-                buf.advance(ready);
+                match dev_rd.read_buf(&mut buf).await {
+                    Ok(0) => return "device closed the connection".to_owned(),
+                    Ok(_) => {}
+                    Err(e) => return format!("device read: {e}"),
+                }
             }
-            match dev_rd.read_buf(&mut buf).await {
-                Ok(0) => return "device closed the connection".to_owned(),
-                Ok(_) => {}
-                Err(e) => return format!("device read: {e}"),
+        };
+        let downstream = async {
+            match tokio::io::copy(&mut br_rd, &mut dev_wr).await {
+                Ok(_) => "broker closed the connection".to_owned(),
+                Err(e) => format!("device write: {e}"),
             }
+        };
+        let deconfigured = async {
+            loop {
+                if revisions.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let now = front.credentials.secret_of(device_id);
+                if now.is_none() || now != secret {
+                    return "device removed from the configuration or its secret changed".to_owned();
+                }
+            }
+        };
+        tokio::select! {
+            why = upstream => why,
+            why = downstream => why,
+            why = deconfigured => why,
+            _ = cancel.cancelled() => "gateway shutting down".to_owned(),
         }
-    };
-    let downstream = async {
-        match tokio::io::copy(&mut br_rd, &mut dev_wr).await {
-            Ok(_) => "broker closed the connection".to_owned(),
-            Err(e) => format!("device write: {e}"),
-        }
-    };
-    let deconfigured = async {
-        loop {
-            if revisions.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            let now = front.credentials.secret_of(device_id);
-            if now.is_none() || now != secret {
-                return "device removed from the configuration or its secret changed".to_owned();
-            }
-        }
-    };
-    tokio::select! {
-        why = upstream => why,
-        why = downstream => why,
-        why = deconfigured => why,
-        _ = cancel.cancelled() => "gateway shutting down".to_owned(),
-    }
     };
     let _ = br_wr.shutdown().await;
     why

@@ -202,8 +202,10 @@ mod tests {
 
     #[test]
     fn spec_example_parses() {
-        let p = parse(r#"{"seq": 42, "time": "2026-11-22T08:59:30+08:00", "method": "face", "employee": "E1001", "score": 0.93}"#)
-            .unwrap();
+        let p = parse(
+            r#"{"seq": 42, "time": "2026-11-22T08:59:30+08:00", "method": "face", "employee": "E1001", "score": 0.93}"#,
+        )
+        .unwrap();
         assert_eq!(p.device_seq, Some(42));
         assert_eq!(p.method, Method::Face);
         assert_eq!(p.subject, Subject::Employee("E1001".into()));
@@ -235,9 +237,17 @@ mod tests {
             (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"smell","employee":"E1"}"#, "unknown_method", Some(3)),
             (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"makeup","employee":"E1"}"#, "unknown_method", Some(3)),
             (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"face"}"#, "missing_field", Some(3)),
-            (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"face","employee":"E","credential":"C"}"#, "malformed", Some(3)),
+            (
+                r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"face","employee":"E","credential":"C"}"#,
+                "malformed",
+                Some(3),
+            ),
             (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"gps","employee":"E","lat":1}"#, "malformed", Some(3)),
-            (r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"face","employee":"E","score":-2}"#, "malformed", Some(3)),
+            (
+                r#"{"seq":3,"time":"2026-11-22T08:59:30Z","method":"face","employee":"E","score":-2}"#,
+                "malformed",
+                Some(3),
+            ),
             (r#"{"seq":3,"time":12,"method":"face","employee":"E"}"#, "malformed", Some(3)),
         ];
         for (payload, label, seq) in cases {

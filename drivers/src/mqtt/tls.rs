@@ -62,11 +62,8 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<tok
 /// The device id a (verified) client certificate names: its subject common name.
 pub fn device_id_of(der: &[u8]) -> Result<String, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable certificate: {e}"))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .ok_or_else(|| "certificate subject has no common name".to_owned())?;
+    let cn =
+        cert.subject().iter_common_name().next().ok_or_else(|| "certificate subject has no common name".to_owned())?;
     let id = cn.as_str().map_err(|e| format!("certificate common name is not text: {e}"))?;
     crate::config::valid_device_id(id).map_err(|e| format!("certificate common name: {e}"))?;
     Ok(id.to_owned())

@@ -325,7 +325,12 @@ mod tests {
             clean_session: true,
             keep_alive: 30,
             client_id: "face-1".into(),
-            will: Some(Will { topic: "gw/v1/dev/face-1/status".into(), message: b"offline".to_vec(), qos: 1, retain: true }),
+            will: Some(Will {
+                topic: "gw/v1/dev/face-1/status".into(),
+                message: b"offline".to_vec(),
+                qos: 1,
+                retain: true,
+            }),
             username: Some("face-1".into()),
             password: Some(b"secret-1".to_vec()),
         }

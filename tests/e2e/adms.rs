@@ -1,0 +1,155 @@
+//! ZKTeco PUSH (ADMS / iclock) terminals against the real daemon, as raw HTTP/1.1 transcripts in the protocol's format:
+//! handshake, ATTLOG uploads (malformed lines, GB2312, re-uploads), command poll, command results, ping, an unknown
+//! serial number and an upload over the body limit.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::harness::{base_config, Gateway};
+
+const SN: &str = "CKJG201960012";
+
+fn config() -> String {
+    let mut c = base_config("gw-adms")
+        .replace("[api]\nlisten = \"127.0.0.1:0\"\n", "[api]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n");
+    c.push_str(&format!("[[device]]\nid = \"line2-zk\"\ndriver = \"adms\"\nserial_number = \"{SN}\"\n"));
+    c
+}
+
+/// One raw exchange: sends `request` bytes, returns (status, headers lower-cased, body).
+fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+fn get(addr: SocketAddr, target: &str) -> (u16, Vec<(String, String)>, String) {
+    let req =
+        format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: iClock Proxy/1.09\r\nConnection: close\r\n\r\n");
+    let (status, headers, body) = exchange(addr, req.as_bytes());
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn post(addr: SocketAddr, target: &str, body: &[u8]) -> (u16, String) {
+    let mut req = format!(
+        "POST {target} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: iClock Proxy/1.09\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let (status, _, body) = exchange(addr, &req);
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn adms_handshake_answers_the_options_with_a_date() {
+    let gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    let (status, headers, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all&pushver=2.4.1&language=69"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with(&format!("GET OPTION FROM: {SN}\n")), "{body}");
+    for line in ["ATTLOGStamp=None", "Delay=10", "TransFlag=TransData AttLog", "TimeZone=8", "Realtime=1"] {
+        assert!(body.lines().any(|l| l == line), "{line} missing:\n{body}");
+    }
+    let date = headers.iter().find(|(k, _)| k == "date").map(|(_, v)| v.clone()).expect("Date header");
+    assert!(date.ends_with(" GMT"), "{date}");
+    for target in
+        [format!("/iclock/getrequest?SN={SN}&INFO=Ver%206.60,12,3,41,192.168.1.201"), format!("/iclock/ping?SN={SN}")]
+    {
+        let (status, _, body) = get(api, &target);
+        assert_eq!((status, body.as_str()), (200, "OK\n"), "{target}");
+    }
+    let (status, body) = post(api, &format!("/iclock/devicecmd?SN={SN}"), b"ID=1&Return=0&CMD=INFO");
+    assert_eq!((status, body.as_str()), (200, "OK\n"));
+}
+
+#[test]
+fn adms_unknown_serial_number_is_refused() {
+    let gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    assert_eq!(get(api, "/iclock/cdata?SN=NOTOURS0001&options=all").0, 403);
+    assert_eq!(get(api, "/iclock/getrequest?SN=NOTOURS0001").0, 403);
+    let (status, _) = post(api, "/iclock/cdata?SN=NOTOURS0001&table=ATTLOG&Stamp=1", b"1\t2026-11-22 08:59:30\t0\t1\n");
+    assert_eq!(status, 403);
+    assert_eq!(get(api, "/iclock/cdata?options=all").0, 400);
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(0.0));
+}
+
+#[test]
+fn adms_attlog_upload_is_stored_once_even_when_re_uploaded() {
+    let gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    let upload = "1001\t2026-11-22 08:59:30\t0\t15\t0\t0\t0\t0\t0\t0\n\
+                  1002\t2026-11-22 09:00:01\t1\t1\r\n\
+                  1003\t2026-11-22 09:00:02\t0\t4\t7\n\
+                  broken line without tabs\n\
+                  1004\tyesterday\t0\t1\n";
+    let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=9999");
+    assert_eq!(post(api, &target, upload.as_bytes()), (200, "OK: 3\n".to_owned()));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(3.0));
+    // The device reset its stamp and sends everything again: no duplicates.
+    assert_eq!(
+        post(api, &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=0"), upload.as_bytes()),
+        (200, "OK: 3\n".to_owned())
+    );
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(3.0));
+    assert_eq!(gw.metric("gatewayd_punches_duplicate_total{driver=\"adms\",device=\"line2-zk\"}"), Some(3.0));
+    assert_eq!(
+        gw.metric("gatewayd_punches_rejected_total{driver=\"adms\",device=\"line2-zk\",reason=\"malformed_line\"}"),
+        Some(4.0)
+    );
+    // The handshake now tells the device where it stands.
+    let (_, _, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    assert!(body.lines().any(|l| l == "ATTLOGStamp=0"), "{body}");
+    // Operation logs are acknowledged but are not punches.
+    assert_eq!(
+        post(
+            api,
+            &format!("/iclock/cdata?SN={SN}&table=OPERLOG&Stamp=1"),
+            b"OPLOG 4\t0\t2026-11-22 09:00:00\t0\t0\t0\t0\n"
+        )
+        .0,
+        200
+    );
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(3.0));
+}
+
+#[test]
+fn adms_gb2312_body_is_decoded() {
+    let gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    // PIN "张三" in GB2312.
+    let mut body = vec![0xd5, 0xc5, 0xc8, 0xfd];
+    body.extend_from_slice(b"\t2026-11-22 08:59:30\t0\t1\n");
+    assert_eq!(post(api, &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=1"), &body), (200, "OK: 1\n".to_owned()));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(1.0));
+}
+
+#[test]
+fn adms_upload_over_the_body_limit_is_a_clear_error() {
+    let gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    let line = "1001\t2026-11-22 08:59:30\t0\t1\n";
+    let huge = line.repeat(4096 / line.len() + 10);
+    let (status, body) = post(api, &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=1"), huge.as_bytes());
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than 4096 bytes"), "{body}");
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(0.0));
+    // The daemon keeps serving.
+    assert_eq!(post(api, &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=1"), line.as_bytes()).0, 200);
+}
