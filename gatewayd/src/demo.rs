@@ -49,7 +49,11 @@ pub async fn run() -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("gatewayd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
     let config_path = dir.join("gatewayd.toml");
-    std::fs::write(&config_path, demo_config(&dir))
+    // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
+    let serial = drivers::sim::scenario::SerialBench::open()
+        .map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
+    let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1");
+    std::fs::write(&config_path, config_text)
         .map_err(|e| DemoError::Setup(format!("{}: {e}", config_path.display())))?;
     let config = Config::load(&config_path).map(|(c, _)| c).map_err(|problems| {
         DemoError::Setup(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
@@ -63,7 +67,11 @@ pub async fn run() -> Result<(), DemoError> {
     let stop = running.shutdown_token();
     let printer = tokio::spawn(print_punches(running.store.clone(), running.durable.clone(), stop.clone()));
     let device = tokio::spawn(simulated_face_terminal(running.sink.for_driver("demo"), stop.clone()));
+    println!("  serial   gate-nfc-1 (PN532) on {}", serial.nfc_port.path().display());
+    println!("  serial   door-fp-1 (R503) on {}", serial.fingerprint_port.path().display());
+    let bench = tokio::spawn(serial.run(stop.clone()));
     let result = running.run_until_signalled().await;
+    bench.abort();
     device.abort();
     printer.abort();
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,4 +11,5 @@ mod adms;
 mod config_files;
 mod lifecycle;
 mod mqtt;
+mod serial;
 mod store_durability;

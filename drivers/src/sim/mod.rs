@@ -9,6 +9,7 @@
 pub mod pn532;
 pub mod pty;
 pub mod r30x;
+pub mod scenario;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
