@@ -40,7 +40,10 @@ pub enum Frame {
     /// The application-level error frame: the PN532 could not make sense of the last command.
     Error,
     /// An information frame: `tfi` (D4/D5) and the data starting with the command or response code.
-    Info { tfi: u8, data: Vec<u8> },
+    Info {
+        tfi: u8,
+        data: Vec<u8>,
+    },
 }
 
 impl Frame {
@@ -303,10 +306,7 @@ mod tests {
     fn known_frames_decode() {
         // GetFirmwareVersion response from the PN532 user manual: D5 03 32 01 06 07.
         let fw = [0x00, 0x00, 0xFF, 0x06, 0xFA, 0xD5, 0x03, 0x32, 0x01, 0x06, 0x07, 0xE8, 0x00];
-        assert_eq!(
-            decode_all(&fw),
-            vec![Ok(Frame::Info { tfi: TFI_PN532, data: vec![0x03, 0x32, 0x01, 0x06, 0x07] })]
-        );
+        assert_eq!(decode_all(&fw), vec![Ok(Frame::Info { tfi: TFI_PN532, data: vec![0x03, 0x32, 0x01, 0x06, 0x07] })]);
         assert_eq!(decode_all(&ACK), vec![Ok(Frame::Ack)]);
         assert_eq!(decode_all(&NACK), vec![Ok(Frame::Nack)]);
         assert_eq!(decode_all(&ERROR_FRAME), vec![Ok(Frame::Error)]);
@@ -352,14 +352,18 @@ mod tests {
         assert!(matches!(out[2], Err(FrameError::Truncated { .. })));
         // Zero length and an extended length beyond the PN532's buffer.
         assert_eq!(decode_all(&[0x00, 0xFF, 0x00, 0x00, 0x00])[0], Err(FrameError::BadLength { len: 0 }));
-        assert_eq!(decode_all(&[0x00, 0xFF, 0xFF, 0xFF, 0x10, 0x00, 0xF0])[0], Err(FrameError::BadLength { len: 4096 }));
+        assert_eq!(
+            decode_all(&[0x00, 0xFF, 0xFF, 0xFF, 0x10, 0x00, 0xF0])[0],
+            Err(FrameError::BadLength { len: 4096 })
+        );
         // Preamble zeros alone are not noise.
         assert!(decode_all(&[0, 0, 0, 0]).is_empty());
     }
 
     #[test]
     fn frame_hidden_behind_a_truncated_one_is_found() {
-        let good = encode(Frame::response(0x4A, &[0x01, 0x01, 0x00, 0x04, 0x08, 0x04, 0xA1, 0xB2, 0xC3, 0xD4])).unwrap();
+        let good =
+            encode(Frame::response(0x4A, &[0x01, 0x01, 0x00, 0x04, 0x08, 0x04, 0xA1, 0xB2, 0xC3, 0xD4])).unwrap();
         // A header claiming 40 bytes, then the real frame: the bogus one fails its checksum, the real one decodes.
         let mut input = vec![0x00, 0x00, 0xFF, 40, 40u8.wrapping_neg(), 0xD5];
         input.extend_from_slice(&good);

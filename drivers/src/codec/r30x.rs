@@ -109,11 +109,9 @@ pub struct R30xCodec;
 
 fn checksum(pid: u8, len: u16, payload: &[u8]) -> u16 {
     let [hi, lo] = len.to_be_bytes();
-    payload
-        .iter()
-        .fold(u16::from(pid).wrapping_add(u16::from(hi)).wrapping_add(u16::from(lo)), |acc, b| {
-            acc.wrapping_add(u16::from(*b))
-        })
+    payload.iter().fold(u16::from(pid).wrapping_add(u16::from(hi)).wrapping_add(u16::from(lo)), |acc, b| {
+        acc.wrapping_add(u16::from(*b))
+    })
 }
 
 const HEAD_LEN: usize = 9;
@@ -154,11 +152,8 @@ impl Decoder for R30xCodec {
             buf.advance(2);
             return Ok(Some(Err(PacketError::Checksum)));
         }
-        let packet = Packet {
-            address: u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]),
-            pid,
-            payload: payload.to_vec(),
-        };
+        let packet =
+            Packet { address: u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]), pid, payload: payload.to_vec() };
         buf.advance(HEAD_LEN + len);
         Ok(Some(Ok(packet)))
     }
