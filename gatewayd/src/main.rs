@@ -32,6 +32,37 @@ enum Command {
     /// The reference receiver of the upstream protocol: verifies client certificates, decodes batches, is idempotent,
     /// appends what it accepted as JSON lines. Prints one line per batch and a summary on Ctrl-C/SIGTERM.
     UpstreamSink(SinkArgs),
+    /// API tokens. Talks to the running daemon over its control socket, else opens the store directly.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token and print it once (only its hash is kept).
+    Create {
+        #[arg(long, value_enum)]
+        role: gatewayd::tokens::Role,
+        /// A department a manager token sees and decides for (repeat for several).
+        #[arg(long = "department", value_name = "ID")]
+        departments: Vec<String>,
+        /// The employee an employee token belongs to.
+        #[arg(long, value_name = "ID")]
+        employee: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List tokens (ids, roles, scopes; never the tokens themselves).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +144,60 @@ fn main() -> ExitCode {
         }
         Command::Certs(CertsCommand::Dev { out, client_name, days }) => certs_dev(&out, &client_name, days),
         Command::UpstreamSink(args) => upstream_sink(args),
+        Command::Token(cmd) => token(cmd),
     }
+}
+
+fn token(cmd: TokenCommand) -> ExitCode {
+    use gatewayd::control::Request;
+    let (config_arg, req) = match cmd {
+        TokenCommand::Create { role, departments, employee, config } => {
+            let new = gatewayd::tokens::NewToken { role, departments, employee };
+            if let Err(e) = new.validate() {
+                eprintln!("gatewayd token create: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let gatewayd::tokens::NewToken { role, departments, employee } = new;
+            (config, Request::TokenCreate { role, departments, employee })
+        }
+        TokenCommand::List { config } => (config, Request::TokenList),
+        TokenCommand::Revoke { id, config } => (config, Request::TokenRevoke { id }),
+    };
+    let config = match app::load_config(&config_arg.path()) {
+        Ok(c) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let resp = match gatewayd::control::run_cli(&config.gateway.data_dir, config.store.cache_mb, req.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gatewayd token: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = match (resp.ok, resp.result) {
+        (true, Some(r)) => r,
+        (_, _) => {
+            eprintln!("gatewayd token: {}", resp.error.unwrap_or_else(|| "no answer".into()));
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match req {
+        Request::TokenCreate { .. } => {
+            println!("{}", result["token"].as_str().unwrap_or_default());
+            eprintln!("token id {} created; the token is shown only this once", result["record"]["id"]);
+        }
+        Request::TokenList => {
+            for t in result.as_array().into_iter().flatten() {
+                let revoked = if t["revoked_ms"].is_null() { "" } else { " revoked" };
+                println!("{} {} departments={} employee={}{revoked}", t["id"], t["role"], t["departments"], t["employee"]);
+            }
+        }
+        Request::TokenRevoke { id } => println!("token {id} revoked"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn certs_dev(out: &std::path::Path, client_name: &str, days: i32) -> ExitCode {

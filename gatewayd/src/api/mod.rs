@@ -1,6 +1,10 @@
 //! The HTTP listener on `[api].listen`: health, readiness and metrics here; the ADMS push endpoints and the admin API
 //! are merged in as further routers.
 
+pub mod audit;
+pub mod auth;
+pub mod v1;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
