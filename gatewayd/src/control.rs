@@ -83,6 +83,11 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// Parses one request line (the fuzz target `control_request` calls this).
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice::<Request>(line).map_err(|e| format!("bad request: {e}"))
+}
+
 /// Carries out a request against the store (in the daemon, or in the CLI when no daemon runs).
 pub async fn handle(req: Request, tokens: &TokenStore, audit: &AuditLog) -> Response {
     let actor = Actor { who: "control-socket".into(), role: "local".into(), from: "local".into() };
@@ -177,9 +182,9 @@ async fn serve_one(stream: tokio::net::UnixStream, tokens: &TokenStore, audit: &
         Err(_) => Response::err("no request within 10 s"),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) if line.len() > MAX_LINE => Response::err(format!("request longer than {MAX_LINE} bytes")),
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+        Ok(Ok(_)) => match parse_request(&line) {
             Ok(req) => handle(req, tokens, audit).await,
-            Err(e) => Response::err(format!("bad request: {e}")),
+            Err(e) => Response::err(e),
         },
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
@@ -272,5 +277,13 @@ mod tests {
         cancel.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = parse_request(&bytes);
+            let _ = crate::tokens::token_id(&String::from_utf8_lossy(&bytes));
+        }
     }
 }

@@ -146,7 +146,7 @@ fn unhex32(text: &str) -> Option<[u8; 32]> {
 }
 
 /// Splits `gw_{id}_{secret}` into its id, if well formed.
-fn token_id(token: &str) -> Option<&str> {
+pub fn token_id(token: &str) -> Option<&str> {
     let rest = token.strip_prefix("gw_")?;
     let (id, secret) = rest.split_once('_')?;
     let ok = id.len() == 16 && secret.len() == 64 && rest.bytes().all(|b| b == b'_' || b.is_ascii_hexdigit());
