@@ -58,6 +58,10 @@ pub enum AppError {
     Signals(std::io::Error),
     #[error("{0}")]
     Driver(String),
+    #[error(transparent)]
+    Tokens(#[from] crate::tokens::TokenError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// The addresses the gateway actually listens on.
@@ -138,6 +142,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let changes = ChangeLog::open(store.db())?;
     let outbox = Outbox::open(store.db(), config.timezone())?;
     let disk_budget = DiskBudget::new();
+    let tokens = crate::tokens::TokenStore::open(store.db())?;
+    let audit = api::audit::AuditLog::open(store.db()).map_err(StoreError::from)?;
 
     let root = CancellationToken::new();
     let front = root.child_token();
@@ -232,6 +238,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     // Devices the gateway drives itself, each under a supervisor.
     spawn_device_manager(&config, &config_tx, &sink, &metrics, &status, &front, &front_tasks);
 
+    // The control socket (`gatewayd token …` while the daemon runs), created by the user the daemon runs as.
+    crate::control::start(&config.gateway.data_dir, tokens, audit, front.clone(), &front_tasks)?;
     readiness.set_listeners_bound();
     notifier.notify("READY=1");
     notifier.notify(&format!("STATUS=serving: {} devices, api on {api_addr}", config.devices.len()));
