@@ -342,6 +342,14 @@ async fn read_link(
         };
         let forward = match next {
             Ok(Some(Notification::Forward(f))) => f,
+            // The router paused this link because its buffer filled up; it resumes once told the link is ready.
+            Ok(Some(Notification::Unschedule)) => {
+                if let Err(e) = link_rx.wake().await {
+                    tracing::error!(error = %e, "mqtt broker link lost: mqtt punches cannot be received until restart");
+                    return;
+                }
+                continue;
+            }
             Ok(_) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "mqtt broker link lost: mqtt punches cannot be received until restart");
