@@ -62,6 +62,8 @@ pub enum AppError {
     Tokens(#[from] crate::tokens::TokenError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error("api tls: {0}")]
+    ApiTls(crate::upstream::tls::TlsError),
 }
 
 /// The addresses the gateway actually listens on.
@@ -225,8 +227,13 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     .merge(adms.router())
     .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
     let api_cancel = front.clone();
+    let api_tls = config.api.tls.as_ref().map(api::tls::config).transpose().map_err(AppError::ApiTls)?;
     front_tasks.spawn(async move {
-        if let Err(e) = api::serve(api_listener, router, api_cancel).await {
+        let served = match api_tls {
+            Some(tls) => api::tls::serve(api_listener, tls, router, api_cancel).await,
+            None => api::serve(api_listener, router, api_cancel).await,
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "api server failed");
         }
     });

@@ -111,6 +111,7 @@ pub async fn authenticate(State(state): State<ApiState>, mut req: Request, next:
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(a)| a.to_string())
+        .or_else(|| req.extensions().get::<ConnectInfo<super::tls::TlsPeer>>().map(|ConnectInfo(p)| p.0.to_string()))
         .unwrap_or_else(|| "unknown".into());
     let Some(text) = bearer(&req) else {
         return unauthorized("missing `Authorization: Bearer <token>`");

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod tls;
 pub mod v1;
 
 use std::sync::atomic::{AtomicBool, Ordering};
