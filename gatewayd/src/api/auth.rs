@@ -2,13 +2,13 @@
 //! of every write — one middleware in front of every `/api/v1` route.
 //!
 //! Order for each request: parse `Authorization: Bearer …` → verify the token (hash, constant-time compare; see
-//! [`crate::tokens`]) → take one unit from the token's bucket → run the handler within [`REQUEST_TIMEOUT`] → for every
+//! [`crate::tokens`]) → take one unit from the token's bucket (`[api].rate_per_sec`, `rate_burst`) → run the handler within `[api].request_timeout` → for every
 //! method other than GET, append an audit entry (who, what, when, from where, the status answered) before answering.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -20,12 +20,6 @@ use super::v1::{ApiError, ApiState};
 use crate::roster::Roster;
 use crate::tokens::{Role, TokenRecord};
 
-/// How long one API request may take before it is answered 503.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Burst of requests one token may make.
-pub const RATE_BURST: f64 = 60.0;
-/// Sustained requests per second one token may make.
-pub const RATE_PER_SEC: f64 = 20.0;
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
 const MAX_BUCKETS: usize = 10_000;
 
@@ -81,14 +75,15 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// Takes one unit for `key`; false when the bucket is empty.
-    pub fn allow(&self, key: &str, now: Instant) -> bool {
+    /// Takes one unit for `key` from a bucket of `burst` refilled at `per_sec`; false when the bucket is empty.
+    pub fn allow(&self, key: &str, now: Instant, per_sec: u32, burst: u32) -> bool {
+        let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
         let Ok(mut map) = self.buckets.lock() else { return true };
         if map.len() >= MAX_BUCKETS && !map.contains_key(key) {
-            map.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_SEC < RATE_BURST);
+            map.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst);
         }
-        let (tokens, at) = map.entry(key.to_owned()).or_insert((RATE_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * RATE_PER_SEC).min(RATE_BURST);
+        let (tokens, at) = map.entry(key.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -121,7 +116,8 @@ pub async fn authenticate(State(state): State<ApiState>, mut req: Request, next:
         Ok(None) => return unauthorized("invalid or revoked token"),
         Err(e) => return ApiError::internal(e).into_response(),
     };
-    if !state.limiter.allow(&token.id, Instant::now()) {
+    let api = state.config.borrow().api.clone();
+    if !state.limiter.allow(&token.id, Instant::now(), api.rate_per_sec, api.rate_burst) {
         let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded for this token").into_response();
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
@@ -130,7 +126,7 @@ pub async fn authenticate(State(state): State<ApiState>, mut req: Request, next:
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(principal.clone());
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let response = match tokio::time::timeout(api.request_timeout(), next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
     };
@@ -158,14 +154,16 @@ pub fn limiter() -> Arc<RateLimiter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bucket_limits_and_refills() {
         let l = RateLimiter::default();
         let t0 = Instant::now();
-        let allowed = (0..100).filter(|_| l.allow("a", t0)).count();
-        assert_eq!(allowed, RATE_BURST as usize);
-        assert!(l.allow("b", t0), "buckets are per token");
-        assert!(l.allow("a", t0 + Duration::from_secs(1)), "refills over time");
+        let allowed = (0..100).filter(|_| l.allow("a", t0, 20, 60)).count();
+        assert_eq!(allowed, 60);
+        assert!(l.allow("b", t0, 20, 60), "buckets are per token");
+        assert!(!l.allow("a", t0 + Duration::from_millis(10), 20, 60), "not refilled yet");
+        assert!(l.allow("a", t0 + Duration::from_secs(1), 20, 60), "refills over time");
     }
 }

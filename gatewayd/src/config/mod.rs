@@ -72,12 +72,42 @@ pub struct ApiSection {
     /// Largest request body accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Requests per second one API token may make, sustained (1..=10000). Default 20.
+    #[serde(default = "default_rate_per_sec")]
+    pub rate_per_sec: u32,
+    /// Requests one API token may make in a burst (1..=100000). Default 60.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// Longest an `/api/v1` request may take before it is answered 503, e.g. `"30s"` (1 s to 10 min). Default 30 s.
+    pub request_timeout: Option<HumanDuration>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: default_api_listen(), tls: None, max_body_bytes: default_max_body_bytes() }
+        ApiSection {
+            listen: default_api_listen(),
+            tls: None,
+            max_body_bytes: default_max_body_bytes(),
+            rate_per_sec: default_rate_per_sec(),
+            rate_burst: default_rate_burst(),
+            request_timeout: None,
+        }
     }
+}
+
+impl ApiSection {
+    /// The request timeout in force.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30))
+    }
+}
+
+fn default_rate_per_sec() -> u32 {
+    20
+}
+
+fn default_rate_burst() -> u32 {
+    60
 }
 
 fn default_api_listen() -> String {
@@ -334,6 +364,19 @@ impl Config {
                 &[Seg::Key("api"), Seg::Key("max_body_bytes")],
                 "api.max_body_bytes",
                 "must be between 1024 and 67108864".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.api.rate_per_sec) {
+            out.add(&[Seg::Key("api"), Seg::Key("rate_per_sec")], "api.rate_per_sec", "must be 1 to 10000".into());
+        }
+        if !(1..=100_000).contains(&self.api.rate_burst) {
+            out.add(&[Seg::Key("api"), Seg::Key("rate_burst")], "api.rate_burst", "must be 1 to 100000".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.api.request_timeout()) {
+            out.add(
+                &[Seg::Key("api"), Seg::Key("request_timeout")],
+                "api.request_timeout",
+                "must be between 1s and 10m".into(),
             );
         }
 
