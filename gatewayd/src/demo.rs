@@ -3,11 +3,13 @@
 //! It writes a configuration into a temporary directory (loopback listeners on free ports), starts the real gateway
 //! from it, runs simulated devices against it, and prints every punch as it becomes durable. Ctrl-C stops it.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use drivers::sink::Subject;
-use drivers::{DevicePunch, Method, Outcome, PunchSink};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
@@ -40,6 +42,11 @@ listen = "127.0.0.1:0"
 id = "hall-face-1"
 driver = "mqtt"
 secret = "demo-secret-1"
+
+[[device]]
+id = "line2-zk"
+driver = "adms"
+serial_number = "DEMO0000ZK01"
 "#,
         data = data_dir.join("data").display()
     )
@@ -66,47 +73,136 @@ pub async fn run() -> Result<(), DemoError> {
 
     let stop = running.shutdown_token();
     let printer = tokio::spawn(print_punches(running.store.clone(), running.durable.clone(), stop.clone()));
-    let device = tokio::spawn(simulated_face_terminal(running.sink.for_driver("demo"), stop.clone()));
+    println!("  mqtt     {} (hall-face-1 publishes here)", running.listeners.mqtt);
+    println!("  adms     http://{}/iclock/cdata (line2-zk, SN {DEMO_SN})", running.listeners.api);
+    let device = tokio::spawn(simulated_face_terminal(running.listeners.mqtt, stop.clone()));
+    let zk = tokio::spawn(simulated_zk_terminal(running.listeners.api, stop.clone()));
     println!("  serial   gate-nfc-1 (PN532) on {}", serial.nfc_port.path().display());
     println!("  serial   door-fp-1 (R503) on {}", serial.fingerprint_port.path().display());
     let bench = tokio::spawn(serial.run(stop.clone()));
     let result = running.run_until_signalled().await;
     bench.abort();
     device.abort();
+    zk.abort();
     printer.abort();
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(DemoError::from)
 }
 
-/// A face terminal that recognises a few employees at random, feeding the ingest path like a driver does.
-async fn simulated_face_terminal(sink: PunchSink, stop: CancellationToken) {
+/// The demo ZKTeco terminal's serial number.
+const DEMO_SN: &str = "DEMO0000ZK01";
+
+/// A face terminal speaking MQTT to the embedded broker exactly as a real one would: it logs in with its secret,
+/// publishes numbered punches on `gw/v1/dev/hall-face-1/punch`, keeps each one until its ack arrives on
+/// `gw/v1/dev/hall-face-1/ack` (re-sending after 5 s), and prints the acks.
+async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
+    const ID: &str = "hall-face-1";
     let employees = ["E1001", "E1002", "E1003", "E2001"];
+    let mut options = MqttOptions::new(ID, addr.ip().to_string(), addr.port());
+    options.set_credentials(ID, "demo-secret-1");
+    options.set_keep_alive(Duration::from_secs(10));
+    options.set_last_will(LastWill::new(format!("gw/v1/dev/{ID}/status"), "offline", QoS::AtLeastOnce, false));
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let mut pending: BTreeMap<u64, (Instant, String)> = BTreeMap::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
             _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                seq += 1;
+                let now = jiff::Zoned::now().with_time_zone(demo_tz());
+                let payload = format!(
+                    r#"{{"seq": {seq}, "time": "{}", "method": "face", "employee": "{}", "score": 0.93}}"#,
+                    now.strftime("%Y-%m-%dT%H:%M:%S%:z"),
+                    employees[(seq as usize) % employees.len()]
+                );
+                pending.insert(seq, (Instant::now(), payload));
+                for (s, (sent, payload)) in pending.iter_mut() {
+                    if *s == seq || sent.elapsed() > Duration::from_secs(5) {
+                        *sent = Instant::now();
+                        let _ = client.try_publish(format!("gw/v1/dev/{ID}/punch"), QoS::AtLeastOnce, false, payload.clone());
+                    }
+                }
+            }
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(format!("gw/v1/dev/{ID}/ack"), QoS::AtLeastOnce);
+                    let _ = client.try_publish(format!("gw/v1/dev/{ID}/status"), QoS::AtLeastOnce, false, "online");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let ack: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                    if let Some(s) = ack["seq"].as_u64() {
+                        pending.remove(&s);
+                    }
+                    println!("  ack    {ID:<12} mqtt  {}", String::from_utf8_lossy(&p.payload));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    println!("  device {ID}: {e}; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
-        seq += 1;
-        let now = jiff::Timestamp::now().as_millisecond();
-        let employee = employees[(seq as usize) % employees.len()];
-        let punch = DevicePunch {
-            device_id: "hall-face-1".into(),
-            device_seq: Some(seq),
-            method: Method::Face,
-            subject: Subject::Employee(employee.into()),
-            device_time_ms: now,
-            received_time_ms: now,
-            realtime: true,
-            geo: None,
-            score: Some(0.9),
-            attributes: Vec::new(),
-        };
-        match sink.submit(punch).await {
-            Outcome::Stored { .. } => {}
-            Outcome::Rejected(r) => println!("  device hall-face-1: punch {seq} rejected: {r}"),
+    }
+}
+
+fn demo_tz() -> jiff::tz::TimeZone {
+    jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or(jiff::tz::TimeZone::UTC)
+}
+
+/// One HTTP/1.1 exchange as a ZKTeco terminal makes it: returns the status line and the body.
+async fn iclock(api: SocketAddr, method: &str, target: &str, body: &[u8]) -> std::io::Result<(String, String)> {
+    let mut stream = tokio::net::TcpStream::connect(api).await?;
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {api}\r\nUser-Agent: iClock Proxy/1.09\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    stream.write_all(&req).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.lines().next().unwrap_or_default().to_owned(), body.to_owned()))
+}
+
+/// A ZKTeco PUSH terminal: handshake, then an ATTLOG upload every few seconds and a command poll in between, printing
+/// the gateway's answers (`OK: n` arrives only once the records are durable).
+async fn simulated_zk_terminal(api: SocketAddr, stop: CancellationToken) {
+    let pins = ["1001", "1002", "2001"];
+    match iclock(api, "GET", &format!("/iclock/cdata?SN={DEMO_SN}&options=all&pushver=2.4.1"), b"").await {
+        Ok((_, body)) => {
+            let options: Vec<&str> =
+                body.lines().filter(|l| l.starts_with("GET OPTION") || l.starts_with("TimeZone")).collect();
+            println!("  adms   line2-zk     handshake: {}", options.join(", "));
         }
+        Err(e) => println!("  adms   line2-zk     handshake failed: {e}"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(4));
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let now = jiff::Zoned::now().with_time_zone(demo_tz());
+        let line = format!(
+            "{}\t{}\t{}\t{}\t0\t0\t0\t0\t0\t0\n",
+            pins[n % pins.len()],
+            now.strftime("%Y-%m-%d %H:%M:%S"),
+            n % 2,
+            [1, 15, 4][n % 3]
+        );
+        let target = format!("/iclock/cdata?SN={DEMO_SN}&table=ATTLOG&Stamp={n}");
+        match iclock(api, "POST", &target, line.as_bytes()).await {
+            Ok((status, body)) => println!("  ack    line2-zk     adms  {} {}", status.trim(), body.trim()),
+            Err(e) => println!("  adms   line2-zk     upload failed: {e}"),
+        }
+        let _ = iclock(api, "GET", &format!("/iclock/getrequest?SN={DEMO_SN}"), b"").await;
     }
 }
 
