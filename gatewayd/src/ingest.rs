@@ -34,6 +34,9 @@ pub struct IngestSettings {
     pub max_batch: usize,
 }
 
+/// A running flush.
+type Flushing = JoinHandle<Result<(), StoreError>>;
+
 /// A batch written to sled and waiting for its flush.
 struct Written {
     requests: Vec<IngestRequest>,
@@ -83,7 +86,7 @@ pub async fn run_writer_with_budget(
     };
     // Batches written to sled but not yet covered by a flush, and the batches whose flush is running.
     let mut pending: Vec<Written> = Vec::new();
-    let mut in_flight: Option<(Vec<Written>, JoinHandle<Result<(), StoreError>>)> = None;
+    let mut in_flight: Option<(Vec<Written>, Flushing)> = None;
     let mut open = true;
     loop {
         if in_flight.is_none() && !pending.is_empty() {
@@ -158,7 +161,7 @@ fn write(
         let mut row = Vec::with_capacity(req.punches.len());
         for p in &req.punches {
             match punch::check(p) {
-                Ok(()) if full && !matches!(store.get_by_id(&punch::punch_id(&settings.gateway_id, p)), Ok(Some(_))) => {
+                Ok(()) if full && !already_stored(store, &settings.gateway_id, p) => {
                     row.push(Err(Rejection::StoreFull));
                 }
                 Ok(()) => {
@@ -179,6 +182,11 @@ fn write(
     let punches = accepted.len();
     drop(accepted);
     Written { requests, punches, slots, inserted, last_seq: next_seq.saturating_sub(1), started }
+}
+
+/// True when this punch is already in the store (a re-send), which may be confirmed even at the disk budget.
+fn already_stored(store: &Store, gateway_id: &str, p: &DevicePunch) -> bool {
+    matches!(store.get_by_id(&punch::punch_id(gateway_id, p)), Ok(Some(_)))
 }
 
 /// Answers every caller of a written batch once its flush finished.
