@@ -159,13 +159,14 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let (sink, rx) = PunchSink::channel(config.store.queue, metrics.drivers.clone());
     let (durable_tx, durable) = watch::channel(store.last_seq()?.unwrap_or(0));
     let settings = IngestSettings { gateway_id: config.gateway.id.clone(), max_batch: config.store.max_batch };
-    ingest_tasks.spawn(ingest::run_writer(
+    ingest_tasks.spawn(ingest::run_writer_with_budget(
         store.clone(),
         settings,
         rx,
         durable_tx,
         metrics.clone(),
         ingest_cancel.clone(),
+        disk_budget.clone(),
     ));
 
     let (config_tx, _) = watch::channel(config.clone());
@@ -173,8 +174,12 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     // Delivery: the feeder moves the change log into the outbox, the sender delivers it upstream over mTLS, and the
     // disk budget monitor guards the disk. All in the back stage: stopped after ingest has flushed.
     let (resend_tx, resend_rx) = tokio::sync::mpsc::channel(feeder::RESEND_QUEUE);
-    let feeder_parts =
-        feeder::Feeder { outbox: outbox.clone(), changes: changes.clone(), store: store.clone(), metrics: metrics.clone() };
+    let feeder_parts = feeder::Feeder {
+        outbox: outbox.clone(),
+        changes: changes.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
     back_tasks.spawn(feeder::run(feeder_parts, resend_rx, config_tx.subscribe(), back.clone()));
     let sender = crate::upstream::Sender {
         outbox: outbox.clone(),

@@ -60,7 +60,8 @@ impl Validity {
     fn apply(&self, params: &mut CertificateParams) -> Result<(), CertError> {
         let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
         let ymd = |offset: i32| -> Result<(i32, u8, u8), CertError> {
-            let d = today.checked_add(jiff::Span::new().days(offset)).map_err(|e| CertError::Validity(e.to_string()))?;
+            let d =
+                today.checked_add(jiff::Span::new().days(offset)).map_err(|e| CertError::Validity(e.to_string()))?;
             let month = u8::try_from(d.month()).map_err(|e| CertError::Validity(e.to_string()))?;
             let day = u8::try_from(d.day()).map_err(|e| CertError::Validity(e.to_string()))?;
             Ok((i32::from(d.year()), month, day))

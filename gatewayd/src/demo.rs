@@ -55,11 +55,17 @@ serial_number = "DEMO0000ZK01"
 pub async fn run() -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("gatewayd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
+    // The cloud side: the reference receiver behind mutual TLS with throwaway certificates.
+    let receiver_stop = CancellationToken::new();
+    let (upstream, receiver) = crate::sink::demo_receiver(&dir.join("upstream"), "demo-gw", receiver_stop.clone())
+        .await
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
     let config_path = dir.join("gatewayd.toml");
     // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
     let serial = drivers::sim::scenario::SerialBench::open()
         .map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
     let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1");
+    let config_text = config_text + &upstream;
     std::fs::write(&config_path, config_text)
         .map_err(|e| DemoError::Setup(format!("{}: {e}", config_path.display())))?;
     let config = Config::load(&config_path).map(|(c, _)| c).map_err(|problems| {
@@ -81,6 +87,8 @@ pub async fn run() -> Result<(), DemoError> {
     println!("  serial   door-fp-1 (R503) on {}", serial.fingerprint_port.path().display());
     let bench = tokio::spawn(serial.run(stop.clone()));
     let result = running.run_until_signalled().await;
+    receiver_stop.cancel();
+    let _ = receiver.await;
     bench.abort();
     device.abort();
     zk.abort();

@@ -175,7 +175,11 @@ impl OutboxMetrics {
             m.compacted.clone(),
         );
         registry.register("gatewayd_upstream_batches", "Upstream batch attempts, by result", m.batches.clone());
-        registry.register("gatewayd_upstream_items_delivered", "Items acknowledged by the receiver", m.delivered.clone());
+        registry.register(
+            "gatewayd_upstream_items_delivered",
+            "Items acknowledged by the receiver",
+            m.delivered.clone(),
+        );
         registry.register("gatewayd_upstream_send_seconds", "Round trip of one batch", m.send_seconds.clone());
         registry.register(
             "gatewayd_upstream_alarm",
@@ -192,7 +196,11 @@ impl OutboxMetrics {
             "Certificate or key files that could not be loaded",
             m.tls_reload_failures.clone(),
         );
-        registry.register("gatewayd_upstream_resend_dates", "Work dates the receiver asked for again", m.resend_dates.clone());
+        registry.register(
+            "gatewayd_upstream_resend_dates",
+            "Work dates the receiver asked for again",
+            m.resend_dates.clone(),
+        );
         registry.register(
             "gatewayd_disk_budget_state",
             "0 ok, 1 near the budget (alarm), 2 budget reached (new punches refused)",
@@ -222,8 +230,14 @@ pub mod events {
                 m.outbox.enqueued.get_or_create(&KindLabel { kind }).inc_by(n as u64);
             }
         }
-        tracing::debug!(changes = f.changes, punches = f.punches, records = f.records, digests = f.digests,
-            cursor = f.cursor, "outbox: changes enqueued");
+        tracing::debug!(
+            changes = f.changes,
+            punches = f.punches,
+            records = f.records,
+            digests = f.digests,
+            cursor = f.cursor,
+            "outbox: changes enqueued"
+        );
     }
 
     pub fn outbox_stats(m: &Metrics, s: &QueueStats, now_ms: i64) {
@@ -264,8 +278,13 @@ pub mod events {
         m.outbox.send_seconds.observe(elapsed.as_secs_f64());
         if result.is_ok() {
             m.outbox.delivered.inc_by(batch.count);
-            tracing::debug!(batch_seq = batch.batch_seq, items = batch.count, elapsed_ms = elapsed.as_millis() as u64,
-                attempt, "upstream: batch accepted");
+            tracing::debug!(
+                batch_seq = batch.batch_seq,
+                items = batch.count,
+                elapsed_ms = elapsed.as_millis() as u64,
+                attempt,
+                "upstream: batch accepted"
+            );
         }
     }
 

@@ -13,3 +13,4 @@ mod lifecycle;
 mod mqtt;
 mod serial;
 mod store_durability;
+mod upstream;

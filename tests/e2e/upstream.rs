@@ -25,7 +25,7 @@ const REVISIONS: u32 = 3;
 const T0: i64 = 1_795_305_600_000;
 
 /// Lines a child process prints, collected by a reader thread.
-struct Lines {
+pub(crate) struct Lines {
     rx: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -45,7 +45,7 @@ impl Lines {
     }
 
     /// Waits for a line containing `needle`; panics with what was seen after `limit`.
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -63,14 +63,14 @@ impl Lines {
 }
 
 /// `gatewayd upstream-sink` as a child process.
-struct Sink {
+pub(crate) struct Sink {
     child: Child,
-    stdout: Lines,
-    addr: String,
+    pub(crate) stdout: Lines,
+    pub(crate) addr: String,
 }
 
 impl Sink {
-    fn start(certs: &Path, out: &Path, listen: &str, fail: &str) -> Sink {
+    pub(crate) fn start(certs: &Path, out: &Path, listen: &str, fail: &str) -> Sink {
         let mut cmd = Command::new(bin());
         cmd.args(["upstream-sink", "--listen", listen, "--ca"])
             .arg(certs.join("ca.pem"))
@@ -91,7 +91,7 @@ impl Sink {
     }
 
     /// SIGTERM, wait, and return the summary line.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)
             .unwrap();
         let summary = self.stdout.wait_for("upstream-sink summary", Duration::from_secs(30));
@@ -108,7 +108,7 @@ impl Drop for Sink {
     }
 }
 
-fn number_after(text: &str, before: &str) -> u64 {
+pub(crate) fn number_after(text: &str, before: &str) -> u64 {
     let i = text.find(before).unwrap_or_else(|| panic!("{before:?} not in {text:?}"));
     text[..i].split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap()
 }
@@ -208,10 +208,15 @@ async fn child_gateway() {
     let (config_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(config));
     let (resend_tx, resend_rx) = tokio::sync::mpsc::channel(feeder::RESEND_QUEUE);
     let cancel = tokio_util::sync::CancellationToken::new();
-    let parts = feeder::Feeder { outbox: outbox.clone(), changes: log.clone(), store: store.clone(), metrics: metrics.clone() };
+    let parts =
+        feeder::Feeder { outbox: outbox.clone(), changes: log.clone(), store: store.clone(), metrics: metrics.clone() };
     tokio::spawn(feeder::run(parts, resend_rx, config_tx.subscribe(), cancel.clone()));
-    let sender =
-        gatewayd::upstream::Sender { outbox: outbox.clone(), config: config_tx.subscribe(), metrics, resend: resend_tx };
+    let sender = gatewayd::upstream::Sender {
+        outbox: outbox.clone(),
+        config: config_tx.subscribe(),
+        metrics,
+        resend: resend_tx,
+    };
     tokio::spawn(gatewayd::upstream::run(sender, cancel.clone()));
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -287,9 +292,10 @@ fn delivery_survives_faults_sigkill_and_receiver_restarts() {
         batch_seqs.push(v["batch_seq"].as_u64().unwrap());
         match v["kind"].as_str().unwrap() {
             "punch" => *punches.entry(v["punch_id"].as_str().unwrap().to_owned()).or_default() += 1,
-            "record" => {
-                records.entry(v["record_id"].as_str().unwrap().to_owned()).or_default().push(v["revision"].as_u64().unwrap())
-            }
+            "record" => records
+                .entry(v["record_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(v["revision"].as_u64().unwrap()),
             "digest" => digests.push(v),
             other => panic!("unexpected kind {other}"),
         }

@@ -39,11 +39,10 @@ impl Feeder {
     /// One pass over the durable change log: fill, flush, trim. Returns the number of changes consumed.
     pub async fn pass(&self, through: u64) -> Result<usize, OutboxError> {
         let me = self.clone();
-        let filled = tokio::task::spawn_blocking(move || {
-            me.outbox.fill(&me.changes, &me.store, through, FILL_CHUNK, now_ms())
-        })
-        .await
-        .map_err(|e| OutboxError::Date(format!("fill task: {e}")))??;
+        let filled =
+            tokio::task::spawn_blocking(move || me.outbox.fill(&me.changes, &me.store, through, FILL_CHUNK, now_ms()))
+                .await
+                .map_err(|e| OutboxError::Date(format!("fill task: {e}")))??;
         if filled.changes == 0 && filled.digests == 0 {
             return Ok(0);
         }
@@ -75,7 +74,9 @@ impl Feeder {
                         telemetry::events::resend_date(&me.metrics, date, n);
                         total += n;
                     }
-                    Err(OutboxError::Date(e)) => tracing::warn!(date, error = %e, "receiver asked to resend a bad date"),
+                    Err(OutboxError::Date(e)) => {
+                        tracing::warn!(date, error = %e, "receiver asked to resend a bad date")
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -494,49 +494,60 @@ impl Outbox {
     /// The protobuf `UploadBatch` of an open batch, assembled from the stored bytes. Punches, then records, then
     /// digests (of several digests of one date in a batch only the newest is kept), each kind in queue order.
     pub fn batch_body(&self, open: &OpenBatch, gateway_id: &str) -> Result<Vec<u8>, OutboxError> {
-        use prost::encoding::{encode_key, encode_varint, WireType};
-        let mut punches = Vec::new();
-        let mut records = Vec::new();
-        let mut digests: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut body = BodyBuilder::default();
         for entry in self.tree.range(q_key(open.first)..=q_key(open.last)) {
             let (k, v) = entry?;
-            let raw = RawItem::parse(&v)
-                .map_err(|message| OutboxError::Decode { key: format!("item {}", item_of(&k)), message })?;
-            let (field, out) = match raw.kind {
-                KIND_PUNCH => (3, &mut punches),
-                KIND_RECORD => (4, &mut records),
-                _ => {
-                    let d = DayDigest::decode(raw.body).map_err(|e| OutboxError::Decode {
-                        key: format!("item {}", item_of(&k)),
-                        message: format!("digest: {e}"),
-                    })?;
-                    digests.retain(|(date, _)| *date != d.work_date);
-                    digests.push((d.work_date, raw.body.to_vec()));
-                    continue;
-                }
-            };
-            encode_key(field, WireType::LengthDelimited, out);
-            encode_varint(raw.body.len() as u64, out);
-            out.extend_from_slice(raw.body);
+            body.add(item_of(&k), &v)?;
         }
-        let mut body = Vec::with_capacity(punches.len() + records.len() + 64);
-        prost::encoding::string::encode(1, &gateway_id.to_owned(), &mut body);
-        prost::encoding::uint64::encode(2, &open.batch_seq, &mut body);
-        body.extend_from_slice(&punches);
-        body.extend_from_slice(&records);
-        for (_, d) in digests {
-            encode_key(5, WireType::LengthDelimited, &mut body);
-            encode_varint(d.len() as u64, &mut body);
-            body.extend_from_slice(&d);
-        }
-        Ok(body)
+        Ok(body.finish(gateway_id, open.batch_seq))
     }
 
-    /// The receiver acknowledged `open`: its items leave the queue and the batch is closed, atomically.
+    /// [`Outbox::assign_batch`] and [`Outbox::batch_body`] in one pass over the queue (the sender's fast path).
+    pub fn assign_with_body(
+        &self,
+        max_items: usize,
+        max_bytes: usize,
+        through: u64,
+        gateway_id: &str,
+    ) -> Result<Option<(OpenBatch, Vec<u8>)>, OutboxError> {
+        if let Some(open) = self.open_batch()? {
+            let body = self.batch_body(&open, gateway_id)?;
+            return Ok(Some((open, body)));
+        }
+        let mut body = BodyBuilder::default();
+        let mut first = None;
+        let mut last = 0;
+        let mut count = 0u64;
+        let mut bytes = 0usize;
+        for entry in self.tree.range(q_key(0)..=q_key(through)) {
+            let (k, v) = entry?;
+            let size = v.len().saturating_sub(ITEM_HEADER) + 6;
+            if count > 0 && (count as usize >= max_items || bytes + size > max_bytes) {
+                break;
+            }
+            let item = item_of(&k);
+            body.add(item, &v)?;
+            first.get_or_insert(item);
+            last = item;
+            count += 1;
+            bytes += size;
+        }
+        let Some(first) = first else { return Ok(None) };
+        let batch_seq = self.meta(M_NEXT_BATCH)?.max(1);
+        let open = OpenBatch { batch_seq, first, last, count };
+        let mut b = sled::Batch::default();
+        b.insert(&[K_OPEN], &open.encode());
+        b.insert(M_NEXT_BATCH, &(batch_seq + 1).to_be_bytes());
+        self.tree.apply_batch(b)?;
+        Ok(Some((open, body.finish(gateway_id, batch_seq))))
+    }
+
+    /// The receiver acknowledged `open`: its items leave the queue and the batch is closed, atomically. (`Q` keys of a
+    /// batch are contiguous item numbers, so no scan is needed.)
     pub fn ack(&self, open: &OpenBatch) -> Result<(), OutboxError> {
         let mut b = sled::Batch::default();
-        for k in self.tree.range(q_key(open.first)..=q_key(open.last)).keys() {
-            b.remove(k?);
+        for item in open.first..=open.last {
+            b.remove(&q_key(item));
         }
         b.remove(&[K_OPEN]);
         self.tree.apply_batch(b)?;
@@ -566,6 +577,54 @@ impl Outbox {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Assembles an `UploadBatch` from stored items without decoding punches and records.
+#[derive(Default)]
+struct BodyBuilder {
+    punches: Vec<u8>,
+    records: Vec<u8>,
+    digests: Vec<(String, Vec<u8>)>,
+}
+
+impl BodyBuilder {
+    fn add(&mut self, item: u64, stored: &[u8]) -> Result<(), OutboxError> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let raw =
+            RawItem::parse(stored).map_err(|message| OutboxError::Decode { key: format!("item {item}"), message })?;
+        let (field, out) = match raw.kind {
+            KIND_PUNCH => (3, &mut self.punches),
+            KIND_RECORD => (4, &mut self.records),
+            _ => {
+                let d = DayDigest::decode(raw.body).map_err(|e| OutboxError::Decode {
+                    key: format!("item {item}"),
+                    message: format!("digest: {e}"),
+                })?;
+                self.digests.retain(|(date, _)| *date != d.work_date);
+                self.digests.push((d.work_date, raw.body.to_vec()));
+                return Ok(());
+            }
+        };
+        encode_key(field, WireType::LengthDelimited, out);
+        encode_varint(raw.body.len() as u64, out);
+        out.extend_from_slice(raw.body);
+        Ok(())
+    }
+
+    fn finish(self, gateway_id: &str, batch_seq: u64) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let mut body = Vec::with_capacity(self.punches.len() + self.records.len() + 64);
+        prost::encoding::string::encode(1, &gateway_id.to_owned(), &mut body);
+        prost::encoding::uint64::encode(2, &batch_seq, &mut body);
+        body.extend_from_slice(&self.punches);
+        body.extend_from_slice(&self.records);
+        for (_, d) in self.digests {
+            encode_key(5, WireType::LengthDelimited, &mut body);
+            encode_varint(d.len() as u64, &mut body);
+            body.extend_from_slice(&d);
+        }
+        body
     }
 }
 

@@ -118,6 +118,23 @@ fn items_go_out_in_order_with_monotonic_batch_seq() {
 }
 
 #[test]
+fn assigning_with_the_body_matches_the_two_step_path() {
+    let mut f = fixture();
+    for i in 0..12 {
+        f.punch(i + 1, DAY_START + i as i64);
+    }
+    f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
+    f.fill();
+    let (open, body) = f.outbox.assign_with_body(20, 1 << 20, u64::MAX, "gw").unwrap().unwrap();
+    assert_eq!((open.first, open.last, open.count), (1, 13, 13));
+    assert_eq!(f.outbox.batch_body(&open, "gw").unwrap(), body);
+    // While it is open, the same batch comes back.
+    assert_eq!(f.outbox.assign_with_body(5, 1 << 20, u64::MAX, "gw").unwrap(), Some((open, body)));
+    f.outbox.ack(&open).unwrap();
+    assert!(f.outbox.assign_with_body(5, 1 << 20, u64::MAX, "gw").unwrap().is_none());
+}
+
+#[test]
 fn batches_respect_the_byte_limit_but_always_carry_one_item() {
     let mut f = fixture();
     for i in 0..10 {
@@ -145,7 +162,10 @@ fn a_digest_follows_a_closed_day_and_is_redone_after_a_late_punch() {
     assert_eq!(batches.len(), 1);
     let d = &batches[0].digests[0];
     let (count, sha) = digest::ids_sha256([a.punch_id.as_str(), b.punch_id.as_str()]);
-    assert_eq!((d.work_date.as_str(), d.punch_count, &d.punch_ids_sha256, d.record_count), ("2026-11-22", count, &sha, 2));
+    assert_eq!(
+        (d.work_date.as_str(), d.punch_count, &d.punch_ids_sha256, d.record_count),
+        ("2026-11-22", count, &sha, 2)
+    );
     assert_eq!((d.from_ms, d.to_ms), (DAY_START, DAY_START + 86_400_000));
 
     // A punch of the closed day arrives late: a fresh digest follows it.

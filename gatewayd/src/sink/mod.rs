@@ -492,8 +492,10 @@ async fn handle(
     }
     let mut r = Response::new(Full::new(Bytes::from(answer.body)));
     *r.status_mut() = answer.status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::upstream::client::PROTOBUF));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(crate::upstream::client::PROTOBUF),
+    );
     Ok(r)
 }
 
@@ -645,6 +647,54 @@ pub async fn run(opts: SinkOptions) -> Result<Summary, SinkError> {
     println!("{summary}");
     let _ = std::io::stdout().flush();
     Ok(summary)
+}
+
+/// For `gatewayd demo`: throwaway certificates in `dir`, a receiver behind mTLS on a free loopback port that prints
+/// each accepted batch, and the `[upstream]` configuration section that points a gateway at it (client certificate
+/// included). The receiver stops when `cancel` fires.
+pub async fn demo_receiver(
+    dir: &Path,
+    gateway_id: &str,
+    cancel: CancellationToken,
+) -> Result<(String, tokio::task::JoinHandle<Summary>), SinkError> {
+    let certs = crate::certs::write_dev_set(dir, gateway_id, 2)
+        .map_err(|e| SinkError::Out { path: dir.to_owned(), source: std::io::Error::other(e) })?;
+    let opts = SinkOptions {
+        listen: "127.0.0.1:0".into(),
+        ca: certs.ca.clone(),
+        cert: certs.server_cert,
+        key: certs.server_key,
+        out: dir.join("received.jsonl"),
+        faults: FaultPlan::default(),
+        quiet: false,
+    };
+    let (listener, tls, ledger) = bind(&opts).await?;
+    let addr = listener.local_addr().map_err(|source| SinkError::Bind { addr: opts.listen.clone(), source })?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            match e {
+                SinkEvent::Batch(b) => println!("  cloud  {b}"),
+                other => {
+                    print!("  cloud  ");
+                    print_event(&other);
+                }
+            }
+        }
+    });
+    println!(
+        "  cloud    https://{addr}/v1/batches (reference receiver, mTLS; accepted items in {})",
+        opts.out.display()
+    );
+    let task = tokio::spawn(serve(listener, tls, ledger, opts.faults, Some(tx), cancel));
+    let section = format!(
+        "\n[upstream]\nurl = \"https://localhost:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nlinger = \"500ms\"\n",
+        port = addr.port(),
+        ca = certs.ca.display(),
+        cert = certs.client_cert.display(),
+        key = certs.client_key.display()
+    );
+    Ok((section, task))
 }
 
 #[cfg(test)]

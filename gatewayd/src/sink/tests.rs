@@ -29,7 +29,12 @@ fn ledger_dedupes_punches_and_keeps_the_highest_revision() {
     assert_eq!(ack.batch_seq, 1);
     assert_eq!((s.punches, s.records), (2, 1));
     let (_, s) = ledger
-        .apply(&batch(2, vec![punch("a", 1), punch("c", 3)], vec![record("r", 1), record("r", 2), record("r", 3)], vec![]))
+        .apply(&batch(
+            2,
+            vec![punch("a", 1), punch("c", 3)],
+            vec![record("r", 1), record("r", 2), record("r", 3)],
+            vec![],
+        ))
         .unwrap();
     assert_eq!((s.punches, s.punch_duplicates, s.records, s.records_stale), (1, 1, 1, 2));
     drop(ledger);

@@ -43,7 +43,9 @@ impl Endpoint {
         }
         let authority = uri.authority().ok_or_else(|| format!("`{url}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: credentials in the URL are not supported (the gateway uses its certificate)"));
+            return Err(format!(
+                "`{url}`: credentials in the URL are not supported (the gateway uses its certificate)"
+            ));
         }
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         if host.is_empty() {

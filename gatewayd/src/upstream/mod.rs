@@ -223,8 +223,8 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         }
 
         // 2. The batch.
-        let open = match next_batch(&s.outbox, &up, &mut queue, &mut linger_since) {
-            Ok(Some(open)) => open,
+        let (open, body) = match next_batch(&s.outbox, &up, &mut queue, &mut linger_since, &config.gateway.id).await {
+            Ok(Some(batch)) => batch,
             Ok(None) => {
                 let until = linger_since.map_or(Instant::now() + CERT_CHECK_EVERY, |t| {
                     (t + up.linger()).min(Instant::now() + CERT_CHECK_EVERY)
@@ -240,14 +240,11 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                 continue;
             }
         };
-        let body = match prepare(&s.outbox, open, &config.gateway.id).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, batch_seq = open.batch_seq, "upstream: cannot prepare the batch; retrying");
-                retry_at = Some(Instant::now() + up.max_backoff());
-                continue;
-            }
-        };
+        if let Err(e) = s.outbox.flush().await {
+            tracing::error!(error = %e, batch_seq = open.batch_seq, "upstream: cannot make the batch durable; retrying");
+            retry_at = Some(Instant::now() + up.max_backoff());
+            continue;
+        }
 
         // 3. Send.
         let started = Instant::now();
@@ -262,7 +259,9 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                 let acked = tokio::task::spawn_blocking(move || outbox.ack(&open)).await;
                 match acked {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "upstream: cannot remove acknowledged items; they will be sent again"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "upstream: cannot remove acknowledged items; they will be sent again")
+                    }
                     Err(e) => tracing::error!(error = %e, "upstream: ack task failed"),
                 }
                 if alarm {
@@ -299,38 +298,35 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
     tracing::debug!("upstream sender stopped");
 }
 
-/// The open batch, or a new one when enough is ready (or the oldest ready item lingered long enough).
-fn next_batch(
+/// The open batch, or a new one when enough is ready (or the oldest ready item lingered long enough), with its body.
+/// The caller flushes before sending.
+async fn next_batch(
     outbox: &Outbox,
     up: &UpstreamSection,
     queue: &mut watch::Receiver<u64>,
     linger_since: &mut Option<Instant>,
-) -> Result<Option<OpenBatch>, OutboxError> {
-    if let Some(open) = outbox.open_batch()? {
-        return Ok(Some(open));
-    }
+    gateway_id: &str,
+) -> Result<Option<(OpenBatch, Bytes)>, OutboxError> {
     let through = *queue.borrow_and_update();
-    let ready = outbox.ready(through)?;
-    if ready == 0 {
+    if outbox.open_batch()?.is_none() {
+        let ready = outbox.ready(through)?;
+        if ready == 0 {
+            *linger_since = None;
+            return Ok(None);
+        }
+        let since = *linger_since.get_or_insert_with(Instant::now);
+        if (ready as usize) < up.batch_max_items && since.elapsed() < up.linger() {
+            return Ok(None);
+        }
         *linger_since = None;
-        return Ok(None);
     }
-    let since = *linger_since.get_or_insert_with(Instant::now);
-    if (ready as usize) < up.batch_max_items && since.elapsed() < up.linger() {
-        return Ok(None);
-    }
-    *linger_since = None;
-    outbox.assign_batch(up.batch_max_items, up.batch_max_bytes, through)
-}
-
-/// Makes the open batch durable and assembles its body.
-async fn prepare(outbox: &Outbox, open: OpenBatch, gateway_id: &str) -> Result<Bytes, OutboxError> {
-    outbox.flush().await?;
-    let outbox = outbox.clone();
-    let gateway_id = gateway_id.to_owned();
-    tokio::task::spawn_blocking(move || outbox.batch_body(&open, &gateway_id).map(Bytes::from))
-        .await
-        .map_err(|e| OutboxError::Date(format!("batch task: {e}")))?
+    let (outbox, gateway_id) = (outbox.clone(), gateway_id.to_owned());
+    let (max_items, max_bytes) = (up.batch_max_items, up.batch_max_bytes);
+    let assigned =
+        tokio::task::spawn_blocking(move || outbox.assign_with_body(max_items, max_bytes, through, &gateway_id))
+            .await
+            .map_err(|e| OutboxError::Date(format!("batch task: {e}")))??;
+    Ok(assigned.map(|(open, body)| (open, Bytes::from(body))))
 }
 
 /// Checks an upstream section's files and URL without starting anything (for `validate`): each problem as (key, text).
@@ -353,3 +349,6 @@ pub fn check_section(up: &UpstreamSection) -> Vec<(&'static str, String)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

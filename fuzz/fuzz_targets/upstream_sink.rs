@@ -1,0 +1,27 @@
+//! The reference receiver's input parsers: request bodies (`UploadBatch`), its own output file read back at start,
+//! fault plans from the command line, and stored outbox items. The first byte picks the parser.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else { return };
+    match which % 4 {
+        0 => {
+            let _ = gatewayd::sink::decode_batch(rest);
+        }
+        1 => {
+            let _ = gatewayd::sink::restore_line(&String::from_utf8_lossy(rest));
+        }
+        2 => {
+            if let Ok(mut plan) = gatewayd::sink::faults::FaultPlan::parse(&String::from_utf8_lossy(rest)) {
+                for _ in 0..4 {
+                    plan.next_fault();
+                }
+            }
+        }
+        _ => {
+            let _ = gatewayd::outbox::Item::decode(rest);
+        }
+    }
+});
