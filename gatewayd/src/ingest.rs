@@ -34,6 +34,9 @@ pub struct IngestSettings {
     pub max_batch: usize,
 }
 
+/// A running flush.
+type Flushing = JoinHandle<Result<(), StoreError>>;
+
 /// A batch written to sled and waiting for its flush.
 struct Written {
     requests: Vec<IngestRequest>,
@@ -83,7 +86,7 @@ pub async fn run_writer_with_budget(
     };
     // Batches written to sled but not yet covered by a flush, and the batches whose flush is running.
     let mut pending: Vec<Written> = Vec::new();
-    let mut in_flight: Option<(Vec<Written>, JoinHandle<Result<(), StoreError>>)> = None;
+    let mut in_flight: Option<(Vec<Written>, Flushing)> = None;
     let mut open = true;
     loop {
         if in_flight.is_none() && !pending.is_empty() {
