@@ -657,7 +657,7 @@ pub async fn demo_receiver(
     gateway_id: &str,
     cancel: CancellationToken,
 ) -> Result<(String, tokio::task::JoinHandle<Summary>), SinkError> {
-    let certs = crate::certs::write_dev_set(dir, gateway_id, 2)
+    let certs = crate::certs::write_dev_set(dir, gateway_id, 365)
         .map_err(|e| SinkError::Out { path: dir.to_owned(), source: std::io::Error::other(e) })?;
     let opts = SinkOptions {
         listen: "127.0.0.1:0".into(),
