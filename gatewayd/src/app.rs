@@ -47,6 +47,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Engine(#[from] crate::reconcile::StageError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -96,6 +98,8 @@ pub struct Running {
     pub outbox: Outbox,
     /// The disk budget state the ingest writer consults.
     pub disk_budget: DiskBudget,
+    /// The attendance engine's handle, records, roster and approvals (for the API).
+    pub attendance: crate::reconcile::Attendance,
     config_tx: watch::Sender<Arc<Config>>,
     readiness: Arc<Readiness>,
     notifier: Notifier,
@@ -170,6 +174,19 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     ));
 
     let (config_tx, _) = watch::channel(config.clone());
+
+    // The attendance engine: follows the durable punches, writes the change log the outbox delivers (runs with or
+    // without a rules file: punches are forwarded either way).
+    let (attendance, engine_stage) = crate::reconcile::stage::open(
+        &config,
+        &store,
+        &changes,
+        &sink,
+        &metrics,
+        durable.clone(),
+        config_tx.subscribe(),
+    )?;
+    back_tasks.spawn(engine_stage.run(back.clone()));
 
     // Delivery: the feeder moves the change log into the outbox, the sender delivers it upstream over mTLS, and the
     // disk budget monitor guards the disk. All in the back stage: stopped after ingest has flushed.
@@ -282,6 +299,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         changes,
         outbox,
         disk_budget,
+        attendance,
         config_tx,
         readiness,
         notifier,

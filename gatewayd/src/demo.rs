@@ -64,7 +64,7 @@ pub async fn run() -> Result<(), DemoError> {
     // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
     let serial = drivers::sim::scenario::SerialBench::open()
         .map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
-    let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1");
+    let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1") + &attendance_files(&dir)?;
     let config_text = config_text + &upstream;
     std::fs::write(&config_path, config_text)
         .map_err(|e| DemoError::Setup(format!("{}: {e}", config_path.display())))?;
@@ -83,6 +83,7 @@ pub async fn run() -> Result<(), DemoError> {
     println!("  adms     http://{}/iclock/cdata (line2-zk, SN {DEMO_SN})", running.listeners.api);
     let device = tokio::spawn(simulated_face_terminal(running.listeners.mqtt, stop.clone()));
     let zk = tokio::spawn(simulated_zk_terminal(running.listeners.api, stop.clone()));
+    let records = tokio::spawn(print_records(running.changes.clone(), stop.clone()));
     println!("  serial   gate-nfc-1 (PN532) on {}", serial.nfc_port.path().display());
     println!("  serial   door-fp-1 (R503) on {}", serial.fingerprint_port.path().display());
     let bench = tokio::spawn(serial.run(stop.clone()));
@@ -92,6 +93,7 @@ pub async fn run() -> Result<(), DemoError> {
     bench.abort();
     device.abort();
     zk.abort();
+    records.abort();
     printer.abort();
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(DemoError::from)
@@ -238,6 +240,84 @@ async fn print_punches(store: Store, mut durable: tokio::sync::watch::Receiver<u
                 }
                 Err(e) => {
                     println!("  store error: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a roster and rules for the demo into `dir` (a shift that is running now, so records appear at once) and
+/// returns the configuration sections that reference them.
+fn attendance_files(dir: &Path) -> Result<String, DemoError> {
+    let roster = "employee,name,department,card,fingerprint,face,pin,manages\n\
+                  E1001,Li Wei,D-OFF,04A1B2C3,7,face-1001,1001,\n\
+                  E1002,Wang Fang,D-OFF,045E219A,,face-1002,1002,\n\
+                  E1003,Zhang Min,D-ASM,04A1B2C6,door-fp-1:12,face-1003,1003,\n\
+                  E2001,Chen Jie,D-ASM,,,face-2001,2001,D-ASM|D-OFF\n";
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or(jiff::tz::TimeZone::UTC);
+    let now = jiff::Timestamp::now().to_zoned(tz);
+    let at = |minutes: i64| {
+        let t = now.checked_add(jiff::Span::new().minutes(minutes)).unwrap_or_else(|_| now.clone());
+        format!("{:02}:{:02}", t.hour(), t.minute())
+    };
+    let rules = format!(
+        "# A shift that started 30 minutes ago, so the demo shows late clock-ins and changing clock-outs.\n\
+         dedupe_window = \"2s\"\n\n[[shift]]\nid = \"demo\"\nstart = \"{start}\"\nend = \"{end}\"\nlate_grace = \"10m\"\n\
+         opens_before = \"2h\"\ncloses_after = \"2h\"\novertime_after = \"30m\"\n\n\
+         [[group]]\nid = \"everyone\"\ndepartments = [\"D-OFF\", \"D-ASM\"]\nshift = \"demo\"\n\
+         workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n",
+        start = at(-30),
+        end = at(8 * 60),
+    );
+    for (name, text) in [("roster.csv", roster.to_owned()), ("rules.toml", rules)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| DemoError::Setup(format!("{}: {e}", path.display())))?;
+    }
+    Ok("\n[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n".into())
+}
+
+/// Prints each record revision and each closed work date as the engine decides them.
+async fn print_records(changes: crate::changes::ChangeLog, stop: CancellationToken) {
+    use crate::changes::Change;
+    let mut durable = changes.subscribe();
+    let mut printed = *durable.borrow();
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or(jiff::tz::TimeZone::UTC);
+    let clock = |ms: Option<i64>| match ms.and_then(|m| jiff::Timestamp::from_millisecond(m).ok()) {
+        Some(t) => t.to_zoned(tz.clone()).strftime("%H:%M:%S").to_string(),
+        None => "--:--:--".into(),
+    };
+    loop {
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        let last = *durable.borrow();
+        for entry in changes.after(printed).take_while(|e| e.as_ref().map_or(true, |(seq, _)| *seq <= last)) {
+            match entry {
+                Ok((seq, change)) => {
+                    printed = seq;
+                    match change {
+                        Change::Record(r) => println!(
+                            "  record {:<6} {} {:<5} rev {:<3} in {} out {} worked {:>4}m [{}]",
+                            r.employee_id,
+                            r.work_date,
+                            r.shift_id,
+                            r.revision,
+                            clock(r.clock_in_ms),
+                            clock(r.clock_out_ms),
+                            r.worked_minutes,
+                            r.statuses.join(", ")
+                        ),
+                        Change::DayClosed(day) => println!("  closed {day}"),
+                        Change::Punch(p) if !p.flags.is_empty() => {
+                            println!("  flag   {:<28} {}", p.punch_id, p.flags.join(", "))
+                        }
+                        Change::Punch(_) => {}
+                    }
+                }
+                Err(e) => {
+                    println!("  change log error: {e}");
                     return;
                 }
             }

@@ -395,10 +395,12 @@ pub mod events {
         tracing::debug!(punches, revisions, changes = changes.len(), elapsed_ms = elapsed.as_millis() as u64, "engine batch");
     }
 
-    /// The engine was rebuilt from the store (start or after a failure).
-    pub fn engine_recovered(m: &Metrics, replayed: usize, changes: usize, elapsed: Duration) {
+    /// The engine was rebuilt from the store (start or after a failure). `revisions` are record revisions the
+    /// re-derivation found missing from the store (normally none).
+    pub fn engine_recovered(m: &Metrics, replayed: usize, revisions: usize, elapsed: Duration) {
         m.engine.recoveries.inc();
-        tracing::info!(replayed, changes, elapsed_ms = elapsed.as_millis() as u64, "engine state rebuilt from the store");
+        m.engine.revisions.inc_by(revisions as u64);
+        tracing::info!(replayed, revisions, elapsed_ms = elapsed.as_millis() as u64, "engine state rebuilt from the store");
     }
 
     /// The engine stage failed; it is rebuilt from the store. Records wait meanwhile.

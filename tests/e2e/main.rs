@@ -9,6 +9,7 @@ mod harness;
 
 mod adms;
 mod config_files;
+mod engine;
 mod lifecycle;
 mod mqtt;
 mod serial;

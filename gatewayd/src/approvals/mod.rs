@@ -327,7 +327,7 @@ impl Approvals {
         if old.state != State::Pending {
             return Err(ApprovalError::AlreadyDecided { id, state: old.state });
         }
-        if !decider.departments.iter().any(|d| *d == old.department) {
+        if !decider.departments.contains(&old.department) {
             return Err(ApprovalError::NotAllowed {
                 decider: decider.name.clone(),
                 department: old.department.clone(),

@@ -32,14 +32,13 @@
 //! day on as its last window closes, for earlier dates once they have punches and are closed, and again for any closed
 //! date whose records changed later (a late punch), so the day digest can be sent again.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use drivers::sink::{GeoPoint, Subject};
 use drivers::Method;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::day::{evaluate, DayContext, DayPunch, Fence};
@@ -124,6 +123,95 @@ struct Fact {
 
 type Key = (i64, Arc<str>);
 
+/// One employee's punches, sorted by (time, id), with the employee's roster department. Punches arrive roughly in
+/// time order, so inserts land at or near the end. The times are kept in their own array so the binary searches touch
+/// few cache lines (the engine holds a month of punches for thousands of employees).
+#[derive(Debug, Default)]
+struct Punches {
+    department: Arc<str>,
+    times: Vec<i64>,
+    entries: Vec<(Key, Fact)>,
+}
+
+impl Punches {
+    fn new(department: Arc<str>) -> Punches {
+        Punches { department, times: Vec::with_capacity(16), entries: Vec::with_capacity(16) }
+    }
+
+    fn position(&self, key: &Key) -> Result<usize, usize> {
+        let t = key.0;
+        if self.times.last().is_none_or(|&last| last < t) {
+            return Err(self.times.len());
+        }
+        let mut i = self.times.partition_point(|&x| x < t);
+        while i < self.times.len() && self.times[i] == t {
+            match self.entries[i].0 .1.cmp(&key.1) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => return Ok(i),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        Err(i)
+    }
+
+    /// Inserts a punch; returns the old one if the key was there (then nothing changes).
+    fn insert(&mut self, key: Key, fact: Fact) -> Option<Fact> {
+        match self.position(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, fact)),
+            Err(i) => {
+                self.times.insert(i, key.0);
+                self.entries.insert(i, (key, fact));
+                None
+            }
+        }
+    }
+
+    fn get(&self, key: &Key) -> Option<&Fact> {
+        self.position(key).ok().map(|i| &self.entries[i].1)
+    }
+
+    fn contains_key(&self, key: &Key) -> bool {
+        self.position(key).is_ok()
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Fact> {
+        self.position(key).ok().map(|i| {
+            self.times.remove(i);
+            self.entries.remove(i).1
+        })
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Key> + '_ {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Punches with time in `[from, to]`.
+    fn between(&self, from: i64, to: i64) -> impl Iterator<Item = (&Key, &Fact)> + '_ {
+        let lo = self.times.partition_point(|&t| t < from);
+        let hi = self.times.partition_point(|&t| t <= to).max(lo);
+        self.entries[lo..hi].iter().map(|(k, f)| (k, f))
+    }
+
+    /// Removes and returns the punches before `cut`.
+    fn drain_before(&mut self, cut: i64) -> Vec<(Key, Fact)> {
+        let n = self.times.partition_point(|&t| t < cut);
+        self.times.drain(..n);
+        self.entries.drain(..n).collect()
+    }
+}
+
+/// Hash maps keyed by ids: foldhash (fast, seeded per process) instead of SipHash; the engine hashes ids per punch.
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 #[derive(Clone, Debug)]
 struct RecState {
     shift: Arc<str>,
@@ -150,25 +238,25 @@ pub struct Engine {
     current: u32,
     roster: Arc<Roster>,
     marks: Watermarks,
-    strings: HashSet<Arc<str>>,
-    by_employee: HashMap<Arc<str>, BTreeMap<Key, Fact>>,
+    strings: Set<Arc<str>>,
+    by_employee: Map<Arc<str>, Punches>,
     unresolved: BTreeMap<Key, Fact>,
-    geo: HashMap<Arc<str>, (GeoPoint, i64)>,
-    decisions: HashMap<Arc<str>, bool>,
-    records: HashMap<(Arc<str>, Date), Vec<RecState>>,
-    closing: BTreeSet<(i64, Date, Arc<str>)>,
+    geo: Map<Arc<str>, (GeoPoint, i64)>,
+    decisions: Map<Arc<str>, bool>,
+    records: Map<(Arc<str>, Date), Vec<RecState>>,
+    closing: BTreeMap<(i64, Date), Set<Arc<str>>>,
     pending_days: BTreeSet<Date>,
-    spans: HashMap<(u32, usize, Date), (DayPlan, ShiftSpan)>,
+    spans: Map<(u32, usize, Date), (DayPlan, ShiftSpan)>,
     evicted_before: Option<Date>,
     // Per batch.
-    dirty: BTreeSet<(Date, Arc<str>)>,
+    dirty: BTreeMap<Date, Set<Arc<str>>>,
     fresh: Vec<(Owner, Key)>,
-    fresh_set: HashSet<Arc<str>>,
+    fresh_set: Set<Arc<str>>,
     fresh_unkept: Vec<upstream::Punch>,
-    notes: HashMap<Arc<str>, Notes>,
+    notes: Map<Arc<str>, Notes>,
     touched_closed: BTreeSet<Date>,
     requests: Vec<FenceRequest>,
-    requested: HashSet<Arc<str>>,
+    requested: Set<Arc<str>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -183,22 +271,103 @@ impl std::fmt::Debug for Engine {
 }
 
 /// A stable 64-bit digest of a record's content (revision and rules version excluded): FNV-1a over its protobuf encoding.
-pub fn content_digest(record: &upstream::AttendanceRecord) -> u64 {
-    let mut normal = record.clone();
-    normal.revision = 0;
-    normal.rules_version = 0;
-    let bytes = normal.encode_to_vec();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+pub fn content_digest(r: &upstream::AttendanceRecord) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    for s in [&r.record_id, &r.employee_id, &r.work_date, &r.shift_id] {
+        h.text(s);
     }
-    h
+    for t in [r.clock_in_ms, r.clock_out_ms] {
+        match t {
+            Some(v) => {
+                h.bytes(&[1]);
+                h.bytes(&v.to_le_bytes());
+            }
+            None => h.bytes(&[0]),
+        }
+    }
+    for list in [&r.statuses, &r.punch_ids] {
+        h.bytes(&(list.len() as u64).to_le_bytes());
+        for s in list {
+            h.text(s);
+        }
+    }
+    for n in [r.late_minutes, r.early_leave_minutes, r.worked_minutes, r.overtime_minutes] {
+        h.bytes(&n.to_le_bytes());
+    }
+    h.bytes(&[u8::from(r.closed)]);
+    h.0
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms (record digests are compared across restarts).
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn text(&mut self, s: &str) {
+        self.bytes(&(s.len() as u64).to_le_bytes());
+        self.bytes(s.as_bytes());
+    }
 }
 
 /// The record id of (employee, work date, shift), stable across revisions.
 pub fn record_id(gateway_id: &str, employee: &str, date: Date, shift: &str) -> String {
     format!("{gateway_id}:{employee}:{date}:{shift}")
+}
+
+/// Most dates whose windows are looked at together (a record's date and two days each side).
+const MAX_WINDOWS: usize = 5;
+
+/// Shift windows of consecutive dates, without allocating.
+#[derive(Clone, Copy)]
+struct Windows {
+    items: [(Date, ShiftSpan); MAX_WINDOWS],
+    len: usize,
+    tried: usize,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        let none = ShiftSpan { start_ms: 0, end_ms: 0, open_ms: 0, close_ms: -1 };
+        Windows { items: [(Date::constant(2000, 1, 1), none); MAX_WINDOWS], len: 0, tried: 0 }
+    }
+}
+
+impl Windows {
+    fn as_slice(&self) -> &[(Date, ShiftSpan)] {
+        &self.items[..self.len]
+    }
+}
+
+/// The roster department of an employee ("" when not in the roster).
+fn department_of<'r>(roster: &'r Roster, employee: &str) -> &'r str {
+    roster.get(employee).map_or("", |e| e.department.as_str())
+}
+
+/// The window (of those given, in date order) a punch at `t` belongs to: the one containing it whose scheduled span is
+/// nearest, the earlier date on a tie.
+fn pick(windows: &[(Date, ShiftSpan)], t: i64) -> Option<Date> {
+    let mut best: Option<(i64, Date)> = None;
+    for (d, span) in windows {
+        if span.open_ms <= t && t <= span.close_ms {
+            let distance = if t < span.start_ms {
+                span.start_ms - t
+            } else if t > span.end_ms {
+                t - span.end_ms
+            } else {
+                0
+            };
+            if best.is_none_or(|(bd, _)| distance < bd) {
+                best = Some((distance, *d));
+            }
+        }
+    }
+    best.map(|(_, d)| d)
 }
 
 fn next_day(d: Date) -> Date {
@@ -229,24 +398,24 @@ impl Engine {
             current,
             roster,
             marks,
-            strings: HashSet::new(),
-            by_employee: HashMap::new(),
+            strings: Set::default(),
+            by_employee: Map::default(),
             unresolved: BTreeMap::new(),
-            geo: HashMap::new(),
-            decisions: HashMap::new(),
-            records: HashMap::new(),
-            closing: BTreeSet::new(),
+            geo: Map::default(),
+            decisions: Map::default(),
+            records: Map::default(),
+            closing: BTreeMap::new(),
             pending_days: BTreeSet::new(),
-            spans: HashMap::new(),
+            spans: Map::default(),
             evicted_before: None,
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
             fresh: Vec::new(),
-            fresh_set: HashSet::new(),
+            fresh_set: Set::default(),
             fresh_unkept: Vec::new(),
-            notes: HashMap::new(),
+            notes: Map::default(),
             touched_closed: BTreeSet::new(),
             requests: Vec::new(),
-            requested: HashSet::new(),
+            requested: Set::default(),
         }
     }
 
@@ -275,7 +444,7 @@ impl Engine {
 
     /// Punches kept (for metrics).
     pub fn punches_kept(&self) -> usize {
-        self.by_employee.values().map(BTreeMap::len).sum::<usize>() + self.unresolved.len()
+        self.by_employee.values().map(Punches::len).sum::<usize>() + self.unresolved.len()
     }
 
     /// Records tracked (for metrics).
@@ -290,7 +459,7 @@ impl Engine {
 
     /// Tells the engine a request already exists for this punch (after a restart).
     pub fn mark_requested(&mut self, punch_id: &str) {
-        let id = self.intern(punch_id);
+        let id: Arc<str> = Arc::from(punch_id);
         self.requested.insert(id);
     }
 
@@ -364,10 +533,6 @@ impl Engine {
         self.today().map(|d| days_before(d, days))
     }
 
-    fn department(&self, employee: &str) -> String {
-        self.roster.get(employee).map(|e| e.department.clone()).unwrap_or_default()
-    }
-
     fn resolve(&mut self, fact: &Fact) -> Option<Arc<str>> {
         let found = if fact.credential {
             self.roster.resolve(&fact.subject, &fact.device, fact.method).map(|e| e.id.clone())
@@ -393,31 +558,54 @@ impl Engine {
         Some((plan, span))
     }
 
-    /// The record a punch at `t` of `employee` belongs to.
-    fn assign(&mut self, employee: &str, department: &str, t: i64) -> Option<Date> {
-        let d0 = local_date(t, &self.settings.tz);
-        let mut best: Option<(i64, Date)> = None;
-        let mut d = prev_day(prev_day(d0));
-        for _ in 0..4 {
+    /// The shift windows of `employee` on the dates `from..=to` (at most [`MAX_WINDOWS`] dates; dates without a group
+    /// are left out), in date order.
+    fn windows(&mut self, employee: &str, department: &str, from: Date, to: Date) -> Windows {
+        let mut out = Windows::default();
+        let mut d = from;
+        while out.tried < MAX_WINDOWS {
+            out.tried += 1;
             let version = self.version_for(d);
             let group = self.rules.get(&version).and_then(|r| r.group_of(employee, department));
             if let Some((_, span)) = group.and_then(|g| self.span_for(version, g, d)) {
-                if span.open_ms <= t && t <= span.close_ms {
-                    let distance = if t < span.start_ms {
-                        span.start_ms - t
-                    } else if t > span.end_ms {
-                        t - span.end_ms
-                    } else {
-                        0
-                    };
-                    if best.as_ref().is_none_or(|(bd, _)| distance < *bd) {
-                        best = Some((distance, d));
-                    }
-                }
+                out.items[out.len] = (d, span);
+                out.len += 1;
+            }
+            if d >= to || next_day(d) == d {
+                break;
             }
             d = next_day(d);
         }
-        best.map(|(_, a)| a)
+        out
+    }
+
+    /// The work date of the record a punch at `t` of `employee` belongs to. Windows reach at most one day before and
+    /// two days after their date (`opens_before` and `closes_after` are at most 24 h).
+    fn assign(&mut self, employee: &str, department: &str, t: i64) -> Option<Date> {
+        let d0 = local_date(t, &self.settings.tz);
+        let windows = self.windows(employee, department, prev_day(prev_day(d0)), next_day(d0));
+        pick(windows.as_slice(), t)
+    }
+
+    /// The punches of an employee (created with the employee's roster department).
+    fn punches_for(&mut self, employee: &Arc<str>) -> &mut Punches {
+        let roster = &self.roster;
+        self.by_employee
+            .entry(employee.clone())
+            .or_insert_with(|| Punches::new(Arc::from(department_of(roster, employee))))
+    }
+
+    /// The roster department of an employee, from the engine's copy when it has punches of them.
+    fn department(&self, employee: &str) -> Arc<str> {
+        match self.by_employee.get(employee) {
+            Some(p) => p.department.clone(),
+            None => Arc::from(department_of(&self.roster, employee)),
+        }
+    }
+
+    /// Marks a record for recomputation in this batch.
+    fn touch(&mut self, date: Date, employee: Arc<str>) {
+        self.dirty.entry(date).or_default().insert(employee);
     }
 
     /// Marks the record a punch belongs to (and notes dates for closing announcements).
@@ -425,7 +613,7 @@ impl Engine {
         let department = self.department(employee);
         let date = match self.assign(employee, &department, t) {
             Some(date) => {
-                self.dirty.insert((date, employee.clone()));
+                self.touch(date, employee.clone());
                 date
             }
             None => local_date(t, &self.settings.tz),
@@ -454,7 +642,8 @@ impl Engine {
     }
 
     fn ingest(&mut self, p: Punch, fresh: bool) {
-        let id = self.intern(&p.punch_id);
+        // Punch ids are unique: not interned.
+        let id: Arc<str> = Arc::from(p.punch_id.as_str());
         if self.too_old(p.device_time_ms) {
             if fresh && self.fresh_set.insert(id) {
                 let employee = match &p.subject {
@@ -502,7 +691,7 @@ impl Engine {
         let key: Key = (p.device_time_ms, id.clone());
         let employee = self.resolve(&fact);
         let new = match &employee {
-            Some(e) => self.by_employee.entry(e.clone()).or_default().insert(key.clone(), fact).is_none(),
+            Some(e) => self.punches_for(e).insert(key.clone(), fact).is_none(),
             None => self.unresolved.insert(key.clone(), fact).is_none(),
         };
         if !new {
@@ -551,7 +740,9 @@ impl Engine {
             .filter(|(_, d)| !self.marks.day_versions.contains_key(d))
             .map(|(e, d)| (*d, e.clone()))
             .collect();
-        self.dirty.extend(open);
+        for (d, e) in open {
+            self.touch(d, e);
+        }
         for (employee, (t, _)) in self.all_keys() {
             if let Some(e) = employee {
                 let date = local_date(t, &self.settings.tz);
@@ -601,7 +792,7 @@ impl Engine {
                 }
                 match &new {
                     Some(e) => {
-                        self.by_employee.entry(e.clone()).or_default().insert(key.clone(), fact);
+                        self.punches_for(e).insert(key.clone(), fact);
                     }
                     None => {
                         self.unresolved.insert(key.clone(), fact);
@@ -610,12 +801,20 @@ impl Engine {
                 moved.push((old, new, key));
             }
         }
+        // Departments may have changed.
+        let roster = self.roster.clone();
+        for (e, punches) in self.by_employee.iter_mut() {
+            let department = department_of(&roster, e);
+            if &*punches.department != department {
+                punches.department = Arc::from(department);
+            }
+        }
         // Dates of moved punches are reconsidered even when closed: the punch was never counted there (or is gone).
         for (old, new, (t, id)) in moved {
             if let Some(o) = &old {
-                let dept = self.department(o);
-                if let Some(date) = self.assign(o, &dept, t) {
-                    self.dirty.insert((date, o.clone()));
+                let department = self.department(o);
+                if let Some(date) = self.assign(o, &department, t) {
+                    self.touch(date, o.clone());
                 }
             }
             if let Some(n) = &new {
@@ -632,7 +831,7 @@ impl Engine {
     }
 
     fn decide(&mut self, punch_id: &str, approved: bool) {
-        let id = self.intern(punch_id);
+        let id: Arc<str> = Arc::from(punch_id);
         if self.decisions.insert(id.clone(), approved) == Some(approved) {
             return;
         }
@@ -653,10 +852,8 @@ impl Engine {
         let keep_from = days_before(start, 3);
         let cut = local_ms(keep_from, 0, &self.settings.tz);
         let empty: Arc<str> = Arc::from("");
-        for map in self.by_employee.values_mut() {
-            let kept = map.split_off(&(cut, empty.clone()));
-            let old = std::mem::replace(map, kept);
-            for ((_, id), _) in old {
+        for punches in self.by_employee.values_mut() {
+            for ((_, id), _) in punches.drain_before(cut) {
                 self.geo.remove(&id);
                 self.decisions.remove(&id);
             }
@@ -698,12 +895,15 @@ impl Engine {
         let now = self.marks.now_ms;
         let tz = self.settings.tz.clone();
         // Records whose window has closed.
-        while let Some(first) = self.closing.first().cloned() {
-            if first.0 >= now {
+        while let Some((&(close_ms, _), _)) = self.closing.first_key_value() {
+            if close_ms >= now {
                 break;
             }
-            self.closing.pop_first();
-            self.dirty.insert((first.1, first.2));
+            if let Some(((_, d), employees)) = self.closing.pop_first() {
+                for e in employees {
+                    self.touch(d, e);
+                }
+            }
         }
         // Work dates whose last window has closed, in order.
         let mut announce: Vec<Date> = Vec::new();
@@ -720,7 +920,7 @@ impl Engine {
                     break;
                 }
                 for e in self.scheduled_employees(d) {
-                    self.dirty.insert((d, e));
+                    self.touch(d, e);
                 }
                 announce.push(d);
                 through = d;
@@ -734,8 +934,12 @@ impl Engine {
             announce.push(d);
         }
 
-        let mut record_changes = Vec::new();
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty: Vec<(Date, Arc<str>)> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .flat_map(|(d, employees)| employees.into_iter().map(move |e| (d, e)))
+            .collect();
+        dirty.sort_unstable();
+        let mut record_changes = Vec::with_capacity(dirty.len());
         for (date, employee) in dirty {
             self.recompute(&employee, date, &mut record_changes);
         }
@@ -804,36 +1008,35 @@ impl Engine {
         let version = self.version_for(date);
         let rules = self.rules_for(date);
         let department = self.department(employee);
-        let group = rules.group_of(employee, &department);
+        let department = &*department;
+        let group = rules.group_of(employee, department);
         let now = self.marks.now_ms;
         let mut computed: Option<(Arc<str>, upstream::AttendanceRecord, i64)> = None;
         if let Some((g, (plan, span))) = group.and_then(|g| self.span_for(version, g, date).map(|s| (g, s))) {
             let closed = now > span.close_ms;
-            // The punches in the window that belong to this date.
-            let empty: Arc<str> = Arc::from("");
-            let candidates: Vec<(Key, Fact)> = self
+            // The punches in the window that belong to this date (not to an overlapping window of a nearby date).
+            let windows = self.windows(employee, department, prev_day(prev_day(date)), next_day(next_day(date)));
+            let mine: Vec<(Key, Method, bool)> = self
                 .by_employee
                 .get(employee)
                 .map(|m| {
-                    m.range((span.open_ms, empty.clone())..(span.close_ms.saturating_add(1), empty))
-                        .map(|(k, f)| (k.clone(), f.clone()))
+                    m.between(span.open_ms, span.close_ms)
+                        .filter(|(k, _)| pick(windows.as_slice(), k.0) == Some(date))
+                        .map(|(k, f)| {
+                            let skew = f.realtime && (k.0 - f.received_ms).abs() > rules.max_clock_skew_ms;
+                            (k.clone(), f.method, skew)
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut mine: Vec<(Key, Fact)> = Vec::with_capacity(candidates.len());
-            for (k, f) in candidates {
-                if self.assign(employee, &department, k.0) == Some(date) {
-                    mine.push((k, f));
-                }
-            }
             if !mine.is_empty() || (plan.workday && closed) {
                 let group = &rules.groups[g];
                 let shift = &rules.shifts[plan.shift];
                 let day_punches: Vec<DayPunch<'_>> = mine
                     .iter()
-                    .map(|((t, id), f)| {
+                    .map(|((t, id), method, skew)| {
                         let fence = match (self.geo.get(id), &group.geofence) {
-                            (Some((pt, _)), Some(fence)) if f.method != Method::Makeup => {
+                            (Some((pt, _)), Some(fence)) if *method != Method::Makeup => {
                                 if fence.contains(pt.lat, pt.lng) {
                                     Fence::Inside
                                 } else {
@@ -846,13 +1049,7 @@ impl Engine {
                             }
                             _ => Fence::NotApplicable,
                         };
-                        DayPunch {
-                            time_ms: *t,
-                            id,
-                            method: f.method,
-                            clock_skew: f.realtime && (t - f.received_ms).abs() > rules.max_clock_skew_ms,
-                            fence,
-                        }
+                        DayPunch { time_ms: *t, id, method: *method, clock_skew: *skew, fence }
                     })
                     .collect();
                 let ctx = DayContext {
@@ -865,7 +1062,7 @@ impl Engine {
                 };
                 let ev = evaluate(&ctx, &day_punches);
                 let mut requests = Vec::new();
-                for ((p, merged), ((_, id), _)) in day_punches.iter().zip(&ev.merged).zip(&mine) {
+                for ((p, merged), ((_, id), _, _)) in day_punches.iter().zip(&ev.merged).zip(&mine) {
                     if self.fresh_set.contains(p.id) {
                         self.notes.insert(
                             id.clone(),
@@ -876,7 +1073,7 @@ impl Engine {
                         requests.push(FenceRequest {
                             punch_id: p.id.to_owned(),
                             employee: employee.to_string(),
-                            department: department.clone(),
+                            department: department.to_owned(),
                             time_ms: p.time_ms,
                         });
                     }
@@ -894,12 +1091,12 @@ impl Engine {
                     early_leave_minutes: ev.early_leave_minutes,
                     worked_minutes: ev.worked_minutes,
                     overtime_minutes: ev.overtime_minutes,
-                    punch_ids: mine.iter().map(|((_, id), _)| id.to_string()).collect(),
+                    punch_ids: mine.iter().map(|((_, id), _, _)| id.to_string()).collect(),
                     closed,
                     rules_version: version,
                 };
                 for r in requests {
-                    let id = self.intern(&r.punch_id);
+                    let id: Arc<str> = Arc::from(r.punch_id.as_str());
                     self.requested.insert(id);
                     self.requests.push(r);
                 }
@@ -908,7 +1105,7 @@ impl Engine {
                     // The date's rules are fixed once one of its windows has closed.
                     self.marks.day_versions.entry(date).or_insert(version);
                 } else {
-                    self.closing.insert((span.close_ms, date, employee.clone()));
+                    self.closing.entry((span.close_ms, date)).or_default().insert(employee.clone());
                 }
                 computed = Some((shift_id, record, span.close_ms));
             }

@@ -378,7 +378,8 @@ impl Stage {
         if !changes.is_empty() {
             self.log.flush().await?;
         }
-        events::engine_recovered(&self.metrics, replayed, changes.len(), started.elapsed());
+        let revisions = changes.iter().filter(|c| matches!(c, Change::Record(_))).count();
+        events::engine_recovered(&self.metrics, replayed, revisions, started.elapsed());
         // Then the present: the clock, the files' rules and roster.
         let config = self.config.borrow().clone();
         let mut inputs = vec![Input::Tick(now_ms())];

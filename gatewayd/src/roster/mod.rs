@@ -21,7 +21,7 @@
 
 pub mod csv;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -34,6 +34,9 @@ use crate::config::source::Problem;
 pub const COLUMNS: [&str; 8] = ["employee", "name", "department", "card", "fingerprint", "face", "pin", "manages"];
 /// Longest employee id, department, face id.
 pub const MAX_ID_LEN: usize = 128;
+
+/// Lookups happen once per punch: foldhash instead of SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A fingerprint registration: a module page, on one device or on any module.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -126,8 +126,10 @@ proptest::proptest! {
     }
 
     #[test]
-    fn structured_import_never_panics(rows in proptest::collection::vec("[A-Za-z0-9:|, \"-]{0,30}", 0..6)) {
-        let text = format!("employee,card,fingerprint,pin\n{}", rows.join("\n"));
-        let _ = Roster::parse_csv(&text);
+    fn structured_import_never_panics_and_round_trips(rows in proptest::collection::vec("[A-Za-z0-9:|, \"-]{0,30}", 0..6)) {
+        let text = format!("employee,name,card,fingerprint,pin\n{}", rows.join("\n"));
+        if let Ok(roster) = Roster::parse_csv(&text) {
+            proptest::prop_assert_eq!(Roster::parse_csv(&roster.to_csv()).ok(), Some(roster));
+        }
     }
 }

@@ -13,7 +13,7 @@
 
 pub mod geo;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use drivers::Method;
@@ -24,6 +24,9 @@ use serde::Deserialize;
 use crate::config::source::{Problem, Seg, TomlSource};
 use crate::config::Problems;
 pub use geo::Geofence;
+
+/// Looked up for every punch: foldhash instead of SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Smallest and largest geofence radius accepted, in metres.
 pub const RADIUS_RANGE_M: (f64, f64) = (50.0, 5000.0);
@@ -283,8 +286,8 @@ impl Rules {
             groups: Vec::new(),
             holidays: BTreeSet::new(),
             makeup_workdays: BTreeSet::new(),
-            by_department: HashMap::new(),
-            by_employee: HashMap::new(),
+            by_department: HashMap::default(),
+            by_employee: HashMap::default(),
         }
     }
 
@@ -537,8 +540,8 @@ fn compile(file: &RulesFile, out: &mut Problems<'_>) -> Rules {
     let known = || shift_ids.join(", ");
     let find_shift = |id: &str| file.shifts.iter().position(|s| s.id == id);
 
-    let mut department_owner: HashMap<&str, &str> = HashMap::new();
-    let mut employee_owner: HashMap<&str, &str> = HashMap::new();
+    let mut department_owner: HashMap<&str, &str> = HashMap::default();
+    let mut employee_owner: HashMap<&str, &str> = HashMap::default();
     for (i, g) in file.groups.iter().enumerate() {
         let name = if g.id.is_empty() { i.to_string() } else { g.id.clone() };
         let at = |k: &'static str| vec![Seg::Key("group"), Seg::Index(i), Seg::Key(k)];
