@@ -247,6 +247,16 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         store: store.clone(),
     })
     .merge(adms.router())
+    .merge(api::v1::router(api::v1::ApiState {
+        config: config_tx.subscribe(),
+        store: store.clone(),
+        sink: sink.for_driver(api::v1::API_DEVICE),
+        status: status.clone(),
+        attendance: attendance.clone(),
+        tokens: tokens.clone(),
+        audit: audit.clone(),
+        limiter: api::auth::limiter(),
+    }))
     .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
     let api_cancel = front.clone();
     let api_tls = config.api.tls.as_ref().map(api::tls::config).transpose().map_err(AppError::ApiTls)?;

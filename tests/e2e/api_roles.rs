@@ -1,0 +1,371 @@
+//! The local API's role matrix against the real daemon: tokens made with `gatewayd token create` through the control
+//! socket while the daemon runs, every endpoint called as admin, manager of department A, manager of B, employee of A
+//! and employee of B, with in-scope and out-of-scope data. Checks status codes and that no out-of-scope id appears in
+//! any answer.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{base_config, http, run_cli, Gateway};
+
+const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages\n\
+                      INA1,Ann A,DEPTA,04AA0001,,,,\n\
+                      INA2,Amy A,DEPTA,04AA0002,,,,\n\
+                      MGRA,Max A,DEPTA,04AA0003,,,,DEPTA\n\
+                      OUTB1,Bob B,DEPTB,04BB0001,,,,\n";
+
+const RULES: &str = "dedupe_window = \"5m\"\n\n\
+                     [[shift]]\nid = \"day\"\nstart = \"09:00\"\nend = \"18:00\"\nlate_grace = \"10m\"\n\
+                     opens_before = \"2h\"\ncloses_after = \"6h\"\novertime_after = \"30m\"\n\n\
+                     [[group]]\nid = \"all\"\ndepartments = [\"DEPTA\", \"DEPTB\"]\nshift = \"day\"\n\
+                     workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
+                     geofence = { center = [31.2304, 121.4737], radius_m = 200 }\n";
+
+struct Api {
+    addr: std::net::SocketAddr,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        http(method, self.addr, path, &headers, body.map(|b| b.as_bytes().to_vec()))
+    }
+
+    fn get(&self, path: &str, token: &str) -> (u16, String) {
+        self.call("GET", path, Some(token), None)
+    }
+
+    fn post(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        self.call("POST", path, Some(token), Some(body))
+    }
+
+    fn put(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        self.call("PUT", path, Some(token), Some(body))
+    }
+}
+
+fn token(gw: &Gateway, args: &[&str]) -> String {
+    let config = gw.config_path.to_str().unwrap();
+    let mut all = vec!["token", "create"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config]);
+    let (code, out, err) = run_cli(&all, &[]);
+    assert_eq!(code, 0, "token create {args:?}: {err}");
+    let t = out.trim().to_owned();
+    assert!(t.starts_with("gw_"), "{out}");
+    t
+}
+
+/// Asserts the status and that none of `hidden` appears in the body; returns the body.
+#[track_caller]
+fn expect(got: (u16, String), status: u16, hidden: &[&str]) -> String {
+    assert_eq!(got.0, status, "body: {}", got.1);
+    for h in hidden {
+        assert!(!got.1.contains(h), "`{h}` leaked in {}", got.1);
+    }
+    got.1
+}
+
+fn yesterday() -> jiff::civil::Date {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    jiff::Timestamp::now().to_zoned(tz).date().yesterday().unwrap()
+}
+
+fn yesterday_at(hm: &str) -> String {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    let t: jiff::civil::Time = hm.parse().unwrap();
+    yesterday().to_datetime(t).to_zoned(tz).unwrap().timestamp().to_string()
+}
+
+#[test]
+fn role_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-api").replace("[api]\n", "[api]\nmax_body_bytes = 65536\n")
+        + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let mut gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+
+    // Tokens, created while the daemon holds the store: through the control socket.
+    let admin = token(&gw, &["--role", "admin"]);
+    let mgr_a = token(&gw, &["--role", "manager", "--department", "DEPTA", "--employee", "MGRA"]);
+    let mgr_b = token(&gw, &["--role", "manager", "--department", "DEPTB"]);
+    let emp_a = token(&gw, &["--role", "employee", "--employee", "INA1"]);
+    let emp_b = token(&gw, &["--role", "employee", "--employee", "OUTB1"]);
+    let (code, _, err) =
+        run_cli(&["token", "create", "--role", "manager", "--config", gw.config_path.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "a manager without departments is a usage error: {err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(gw.data_dir().join("control.sock")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660);
+
+    // Authentication.
+    for path in ["/api/v1/records", "/api/v1/audit", "/api/v1/devices"] {
+        expect(api.call("GET", path, None, None), 401, &[]);
+        expect(api.call("GET", path, Some("gw_0000000000000000_00"), None), 401, &[]);
+        let mut wrong = admin.clone();
+        wrong.pop();
+        wrong.push(if admin.ends_with('0') { '1' } else { '0' });
+        expect(api.call("GET", path, Some(&wrong), None), 401, &[]);
+    }
+
+    // Punches: employees post their own GPS punches; nobody else may.
+    let gps = |t: &str| format!(r#"{{"time":"{t}","method":"gps","lat":31.2304,"lng":121.4737,"accuracy_m":10}}"#);
+    for tok in [&admin, &mgr_a, &mgr_b] {
+        expect(api.post("/api/v1/punches", tok, &gps(&yesterday_at("09:05"))), 403, &[]);
+    }
+    let body = expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 201, &[]);
+    assert!(body.contains("gw-api:api:"), "{body}");
+    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 200, &[]); // re-send: duplicate
+    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("18:10"))), 201, &[]);
+    expect(api.post("/api/v1/punches", &emp_b, &gps(&yesterday_at("09:30"))), 201, &[]);
+    // Bad input: 400 with a message.
+    for bad in [
+        "{not json",
+        r#"{"time":"2026-01-01T00:00:00Z","method":"gps","lat":"north","lng":1}"#,
+        r#"{"time":"2026-01-01T00:00:00Z","method":"gps","lat":1,"lng":1,"employee":"OUTB1"}"#,
+        r#"{"time":"yesterday","method":"gps","lat":1,"lng":1}"#,
+        r#"{"time":"2026-01-01T00:00:00Z","method":"card","lat":1,"lng":1}"#,
+    ] {
+        let body = expect(api.post("/api/v1/punches", &emp_a, bad), 400, &[]);
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    let big = format!(r#"{{"time":"{}","method":"qr","code":"{}"}}"#, yesterday_at("09:00"), "x".repeat(70_000));
+    expect(api.post("/api/v1/punches", &emp_a, &big), 413, &[]);
+
+    // Wait for the engine to make both records.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = api.get("/api/v1/records", &admin);
+        if body.contains("INA1") && body.contains("OUTB1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "records did not appear: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Records and punches.
+    let both = expect(api.get("/api/v1/records", &admin), 200, &[]);
+    assert!(both.contains("INA1") && both.contains("OUTB1"));
+    let a = expect(api.get("/api/v1/records", &mgr_a), 200, &["OUTB1", "DEPTB"]);
+    assert!(a.contains("INA1"));
+    let b = expect(api.get("/api/v1/records", &mgr_b), 200, &["INA1", "DEPTA"]);
+    assert!(b.contains("OUTB1"));
+    expect(api.get("/api/v1/records?department=DEPTB", &mgr_a), 403, &["OUTB1"]);
+    expect(api.get("/api/v1/records?employee=OUTB1", &mgr_a), 403, &["DEPTB"]);
+    expect(api.get("/api/v1/records?employee=INA1", &mgr_b), 403, &["DEPTA"]);
+    let own = expect(api.get("/api/v1/records", &emp_a), 200, &["OUTB1", "INA2", "DEPTB"]);
+    assert!(own.contains("INA1"));
+    expect(api.get("/api/v1/records?employee=OUTB1", &emp_a), 403, &["DEPTB"]);
+    expect(api.get("/api/v1/records?bogus=1", &admin), 400, &[]);
+    expect(api.get("/api/v1/records?from=yesterday", &admin), 400, &[]);
+
+    let p = expect(api.get("/api/v1/punches", &admin), 200, &[]);
+    assert!(p.contains("INA1") && p.contains("OUTB1"));
+    let p = expect(api.get("/api/v1/punches", &mgr_a), 200, &["OUTB1"]);
+    assert!(p.contains("INA1"));
+    expect(api.get("/api/v1/punches", &emp_b), 200, &["INA1"]);
+    expect(api.get("/api/v1/punches?employee=INA1", &emp_b), 403, &["DEPTA"]);
+    expect(api.get("/api/v1/punches?department=DEPTA", &mgr_b), 403, &["INA1"]);
+
+    // Rules: admin only.
+    let rules = expect(api.get("/api/v1/rules", &admin), 200, &[]);
+    assert!(rules.contains("DEPTA"), "{rules}");
+    for tok in [&mgr_a, &emp_a] {
+        expect(api.get("/api/v1/rules", tok), 403, &["DEPTB"]);
+        expect(api.put("/api/v1/rules", tok, RULES), 403, &[]);
+    }
+    let body = expect(api.put("/api/v1/rules", &admin, "dedupe_window = \"soon\"\n"), 400, &[]);
+    assert!(body.contains("dedupe_window"), "{body}");
+    expect(api.put("/api/v1/rules", &admin, &RULES.replace("late_grace = \"10m\"", "late_grace = \"15m\"")), 200, &[]);
+    gw.wait_for("READY=1", Duration::from_secs(30)); // the reload it asked for is done
+
+    // Employees.
+    let all = expect(api.get("/api/v1/employees", &admin), 200, &[]);
+    assert!(all.contains("OUTB1") && all.contains("04BB0001"), "admins see credentials: {all}");
+    let a = expect(api.get("/api/v1/employees", &mgr_a), 200, &["OUTB1", "04AA0001"]);
+    assert!(a.contains("INA2"));
+    let own = expect(api.get("/api/v1/employees", &emp_a), 200, &["OUTB1", "INA2", "MGRA"]);
+    assert!(own.contains("INA1"));
+    for tok in [&mgr_a, &emp_a] {
+        expect(api.put("/api/v1/employees", tok, "[]"), 403, &[]);
+        expect(api.post("/api/v1/employees/import", tok, ROSTER), 403, &[]);
+    }
+    expect(api.put("/api/v1/employees", &admin, r#"[{"id":"X","department":"D","salary":1}]"#), 400, &[]);
+    expect(api.put("/api/v1/employees", &admin, r#"{"id":"X"}"#), 400, &[]);
+    let body = expect(api.post("/api/v1/employees/import", &admin, "employee,name\nA,x\nA,y\n"), 400, &[]);
+    assert!(body.contains("twice"), "{body}");
+    expect(api.post("/api/v1/employees/import", &admin, ROSTER), 200, &[]);
+
+    // Devices: admin only.
+    expect(api.get("/api/v1/devices", &admin), 200, &[]);
+    for tok in [&mgr_a, &emp_a] {
+        expect(api.get("/api/v1/devices", tok), 403, &[]);
+    }
+
+    // Approvals: employees ask, managers of the department decide, admins never.
+    let t = yesterday_at("18:00");
+    let req = |reason: &str| format!(r#"{{"time":"{t}","reason":"{reason}"}}"#);
+    for tok in [&admin, &mgr_a] {
+        expect(api.post("/api/v1/approvals", tok, &req("x")), 403, &[]);
+    }
+    let a1: serde_json::Value =
+        serde_json::from_str(&expect(api.post("/api/v1/approvals", &emp_a, &req("forgot")), 201, &[])).unwrap();
+    let b1: serde_json::Value =
+        serde_json::from_str(&expect(api.post("/api/v1/approvals", &emp_b, &req("forgot")), 201, &[])).unwrap();
+    let (a1, b1) = (a1["id"].as_u64().unwrap(), b1["id"].as_u64().unwrap());
+    expect(api.post("/api/v1/approvals", &emp_a, r#"{"time":"2026-01-01T00:00:00Z"}"#), 400, &[]);
+    expect(api.get("/api/v1/approvals", &mgr_a), 200, &["OUTB1"]);
+    expect(api.get("/api/v1/approvals", &emp_b), 200, &["INA1"]);
+    for tok in [&admin, &emp_a, &emp_b] {
+        expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), tok, ""), 403, &[]);
+    }
+    expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), &mgr_b, ""), 403, &["INA1", "DEPTA"]);
+    expect(api.post(&format!("/api/v1/approvals/{b1}/reject"), &mgr_a, ""), 403, &["OUTB1", "DEPTB"]);
+    expect(api.post("/api/v1/approvals/999999/approve", &mgr_a, ""), 403, &[]);
+    expect(api.post("/api/v1/approvals/abc/approve", &mgr_a, ""), 400, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), &mgr_a, r#"{"nope":1}"#), 400, &[]);
+    let done = expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), &mgr_a, r#"{"note":"ok"}"#), 200, &[]);
+    assert!(done.contains("approved") && done.contains(":approvals:"), "{done}");
+    expect(api.post(&format!("/api/v1/approvals/{a1}/reject"), &mgr_a, ""), 409, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{b1}/reject"), &mgr_b, ""), 200, &[]);
+
+    // Reports.
+    let date = &yesterday().to_string();
+    let q = format!("from={date}&to={date}&format=csv");
+    let csv = expect(api.get(&format!("/api/v1/reports/export?{q}"), &admin), 200, &[]);
+    assert!(csv.starts_with('\u{feff}'), "UTF-8 BOM");
+    assert!(csv.contains("INA1") && csv.contains("OUTB1"));
+    assert_eq!(csv.lines().count(), 3, "header + one row per record: {csv}");
+    expect(api.get(&format!("/api/v1/reports/export?{q}"), &mgr_a), 200, &["OUTB1", "DEPTB"]);
+    expect(api.get(&format!("/api/v1/reports/export?{q}"), &emp_b), 200, &["INA1", "DEPTA"]);
+    expect(api.get(&format!("/api/v1/reports/export?{q}&department=DEPTB"), &mgr_a), 403, &["OUTB1"]);
+    expect(api.get(&format!("/api/v1/reports/export?from={date}&to={date}&format=xlsx"), &admin), 400, &[]);
+    let month = &date[..7];
+    let s = expect(api.get(&format!("/api/v1/reports/summary?month={month}"), &admin), 200, &[]);
+    assert!(s.contains("attendance_rate") && s.contains("DEPTB"), "{s}");
+    expect(api.get(&format!("/api/v1/reports/summary?month={month}"), &mgr_a), 200, &["OUTB1", "DEPTB"]);
+    expect(api.get(&format!("/api/v1/reports/summary?month={month}"), &emp_a), 200, &["OUTB1", "DEPTB", "INA2"]);
+    expect(api.get(&format!("/api/v1/reports/summary?month={month}&department=DEPTA"), &mgr_b), 403, &["INA1"]);
+    expect(api.get("/api/v1/reports/summary?month=2026-13", &admin), 400, &[]);
+
+    // Audit: admins read it; every write is in it, refused ones included.
+    for tok in [&mgr_a, &emp_a] {
+        expect(api.get("/api/v1/audit", tok), 403, &[]);
+    }
+    let log = expect(api.get("/api/v1/audit", &admin), 200, &[]);
+    for needle in [
+        "token create",
+        "PUT /api/v1/rules",
+        "POST /api/v1/employees/import",
+        &format!("POST /api/v1/approvals/{a1}/approve"),
+        "POST /api/v1/punches",
+        "127.0.0.1:",
+        "\"outcome\":\"403\"",
+    ] {
+        assert!(log.contains(needle), "audit lacks {needle}: {log}");
+    }
+
+    // Unknown endpoints are JSON 404 behind auth.
+    expect(api.get("/api/v1/nope", &admin), 404, &[]);
+
+    // Rate limit: one token's burst runs out; another token is unaffected.
+    let limited = (0..100).map(|_| api.get("/api/v1/approvals", &emp_b).0).filter(|s| *s == 429).count();
+    assert!(limited > 0, "no 429 within 100 quick requests");
+    expect(api.get("/api/v1/approvals", &emp_a), 200, &[]);
+
+    // Revocation through the control socket takes effect at once.
+    let (code, list, _) = run_cli(&["token", "list", "--config", gw.config_path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0);
+    assert!(!list.contains(&emp_a[20..]), "list never shows secrets");
+    let id = &emp_a[3..19];
+    let (code, _, err) = run_cli(&["token", "revoke", id, "--config", gw.config_path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    expect(api.get("/api/v1/records", &emp_a), 401, &[]);
+
+    // With the daemon stopped, the CLI opens the store itself; the token works once the daemon is back.
+    gw.stop();
+    assert!(!gw.data_dir().join("control.sock").exists(), "the socket is removed on stop");
+    let offline = token(&gw, &["--role", "admin"]);
+    gw.spawn();
+    let api = Api { addr: gw.addr("api") };
+    let log = expect(api.get("/api/v1/audit", &offline), 200, &[]);
+    assert_eq!(log.matches("token create").count(), 6, "{log}");
+}
+
+/// One request over TLS: `Err` when the connection or the handshake fails.
+fn https_get(
+    addr: std::net::SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+    token: &str,
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Empty};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .map_err(|_| "timeout".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+}
+
+#[test]
+fn api_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (code, _, err) = run_cli(&["certs", "dev", "--out", certs.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let config = base_config("gw-api-tls")
+        + "[api.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let admin = token(&gw, &["--role", "admin"]);
+    let addr = gw.addr("api");
+    let with_cert = gatewayd::upstream::tls::client_config(
+        &certs.join("ca.pem"),
+        &certs.join("client.pem"),
+        &certs.join("client.key"),
+    )
+    .unwrap();
+    let (status, body) = https_get(addr, with_cert.clone(), "/api/v1/audit", &admin).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("token create"), "{body}");
+    assert_eq!(https_get(addr, with_cert, "/api/v1/audit", "gw_bad").unwrap().0, 401, "a certificate is no token");
+
+    // No client certificate: no HTTP at all.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in gatewayd::upstream::tls::load_certs(&certs.join("ca.pem")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let provider = gatewayd::upstream::tls::provider();
+    let without = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let refused = https_get(addr, std::sync::Arc::new(without), "/api/v1/audit", &admin);
+    assert!(refused.is_err(), "served without a client certificate: {refused:?}");
+    // Plain HTTP on the TLS port gets no answer either.
+    let plain = std::panic::catch_unwind(|| http("GET", addr, "/healthz", &[], None));
+    assert!(plain.map(|(s, _)| s != 200).unwrap_or(true));
+}
