@@ -4,6 +4,9 @@
 //! `cargo bench -p gatewayd --bench store` (set `STORE_BENCH_PUNCHES` to change the size of the disk-usage run).
 //! Each writer behaves like a device: it submits one punch and waits until it is durable before sending the next.
 
+// A benchmark, like a test: a failed setup should stop it loudly.
+#![allow(clippy::expect_used)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};

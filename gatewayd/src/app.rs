@@ -61,6 +61,8 @@ pub enum AppError {
     #[error("{0}")]
     Driver(String),
     #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
+    #[error(transparent)]
     Tokens(#[from] crate::tokens::TokenError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
@@ -133,6 +135,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     let notifier = Notifier::from_env();
     // Before anything can report READY: a SIGHUP or SIGTERM right after READY must find the handlers in place.
     let signals = Signals::install().map_err(AppError::Signals)?;
+    // Decided before anything is opened: refuse root early, or know whom to become once everything is bound.
+    let drop_to = crate::privileges::prepare(config.gateway.user.as_deref(), config.gateway.allow_root)?;
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
     let metrics = Metrics::new();
@@ -277,6 +281,9 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     // Devices the gateway drives itself, each under a supervisor.
     spawn_device_manager(&config, &config_tx, &sink, &metrics, &status, &front, &front_tasks);
 
+    if let Some(user) = &drop_to {
+        crate::privileges::drop_to(user, &config.gateway.data_dir)?;
+    }
     // The control socket (`gatewayd token …` while the daemon runs), created by the user the daemon runs as.
     crate::control::start(&config.gateway.data_dir, tokens, audit, front.clone(), &front_tasks)?;
     readiness.set_listeners_bound();

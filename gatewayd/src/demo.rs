@@ -31,6 +31,7 @@ pub fn demo_config(data_dir: &Path) -> String {
 id = "demo-gw"
 data_dir = "{data}"
 timezone = "Asia/Shanghai"
+allow_root = true
 
 [api]
 listen = "127.0.0.1:0"

@@ -7,8 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod approvals;
 pub mod app;
+pub mod approvals;
 pub mod certs;
 pub mod changes;
 pub mod config;

@@ -192,7 +192,10 @@ fn token(cmd: TokenCommand) -> ExitCode {
         Request::TokenList => {
             for t in result.as_array().into_iter().flatten() {
                 let revoked = if t["revoked_ms"].is_null() { "" } else { " revoked" };
-                println!("{} {} departments={} employee={}{revoked}", t["id"], t["role"], t["departments"], t["employee"]);
+                println!(
+                    "{} {} departments={} employee={}{revoked}",
+                    t["id"], t["role"], t["departments"], t["employee"]
+                );
             }
         }
         Request::TokenRevoke { id } => println!("token {id} revoked"),

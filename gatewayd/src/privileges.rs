@@ -16,7 +16,9 @@ use nix::unistd::{Gid, Uid, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("running as root without [gateway].user: set user = \"gatewayd\" (or allow_root = true to run as root anyway)")]
+    #[error(
+        "running as root without [gateway].user: set user = \"gatewayd\" (or allow_root = true to run as root anyway)"
+    )]
     RootRefused,
     #[error("[gateway].user `{0}` does not exist (create it: systemd-sysusers, or useradd --system {0})")]
     UnknownUser(String),
@@ -70,7 +72,8 @@ pub fn drop_to(user: &User, data_dir: &Path) -> Result<(), PrivilegeError> {
 fn chown_tree(path: &Path, uid: Uid, gid: Gid) -> nix::Result<()> {
     nix::unistd::chown(path, Some(uid), Some(gid))?;
     if path.is_dir() && !path.is_symlink() {
-        let entries = std::fs::read_dir(path).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc_eio())))?;
+        let entries =
+            std::fs::read_dir(path).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc_eio())))?;
         for entry in entries.flatten() {
             chown_tree(&entry.path(), uid, gid)?;
         }

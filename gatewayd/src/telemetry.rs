@@ -392,7 +392,13 @@ pub mod events {
         e.records.set(i64::try_from(engine.records_tracked()).unwrap_or(i64::MAX));
         e.punches_kept.set(i64::try_from(engine.punches_kept()).unwrap_or(i64::MAX));
         e.rules_version.set(i64::from(engine.rules_version()));
-        tracing::debug!(punches, revisions, changes = changes.len(), elapsed_ms = elapsed.as_millis() as u64, "engine batch");
+        tracing::debug!(
+            punches,
+            revisions,
+            changes = changes.len(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "engine batch"
+        );
     }
 
     /// The engine was rebuilt from the store (start or after a failure). `revisions` are record revisions the
@@ -400,7 +406,12 @@ pub mod events {
     pub fn engine_recovered(m: &Metrics, replayed: usize, revisions: usize, elapsed: Duration) {
         m.engine.recoveries.inc();
         m.engine.revisions.inc_by(revisions as u64);
-        tracing::info!(replayed, revisions, elapsed_ms = elapsed.as_millis() as u64, "engine state rebuilt from the store");
+        tracing::info!(
+            replayed,
+            revisions,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "engine state rebuilt from the store"
+        );
     }
 
     /// The engine stage failed; it is rebuilt from the store. Records wait meanwhile.
@@ -465,13 +476,21 @@ impl EngineMetrics {
             rules_version: Gauge::default(),
         };
         registry.register("gatewayd_engine_batches", "Engine batches committed", m.batches.clone());
-        registry.register("gatewayd_engine_batch_seconds", "Time to apply and commit one engine batch", m.batch_seconds.clone());
+        registry.register(
+            "gatewayd_engine_batch_seconds",
+            "Time to apply and commit one engine batch",
+            m.batch_seconds.clone(),
+        );
         registry.register("gatewayd_engine_punches", "Punches applied by the engine", m.punches.clone());
         registry.register("gatewayd_engine_record_revisions", "Record revisions emitted", m.revisions.clone());
         registry.register("gatewayd_engine_days_closed", "Work date closings announced", m.days_closed.clone());
         registry.register("gatewayd_engine_recoveries", "Engine state rebuilds from the store", m.recoveries.clone());
         registry.register("gatewayd_engine_failures", "Engine stage failures", m.failures.clone());
-        registry.register("gatewayd_engine_lag_punches", "Durable punches not yet applied by the engine", m.lag.clone());
+        registry.register(
+            "gatewayd_engine_lag_punches",
+            "Durable punches not yet applied by the engine",
+            m.lag.clone(),
+        );
         registry.register("gatewayd_engine_records", "Records the engine tracks in its horizon", m.records.clone());
         registry.register("gatewayd_engine_punches_kept", "Punches the engine keeps in memory", m.punches_kept.clone());
         registry.register("gatewayd_engine_rules_version", "The rules version in force", m.rules_version.clone());
