@@ -256,24 +256,12 @@ impl Encoder<Frame> for Pn532Codec {
 
 /// Encodes one frame to bytes.
 pub fn encode(frame: Frame) -> Result<Vec<u8>, std::io::Error> {
-    let mut buf = BytesMut::new();
-    Pn532Codec.encode(frame, &mut buf)?;
-    Ok(buf.to_vec())
+    super::encode_with(Pn532Codec, frame)
 }
 
 /// Decodes everything in `input` as one stream that then ends: the entry point of the fuzz target.
 pub fn decode_all(input: &[u8]) -> Vec<Result<Frame, FrameError>> {
-    let mut codec = Pn532Codec;
-    let mut buf = BytesMut::from(input);
-    let mut out = Vec::new();
-    // Every item consumes at least one byte, so this ends; the bound is a second guard.
-    for _ in 0..=input.len() + 1 {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(item)) => out.push(item),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    out
+    super::decode_all_with(Pn532Codec, input)
 }
 
 /// The UID of the first target in an InListPassiveTarget (106 kbps type A) response payload (after the response code):

@@ -197,24 +197,12 @@ impl Encoder<Packet> for R30xCodec {
 
 /// Encodes one packet to bytes.
 pub fn encode(packet: Packet) -> Result<Vec<u8>, std::io::Error> {
-    let mut buf = BytesMut::new();
-    R30xCodec.encode(packet, &mut buf)?;
-    Ok(buf.to_vec())
+    super::encode_with(R30xCodec, packet)
 }
 
 /// Decodes everything in `input` as one stream that then ends: the entry point of the fuzz target.
 pub fn decode_all(input: &[u8]) -> Vec<Result<Packet, PacketError>> {
-    let mut codec = R30xCodec;
-    let mut buf = BytesMut::from(input);
-    let mut out = Vec::new();
-    // Every item consumes at least one byte, so this ends; the bound is a second guard.
-    for _ in 0..=input.len() + 1 {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(item)) => out.push(item),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    out
+    super::decode_all_with(R30xCodec, input)
 }
 
 #[cfg(test)]
