@@ -11,6 +11,10 @@
 //! After each flush the writer publishes the highest durable sequence number on a watch channel; the engine and the outbox
 //! follow it, so they never see a punch that could still be lost.
 //!
+//! Beside the writer runs the index follower: each time the durable sequence number moves, it writes the read indexes of
+//! the newly durable punches in one sled batch ([`Store::index_pending`]), off the durable path. It stops after the
+//! writer, once the index is current.
+//!
 //! Shutdown: when the cancellation token fires the writer stops taking requests, answers what is already queued (it is
 //! written and flushed like any other batch), and returns. Requests sent after that get [`Rejection::ShuttingDown`].
 
@@ -72,6 +76,54 @@ pub async fn run_writer_with_budget(
     cancel: CancellationToken,
     budget: DiskBudget,
 ) {
+    let follower = tokio::spawn(follow_index(store.clone(), durable.subscribe()));
+    write_until_stopped(&store, &settings, &mut rx, &durable, &metrics, &cancel, &budget).await;
+    // The follower ends when the watch sender is gone, after a last round.
+    drop(durable);
+    if let Err(e) = follower.await {
+        tracing::error!(error = %e, "index follower failed");
+    }
+    tracing::debug!("ingest writer stopped");
+}
+
+/// Writes the read indexes of durable punches as the durable sequence number moves, until the writer is gone.
+async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {
+    loop {
+        loop {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.index_pending(crate::store::INDEX_ROUND)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => {
+                    // Reads and idempotency do not depend on the index; the writer indexes inline if this persists.
+                    tracing::error!(error = %e, "store: writing the read indexes failed; retrying at the next commit");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store: index round did not finish");
+                    break;
+                }
+            }
+        }
+        if durable.changed().await.is_err() {
+            let s = store.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || while let Ok(1..) = s.index_pending(crate::store::INDEX_ROUND) {})
+                    .await;
+            return;
+        }
+    }
+}
+
+async fn write_until_stopped(
+    store: &Store,
+    settings: &IngestSettings,
+    rx: &mut mpsc::Receiver<IngestRequest>,
+    durable: &watch::Sender<u64>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+    budget: &DiskBudget,
+) {
     let mut next_seq = match store.last_seq() {
         Ok(last) => last.unwrap_or(0) + 1,
         Err(e) => {
@@ -112,7 +164,7 @@ pub async fn run_writer_with_budget(
                     let flushed = flushed.unwrap_or_else(|e| Err(StoreError::Flush(e.to_string())));
                     if let Some((done, _)) = in_flight.take() {
                         for w in done {
-                            answer(w, &flushed, &durable, &metrics);
+                            answer(w, &flushed, durable, metrics);
                         }
                     }
                     continue;
@@ -134,7 +186,7 @@ pub async fn run_writer_with_budget(
                         Err(_) => break,
                     }
                 }
-                pending.push(write(&store, &settings, requests, &mut next_seq, budget.is_full()));
+                pending.push(write(store, settings, requests, &mut next_seq, budget.is_full()));
             }
             None => open = false,
         }
@@ -143,7 +195,6 @@ pub async fn run_writer_with_budget(
             rx.close();
         }
     }
-    tracing::debug!("ingest writer stopped");
 }
 
 /// Checks and writes one group of requests (not yet durable).

@@ -1,38 +1,64 @@
 //! The durable punch store, on sled 0.34.
 //!
-//! # Key layout
-//! All punch data lives in one sled tree, `punches`, so that one group commit is one atomic `apply_batch`: after a crash
-//! either a punch and all its index entries are there, or none of them. Keys start with a one-byte kind:
+//! # Layout
+//! Punches are an append-only log; everything else is derived from it.
 //!
-//! | key                                          | value                        | purpose                              |
-//! |----------------------------------------------|------------------------------|--------------------------------------|
-//! | `P` seq:u64be                                | encoded punch                | the punch, in arrival order          |
-//! | `I` punch_id                                 | seq:u64be                    | idempotency: a re-send finds its seq |
-//! | `T` device_time:i64be^sign seq:u64be         | empty                        | punches by device time               |
-//! | `D` device_id 0x00 device_time seq           | empty                        | punches by device                    |
-//! | `S` kind(`e`/`c`) subject 0x00 device_time seq | empty                      | punches by employee or credential    |
+//! Tree `punch_log` (the durable path; one sled insert per punch, always at the end of the tree):
 //!
-//! Times are Unix milliseconds with the sign bit flipped so that byte order is time order. Device ids and subjects cannot
-//! contain 0x00 (checked at ingest). The `meta` tree holds `format` = [`FORMAT`].
+//! | key        | value         | purpose                      |
+//! |------------|---------------|------------------------------|
+//! | seq:u64be  | encoded punch | the punch, in arrival order  |
+//!
+//! Tree `punch_index` (derived; written after the punches it covers are durable, see *Indexing* below):
+//!
+//! | key                                                  | value                         | purpose                    |
+//! |------------------------------------------------------|-------------------------------|----------------------------|
+//! | `I` punch_id                                         | seq:u64be                     | idempotency, lookup by id  |
+//! | `T` minute:i64be^sign round:u64be                    | posting                       | punches by device time     |
+//! | `D` device_id 0x00 hour:i64be^sign round:u64be       | posting                       | punches by device          |
+//! | `S` group:u8 day:i64be^sign round:u64be              | posting                       | punches by employee/credential |
+//! | `C`                                                  | seq:u64be                     | the index cursor           |
+//!
+//! Times and time buckets (minute, hour, day numbers since the Unix epoch, of device time) have the sign bit flipped so
+//! byte order is time order. A *posting* is a version byte followed by `(device_time:i64be, seq:u64be)` pairs: the
+//! punches of one indexing round (`round` = the first sequence number of that round) that fall in that bucket. The subject
+//! `group` is the first byte of SHA-256 over `e:`/`c:` and the subject, so 256 groups share the subject postings and
+//! readers filter by subject. Device ids and subjects cannot contain 0x00 (checked at ingest). The `meta` tree holds
+//! `format` = [`FORMAT`].
 //!
 //! # Encoding
-//! A stored punch is one version byte ([`ENCODING_V1`]) followed by the protobuf `gatewayd.store.v1.StoredPunch`. New
-//! fields may be added to the message; a new incompatible layout gets a new version byte, and readers reject versions
-//! they do not know with [`StoreError::Decode`] instead of guessing.
+//! A stored punch is one version byte ([`ENCODING_V1`]) followed by the protobuf `gatewayd.store.v1.StoredPunch`; a
+//! posting starts with its own version byte. New fields may be added to the message; a new incompatible layout gets a new
+//! version byte, and readers reject versions they do not know with [`StoreError::Decode`] instead of guessing. A store
+//! of the first layout ([`FORMAT_V1`]: punches and indexes in one tree `punches`) is migrated when opened.
 //!
 //! # Durability point
-//! A punch is durable when the `flush` that follows the batch holding it has returned. The ingest writer
-//! ([`crate::ingest`]) answers callers only then, and publishes the highest durable sequence number on a watch channel, so
-//! later stages (the engine, the outbox) only ever read durable punches. sled's own background flush may make writes durable
-//! earlier; nothing relies on it.
+//! A punch is durable when the `flush` that follows the write holding it has returned ([`Store::flush`]). The ingest
+//! writer ([`crate::ingest`]) answers callers only then, and publishes the highest durable sequence number on a watch
+//! channel, so later stages (the engine, the outbox) only ever read durable punches. sled's own background flush may make
+//! writes durable earlier; nothing relies on it.
+//!
+//! # Indexing
+//! Only the punch goes through the durable path. [`Store::index_pending`] (run by the ingest writer's index follower, and
+//! by the writer itself if the follower falls more than [`MAX_INDEX_LAG`] punches behind) writes the index entries of
+//! every durable punch not yet indexed, and the new cursor, in one atomic sled batch. Until then a punch is found through
+//! the in-memory table of unindexed punch ids (for idempotency) and by scanning the log after the cursor (for reads), so
+//! every read sees every written punch. After a crash the cursor is wherever the last durable index batch left it, and
+//! [`Store::open`] indexes the rest of the log before it returns.
 //!
 //! # Errors
-//! Opening or decoding never panics: a locked, corrupt or foreign database is an [`StoreError`] naming the path and what to do.
+//! Opening or decoding never panics: a locked, corrupt or foreign database is a [`StoreError`] naming the path and what to
+//! do.
 
 pub mod codec;
+pub mod index;
+mod migrate;
 
+use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use drivers::sink::Subject;
 use drivers::DevicePunch;
@@ -40,15 +66,18 @@ use drivers::DevicePunch;
 use crate::punch::{punch_id, Punch};
 
 /// The store format marker kept in the `meta` tree.
-pub const FORMAT: &[u8] = b"gatewayd-punch-store-v1";
+pub const FORMAT: &[u8] = b"gatewayd-punch-store-v2";
+/// The marker of the first layout (one tree `punches`), migrated on open.
+pub const FORMAT_V1: &[u8] = b"gatewayd-punch-store-v1";
 /// The encoding version byte of stored punches.
 pub const ENCODING_V1: u8 = 1;
+/// How many written punches the indexes may trail by before the writer indexes them itself.
+pub const MAX_INDEX_LAG: u64 = 131_072;
+/// The most punches one indexing round takes.
+pub const INDEX_ROUND: u64 = 16_384;
 
-const K_PUNCH: u8 = b'P';
-const K_ID: u8 = b'I';
-const K_TIME: u8 = b'T';
-const K_DEVICE: u8 = b'D';
-const K_SUBJECT: u8 = b'S';
+const LOG_TREE: &str = "punch_log";
+const INDEX_TREE: &str = "punch_index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,73 +103,59 @@ pub struct Inserted {
     pub duplicate: bool,
 }
 
-/// The punch store. Cheap to clone (sled handles are reference counted).
-#[derive(Clone)]
-pub struct Store {
+/// Punches written to the log whose index entries are not written yet.
+#[derive(Default)]
+struct Unindexed {
+    by_id: HashMap<String, u64>,
+    order: VecDeque<(u64, String)>,
+}
+
+struct Inner {
     path: PathBuf,
     db: sled::Db,
-    punches: sled::Tree,
+    log: sled::Tree,
+    index: sled::Tree,
+    /// Highest sequence number written to the log.
+    written: AtomicU64,
+    /// Highest sequence number known durable (covered by a [`Store::flush`], or found on disk at open).
+    durable: AtomicU64,
+    /// Highest sequence number whose index entries are written (the cursor).
+    indexed: AtomicU64,
+    unindexed: Mutex<Unindexed>,
+    /// One indexing round at a time.
+    indexing: Mutex<()>,
+    /// [`MAX_INDEX_LAG`], lowered by tests.
+    max_lag: AtomicU64,
+}
+
+/// The punch store. Cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store").field("path", &self.inner.path).finish()
     }
-}
-
-fn time_key(ms: i64) -> [u8; 8] {
-    ((ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 fn seq_from(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
 }
 
-fn subject_prefix(subject: &Subject) -> Vec<u8> {
-    let (kind, value) = match subject {
-        Subject::Employee(e) => (b'e', e),
-        Subject::Credential(c) => (b'c', c),
-    };
-    let mut k = Vec::with_capacity(value.len() + 3);
-    k.push(K_SUBJECT);
-    k.push(kind);
-    k.extend_from_slice(value.as_bytes());
-    k.push(0);
-    k
+/// A lock that a panicking holder cannot poison for everyone else (the data it guards stays consistent per operation).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn device_prefix(device: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(device.len() + 2);
-    k.push(K_DEVICE);
-    k.extend_from_slice(device.as_bytes());
-    k.push(0);
-    k
-}
-
-fn index_key(prefix: &[u8], time_ms: i64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 16);
-    k.extend_from_slice(prefix);
-    k.extend_from_slice(&time_key(time_ms));
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn punch_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = K_PUNCH;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn id_key(punch_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(punch_id.len() + 1);
-    k.push(K_ID);
-    k.extend_from_slice(punch_id.as_bytes());
-    k
+fn open_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
+    move |e| StoreError::Open { path: path.to_owned(), message: e.to_string() }
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. Never panics on a damaged or foreign directory.
+    /// Opens (or creates) the store in `dir`, migrating an older layout and indexing what the last run left unindexed.
+    /// Never panics on a damaged or foreign directory.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
         let path = dir.to_owned();
         // sled treats a log it cannot parse as empty. If the files were there before, an empty result means damage,
@@ -167,11 +182,10 @@ impl Store {
                 return Err(StoreError::Open { path, message: format!("damaged database ({message})") });
             }
         };
-        let meta = db.open_tree("meta").map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
-        let punches =
-            db.open_tree("punches").map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })?;
-        match meta.get("format").map_err(|e| StoreError::Open { path: path.clone(), message: e.to_string() })? {
-            Some(v) if v.as_ref() == FORMAT => {}
+        let meta = db.open_tree("meta").map_err(open_error(&path))?;
+        match meta.get("format").map_err(open_error(&path))? {
+            Some(v) if v.as_ref() == FORMAT => migrate::drop_v1_tree(&db).map_err(open_error(&path))?,
+            Some(v) if v.as_ref() == FORMAT_V1 => migrate::v1_to_v2(&db, &meta, LOG_TREE)?,
             Some(v) => return Err(StoreError::Foreign { path, found: String::from_utf8_lossy(&v).into_owned() }),
             None => {
                 if existed {
@@ -181,65 +195,123 @@ impl Store {
                             .into(),
                     });
                 }
-                if !punches.is_empty() {
+                let holds_data = db
+                    .tree_names()
+                    .iter()
+                    .any(|name| name.as_ref() != b"meta" && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true));
+                if holds_data {
                     return Err(StoreError::Foreign { path, found: "(none)".into() });
                 }
                 meta.insert("format", FORMAT)?;
                 db.flush()?;
             }
         }
-        let store = Store { path, db, punches };
+        let log = db.open_tree(LOG_TREE).map_err(open_error(&path))?;
+        let index = db.open_tree(INDEX_TREE).map_err(open_error(&path))?;
+        let written = match log.last().map_err(open_error(&path))? {
+            Some((k, _)) => seq_from(&k)
+                .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?,
+            None => 0,
+        };
+        let indexed = match index.get(index::CURSOR).map_err(open_error(&path))? {
+            Some(v) => seq_from(&v).ok_or_else(|| StoreError::Decode {
+                key: "index cursor".into(),
+                message: "bad sequence number".into(),
+            })?,
+            None => 0,
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                log,
+                index,
+                written: AtomicU64::new(written),
+                // What sled recovered from disk is durable by definition.
+                durable: AtomicU64::new(written),
+                indexed: AtomicU64::new(indexed.min(written)),
+                unindexed: Mutex::new(Unindexed::default()),
+                indexing: Mutex::new(()),
+                max_lag: AtomicU64::new(MAX_INDEX_LAG),
+            }),
+        };
         // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
-        if let Some(last) = store.last_seq()? {
-            store.get(last)?;
+        if written > 0 {
+            store.get(written)?;
         }
+        // Index what the last run wrote but did not index (a crash between the flush and the index round).
+        while store.index_pending(INDEX_ROUND)? > 0 {}
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// The sled database, for other stages that keep their own trees in it (engine state, outbox).
     pub fn db(&self) -> &sled::Db {
-        &self.db
+        &self.inner.db
     }
 
     /// The highest sequence number stored, if any.
     pub fn last_seq(&self) -> Result<Option<u64>, StoreError> {
-        let last = self.punches.scan_prefix([K_PUNCH]).next_back().transpose()?;
-        Ok(last.and_then(|(k, _)| seq_from(&k[1..])))
+        Ok(Some(self.inner.written.load(Ordering::Acquire)).filter(|&s| s > 0))
     }
 
-    /// Number of stored punches.
+    /// Number of stored punches (sequence numbers are dense and punches are never deleted).
     pub fn count(&self) -> Result<u64, StoreError> {
-        Ok(self.punches.scan_prefix([K_ID]).count() as u64)
+        Ok(self.inner.written.load(Ordering::Acquire))
+    }
+
+    /// How many written punches are not indexed yet.
+    pub fn index_lag(&self) -> u64 {
+        self.inner.written.load(Ordering::Acquire).saturating_sub(self.inner.indexed.load(Ordering::Acquire))
     }
 
     /// Bytes the database uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The sequence number of an already stored punch id (written, indexed or not).
+    fn seq_of(&self, unindexed: &Unindexed, punch_id: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(&seq) = unindexed.by_id.get(punch_id) {
+            return Ok(Some(seq));
+        }
+        match self.inner.index.get(index::id_key(punch_id))? {
+            Some(v) => seq_from(&v).map(Some).ok_or_else(|| StoreError::Decode {
+                key: format!("id {punch_id}"),
+                message: "bad sequence number".into(),
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Writes punches in one atomic batch (not yet durable: call [`Store::flush`]). Punches whose `punch_id` is already
     /// stored, or appears earlier in the same batch, are reported as duplicates with the existing sequence number.
+    /// `next_seq` must be the sequence number after [`Store::last_seq`]; it is advanced past the new punches.
     pub fn insert_batch(
         &self,
         gateway_id: &str,
         punches: &[(&str, &DevicePunch)],
         next_seq: &mut u64,
     ) -> Result<Vec<Inserted>, StoreError> {
+        let max_lag = self.inner.max_lag.load(Ordering::Relaxed);
+        if self.index_lag() > max_lag {
+            // The follower is behind (or absent): index here, which also slows the writer down to the index's pace.
+            while self.index_lag() > max_lag / 2 && self.index_pending(INDEX_ROUND)? > 0 {}
+        }
         let mut batch = sled::Batch::default();
-        let mut pending: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut pending: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::with_capacity(punches.len());
+        let mut unindexed = lock(&self.inner.unindexed);
         for &(driver, p) in punches {
             let id = punch_id(gateway_id, p);
             if let Some(&seq) = pending.get(&id) {
                 out.push(Inserted { punch_id: id, seq, duplicate: true });
                 continue;
             }
-            if let Some(existing) = self.punches.get(id_key(&id))? {
-                let seq = seq_from(&existing).unwrap_or(0);
+            if let Some(seq) = self.seq_of(&unindexed, &id)? {
                 out.push(Inserted { punch_id: id, seq, duplicate: true });
                 continue;
             }
@@ -260,27 +332,64 @@ impl Store {
                 score: p.score,
                 attributes: p.attributes.clone(),
             };
-            batch.insert(&punch_key(seq), codec::encode(&punch));
-            batch.insert(id_key(&id), &seq.to_be_bytes());
-            batch.insert(index_key(&[K_TIME], p.device_time_ms, seq), &[]);
-            batch.insert(index_key(&device_prefix(&p.device_id), p.device_time_ms, seq), &[]);
-            batch.insert(index_key(&subject_prefix(&p.subject), p.device_time_ms, seq), &[]);
+            batch.insert(&seq.to_be_bytes(), codec::encode(&punch));
             pending.insert(id.clone(), seq);
             out.push(Inserted { punch_id: id, seq, duplicate: false });
         }
-        self.punches.apply_batch(batch)?;
+        self.inner.log.apply_batch(batch)?;
+        for ins in out.iter().filter(|i| !i.duplicate) {
+            unindexed.by_id.insert(ins.punch_id.clone(), ins.seq);
+            unindexed.order.push_back((ins.seq, ins.punch_id.clone()));
+            self.inner.written.fetch_max(ins.seq, Ordering::AcqRel);
+        }
         Ok(out)
     }
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let written = self.inner.written.load(Ordering::Acquire);
+        self.inner.db.flush_async().await?;
+        self.inner.durable.fetch_max(written, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Writes the index entries of up to `max` durable, not yet indexed punches (one atomic sled batch, with the new
+    /// cursor). Returns how many punches it indexed; 0 when the index is current. Not needed for correctness (reads and
+    /// idempotency see unindexed punches too), only for speed; run by the ingest writer's follower.
+    pub fn index_pending(&self, max: u64) -> Result<u64, StoreError> {
+        let _round = lock(&self.inner.indexing);
+        let from = self.inner.indexed.load(Ordering::Acquire) + 1;
+        let to = self.inner.durable.load(Ordering::Acquire).min(from.saturating_add(max.max(1) - 1));
+        if to < from {
+            return Ok(0);
+        }
+        let mut punches = Vec::with_capacity((to - from + 1) as usize);
+        for r in self.inner.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
+            let (k, v) = r?;
+            match codec::decode(&v) {
+                Ok(p) => punches.push(p),
+                // The log keeps the bytes; reads report them. The index cannot hold what it cannot read.
+                Err(message) => {
+                    tracing::error!(seq = ?seq_from(&k), %message, "stored punch cannot be decoded; not indexed")
+                }
+            }
+        }
+        let mut batch = sled::Batch::default();
+        index::build(&punches, from, to, &mut batch);
+        self.inner.index.apply_batch(batch)?;
+        self.inner.indexed.store(to, Ordering::Release);
+        let mut unindexed = lock(&self.inner.unindexed);
+        while unindexed.order.front().is_some_and(|(seq, _)| *seq <= to) {
+            if let Some((_, id)) = unindexed.order.pop_front() {
+                unindexed.by_id.remove(&id);
+            }
+        }
+        Ok(to - from + 1)
     }
 
     /// The punch with sequence number `seq`.
     pub fn get(&self, seq: u64) -> Result<Punch, StoreError> {
-        match self.punches.get(punch_key(seq))? {
+        match self.inner.log.get(seq.to_be_bytes())? {
             Some(v) => codec::decode(&v).map_err(|message| StoreError::Decode { key: format!("seq {seq}"), message }),
             None => Err(StoreError::Decode { key: format!("seq {seq}"), message: "missing".into() }),
         }
@@ -288,65 +397,100 @@ impl Store {
 
     /// The punch with this `punch_id`, if stored.
     pub fn get_by_id(&self, punch_id: &str) -> Result<Option<Punch>, StoreError> {
-        match self.punches.get(id_key(punch_id))? {
-            Some(v) => match seq_from(&v) {
-                Some(seq) => self.get(seq).map(Some),
-                None => {
-                    Err(StoreError::Decode { key: format!("id {punch_id}"), message: "bad sequence number".into() })
-                }
-            },
-            None => Ok(None),
-        }
+        let seq = {
+            let unindexed = lock(&self.inner.unindexed);
+            self.seq_of(&unindexed, punch_id)?
+        };
+        seq.map(|seq| self.get(seq)).transpose()
     }
 
     /// Punches with sequence number greater than `after`, in order (for stages that follow the store).
     pub fn after(&self, after: u64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let start = punch_key(after.saturating_add(1));
-        let end = punch_key(u64::MAX);
-        self.punches.range(start..=end).map(|r| {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.inner.log.range(start..).map(|r| {
             let (k, v) = r?;
-            codec::decode(&v).map_err(|message| StoreError::Decode { key: format!("{:?}", seq_from(&k[1..])), message })
+            codec::decode(&v).map_err(|message| StoreError::Decode { key: format!("seq {:?}", seq_from(&k)), message })
         })
     }
 
-    fn index_scan(
+    /// `(device_time, seq)` of the punches in `[from_ms, to_ms)` of one index group, indexed or not, in time order.
+    fn postings(
         &self,
-        prefix: Vec<u8>,
+        group: &[u8],
+        width: i64,
         from_ms: i64,
         to_ms: i64,
+        tail_matches: impl Fn(&Punch) -> bool,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        // Read the cursor first: what the index holds up to it is complete; the log after it is scanned.
+        let cursor = self.inner.indexed.load(Ordering::Acquire);
+        let (lo, hi) = index::range(group, width, from_ms, to_ms);
+        let mut found = Vec::new();
+        for r in self.inner.index.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi))) {
+            let (k, v) = r?;
+            let entries = index::decode_posting(&v)
+                .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
+            found.extend(entries.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
+        }
+        for p in self.after(cursor) {
+            let p = p?;
+            if p.device_time_ms >= from_ms && p.device_time_ms < to_ms && tail_matches(&p) {
+                found.push((p.device_time_ms, p.seq));
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Loads the punches of `postings` lazily, keeping those `keep` accepts; an error of the lookup comes first.
+    fn load(
+        &self,
+        postings: Result<Vec<(i64, u64)>, StoreError>,
+        keep: impl Fn(&Punch) -> bool + 'static,
     ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let lo = index_key(&prefix, from_ms, 0);
-        let hi = index_key(&prefix, to_ms, 0);
-        let plen = prefix.len();
-        self.punches.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Excluded(hi))).map(move |r| {
-            let (k, _) = r?;
-            let seq = seq_from(&k[plen + 8..]).unwrap_or(0);
-            self.get(seq)
-        })
+        let (seqs, error) = match postings {
+            Ok(v) => (v, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        error.map(Err).into_iter().chain(
+            seqs.into_iter().map(move |(_, seq)| self.get(seq)).filter(move |r| r.as_ref().map_or(true, |p| keep(p))),
+        )
     }
 
     /// Punches with device time in `[from_ms, to_ms)`, in time order.
     pub fn by_time(&self, from_ms: i64, to_ms: i64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        self.index_scan(vec![K_TIME], from_ms, to_ms)
+        self.load(self.postings(&[index::K_TIME], index::TIME_BUCKET, from_ms, to_ms, |_| true), |_| true)
     }
 
-    /// Punches of one device with device time in `[from_ms, to_ms)`.
+    /// Punches of one device with device time in `[from_ms, to_ms)`, in time order.
     pub fn by_device(
         &self,
         device: &str,
         from_ms: i64,
         to_ms: i64,
     ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        self.index_scan(device_prefix(device), from_ms, to_ms)
+        let group = index::device_group(device);
+        let postings = self.postings(&group, index::DEVICE_BUCKET, from_ms, to_ms, |p| p.device_id.as_str() == device);
+        self.load(postings, |_| true)
     }
 
-    /// Punches reported for one employee id or credential with device time in `[from_ms, to_ms)`.
+    /// Punches reported for one employee id or credential with device time in `[from_ms, to_ms)`, in time order.
     pub fn by_subject(
         &self,
         subject: &Subject,
         from_ms: i64,
         to_ms: i64,
     ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        self.index_scan(subject_prefix(subject), from_ms, to_ms)
+        let group = index::subject_group(subject);
+        let postings = self.postings(&group, index::SUBJECT_BUCKET, from_ms, to_ms, |p| &p.subject == subject);
+        let subject = subject.clone();
+        self.load(postings, move |p| p.subject == subject)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! The read indexes of the punch store: by punch id, by time, by device and by subject.
+//!
+//! Index entries are derived data: they are built from the punch log by [`super::Store::index_pending`], after the
+//! punches they cover are durable, and rebuilt from the log when the store opens after a crash. See the module docs of
+//! [`super`] for the key layout.
+//!
+//! Time, device and subject entries are *postings*: one sled value per (group, time bucket, indexing round) holding the
+//! `(device_time, seq)` pairs of every punch of that round in that bucket. A round indexes every punch that became
+//! durable since the previous round, so under load one posting covers many punches and the index costs a fraction of a
+//! sled insert per punch; when the site is quiet a round holds one punch and the cost does not matter.
+
+use std::collections::BTreeMap;
+
+use drivers::sink::Subject;
+use sha2::{Digest, Sha256};
+
+use crate::punch::Punch;
+
+pub(super) const K_ID: u8 = b'I';
+pub(super) const K_TIME: u8 = b'T';
+pub(super) const K_DEVICE: u8 = b'D';
+pub(super) const K_SUBJECT: u8 = b'S';
+/// The key of the cursor: the highest sequence number whose index entries are written.
+pub(super) const CURSOR: &[u8] = b"C";
+
+/// Bucket widths, in milliseconds of device time.
+pub(super) const TIME_BUCKET: i64 = 60_000;
+pub(super) const DEVICE_BUCKET: i64 = 3_600_000;
+pub(super) const SUBJECT_BUCKET: i64 = 86_400_000;
+
+/// The encoding version byte of a posting value.
+const POSTING_V1: u8 = 1;
+const ENTRY_LEN: usize = 16;
+
+/// Unix milliseconds (or a bucket number) with the sign bit flipped, so that byte order is numeric order.
+pub(super) fn ordered(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(super) fn id_key(punch_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(punch_id.len() + 1);
+    k.push(K_ID);
+    k.extend_from_slice(punch_id.as_bytes());
+    k
+}
+
+/// The group part of a device key: `D` device 0x00 (device ids cannot contain 0x00; checked at ingest).
+pub(super) fn device_group(device: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(device.len() + 2);
+    k.push(K_DEVICE);
+    k.extend_from_slice(device.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The group part of a subject key: `S` and one byte of a hash of the subject. Subjects are many (every employee and
+/// credential), so they share 256 groups; readers filter the punches of a group by their subject.
+pub(super) fn subject_group(subject: &Subject) -> Vec<u8> {
+    let mut h = Sha256::new();
+    match subject {
+        Subject::Employee(e) => {
+            h.update(b"e:");
+            h.update(e.as_bytes());
+        }
+        Subject::Credential(c) => {
+            h.update(b"c:");
+            h.update(c.as_bytes());
+        }
+    }
+    let digest = h.finalize();
+    vec![K_SUBJECT, digest[0]]
+}
+
+/// Index entries for a run of punches (one indexing round), added to `batch` together with the new cursor.
+pub(super) fn build(punches: &[Punch], round: u64, cursor: u64, batch: &mut sled::Batch) {
+    let mut postings: BTreeMap<Vec<u8>, Vec<(i64, u64)>> = BTreeMap::new();
+    for p in punches {
+        batch.insert(id_key(&p.punch_id), &p.seq.to_be_bytes());
+        let t = p.device_time_ms;
+        for (mut group, width) in [
+            (vec![K_TIME], TIME_BUCKET),
+            (device_group(&p.device_id), DEVICE_BUCKET),
+            (subject_group(&p.subject), SUBJECT_BUCKET),
+        ] {
+            group.extend_from_slice(&ordered(t.div_euclid(width)));
+            postings.entry(group).or_default().push((t, p.seq));
+        }
+    }
+    for (mut key, entries) in postings {
+        key.extend_from_slice(&round.to_be_bytes());
+        batch.insert(key, encode_posting(&entries));
+    }
+    batch.insert(CURSOR, &cursor.to_be_bytes());
+}
+
+fn encode_posting(entries: &[(i64, u64)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + entries.len() * ENTRY_LEN);
+    v.push(POSTING_V1);
+    for (t, seq) in entries {
+        v.extend_from_slice(&t.to_be_bytes());
+        v.extend_from_slice(&seq.to_be_bytes());
+    }
+    v
+}
+
+/// Decodes a posting value into `(device_time, seq)` pairs; the error says what is wrong.
+pub fn decode_posting(bytes: &[u8]) -> Result<Vec<(i64, u64)>, String> {
+    let (&version, body) = bytes.split_first().ok_or("empty posting")?;
+    if version != POSTING_V1 {
+        return Err(format!("unknown posting version {version} (this build reads version {POSTING_V1})"));
+    }
+    if body.len() % ENTRY_LEN != 0 {
+        return Err(format!("posting of {} bytes is not a whole number of entries", body.len()));
+    }
+    Ok(body
+        .chunks_exact(ENTRY_LEN)
+        .map(|c| {
+            let mut t = [0u8; 8];
+            let mut s = [0u8; 8];
+            t.copy_from_slice(&c[..8]);
+            s.copy_from_slice(&c[8..]);
+            (i64::from_be_bytes(t), u64::from_be_bytes(s))
+        })
+        .collect())
+}
+
+/// The key range `[lo, hi]` of the postings of `group` whose bucket may hold times in `[from_ms, to_ms)`.
+/// `from_ms < to_ms` is required.
+pub(super) fn range(group: &[u8], width: i64, from_ms: i64, to_ms: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut lo = group.to_vec();
+    lo.extend_from_slice(&ordered(from_ms.div_euclid(width)));
+    lo.extend_from_slice(&[0; 8]);
+    let mut hi = group.to_vec();
+    hi.extend_from_slice(&ordered((to_ms - 1).div_euclid(width)));
+    hi.extend_from_slice(&[0xff; 8]);
+    (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn postings_round_trip_and_reject_damage() {
+        let entries = vec![(-5, 1), (1_700_000_000_000, 2), (i64::MAX, u64::MAX)];
+        let v = encode_posting(&entries);
+        assert_eq!(decode_posting(&v), Ok(entries));
+        assert!(decode_posting(&v[..v.len() - 1]).unwrap_err().contains("whole number"));
+        assert!(decode_posting(&[9]).unwrap_err().contains("unknown posting version 9"));
+        assert!(decode_posting(&[]).is_err());
+    }
+
+    #[test]
+    fn ordered_keys_sort_like_numbers() {
+        let values = [i64::MIN, -86_400_000, -1, 0, 1, 60_000, i64::MAX];
+        for w in values.windows(2) {
+            assert!(ordered(w[0]) < ordered(w[1]), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn range_covers_the_buckets_of_both_ends() {
+        let (lo, hi) = range(&[K_TIME], TIME_BUCKET, 59_999, 120_001);
+        let key = |bucket: i64, round: u64| {
+            let mut k = vec![K_TIME];
+            k.extend_from_slice(&ordered(bucket));
+            k.extend_from_slice(&round.to_be_bytes());
+            k
+        };
+        for (bucket, inside) in [(-1, false), (0, true), (1, true), (2, true), (3, false)] {
+            let k = key(bucket, 42);
+            assert_eq!(lo <= k && k <= hi, inside, "bucket {bucket}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_posting_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_posting(&bytes);
+        }
+    }
+}

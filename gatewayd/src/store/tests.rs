@@ -1,0 +1,234 @@
+use std::collections::BTreeSet;
+
+use drivers::sink::Subject;
+use drivers::{DevicePunch, Method};
+use proptest::prelude::*;
+
+use super::*;
+
+fn punch(device: &str, seq: u64, subject: &str, time_ms: i64) -> DevicePunch {
+    DevicePunch {
+        device_id: device.into(),
+        device_seq: Some(seq),
+        method: Method::Card,
+        subject: Subject::Employee(subject.into()),
+        device_time_ms: time_ms,
+        received_time_ms: time_ms + 100,
+        realtime: true,
+        geo: None,
+        score: None,
+        attributes: Vec::new(),
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    store: Store,
+    next: u64,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8).unwrap();
+        Rig { dir, store, next: 1 }
+    }
+
+    fn insert(&mut self, punches: &[DevicePunch]) -> Vec<Inserted> {
+        let refs: Vec<(&str, &DevicePunch)> = punches.iter().map(|p| ("test", p)).collect();
+        self.store.insert_batch("gw", &refs, &mut self.next).unwrap()
+    }
+
+    fn flush(&self) {
+        futures_lite_block_on(self.store.flush()).unwrap();
+    }
+
+    fn reopen(&mut self) {
+        let dir = self.dir.path().to_owned();
+        let old = std::mem::replace(&mut self.store, Store::open(&tempfile::tempdir().unwrap().keep(), 1).unwrap());
+        drop(old);
+        self.store = Store::open(&dir, 8).unwrap();
+    }
+}
+
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+fn seqs(it: impl Iterator<Item = Result<Punch, StoreError>>) -> Vec<u64> {
+    it.map(|p| p.unwrap().seq).collect()
+}
+
+#[test]
+fn a_resent_punch_is_found_before_and_after_indexing_and_after_reopen() {
+    let mut r = Rig::new();
+    let p = punch("d1", 1, "E1", 1_000);
+    let first = r.insert(&[p.clone(), p.clone()]);
+    assert!(!first[0].duplicate && first[1].duplicate && first[0].seq == first[1].seq);
+    // Written, not durable, not indexed: found through the unindexed table.
+    assert!(r.insert(std::slice::from_ref(&p))[0].duplicate);
+    assert_eq!(r.store.index_pending(100).unwrap(), 0, "nothing durable yet");
+    r.flush();
+    assert_eq!(r.store.index_pending(100).unwrap(), 1);
+    assert_eq!(r.store.index_lag(), 0);
+    // Indexed: found through the id index.
+    assert!(r.insert(std::slice::from_ref(&p))[0].duplicate);
+    assert_eq!(r.store.get_by_id("gw:d1:1").unwrap().map(|p| p.seq), Some(1));
+    r.reopen();
+    assert!(r.insert(std::slice::from_ref(&p))[0].duplicate);
+    assert_eq!(r.store.count().unwrap(), 1);
+}
+
+#[test]
+fn reopening_indexes_what_a_crash_left_unindexed() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 1, "E1", 1_000), punch("d2", 1, "E2", 2_000)]);
+    r.flush();
+    // No index round ran (as if the process died right after the flush).
+    r.reopen();
+    assert_eq!(r.store.index_lag(), 0);
+    assert_eq!(seqs(r.store.by_time(0, 10_000)), vec![1, 2]);
+    assert_eq!(seqs(r.store.by_device("d2", 0, 10_000)), vec![2]);
+    assert!(r.insert(&[punch("d1", 1, "E1", 1_000)])[0].duplicate);
+}
+
+#[test]
+fn the_writer_indexes_itself_when_the_follower_falls_behind() {
+    let mut r = Rig::new();
+    r.store.inner.max_lag.store(8, Ordering::Relaxed);
+    for i in 0..5u64 {
+        let batch: Vec<_> = (0..4).map(|j| punch("d1", i * 4 + j, "E1", (i * 4 + j) as i64)).collect();
+        r.insert(&batch);
+        r.flush();
+        assert!(r.store.index_lag() <= 8 + 4, "lag {}", r.store.index_lag());
+    }
+    assert!(r.store.inner.indexed.load(Ordering::Acquire) > 0, "the writer indexed");
+}
+
+#[test]
+fn a_damaged_posting_is_an_error_not_a_panic() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 1, "E1", 1_000)]);
+    r.flush();
+    r.store.index_pending(10).unwrap();
+    let key = r.store.inner.index.scan_prefix([index::K_TIME]).next().unwrap().unwrap().0;
+    r.store.inner.index.insert(key, &[1u8, 2, 3][..]).unwrap();
+    let results: Vec<_> = r.store.by_time(0, 10_000).collect();
+    assert!(matches!(results.as_slice(), [Err(StoreError::Decode { .. })]), "{results:?}");
+}
+
+#[test]
+fn a_store_of_the_first_layout_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Punch {
+        seq: 1,
+        punch_id: "gw:d1:7".into(),
+        device_id: "d1".into(),
+        driver: "mqtt".into(),
+        device_seq: Some(7),
+        method: Method::Face,
+        subject: Subject::Employee("E1".into()),
+        device_time_ms: 5_000,
+        received_time_ms: 5_100,
+        realtime: true,
+        geo: None,
+        score: None,
+        attributes: Vec::new(),
+    };
+    {
+        // The first layout, written the way its code wrote it.
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta").unwrap().insert("format", FORMAT_V1).unwrap();
+        let old = db.open_tree("punches").unwrap();
+        for (seq, p) in
+            [(1u64, &p), (2, &Punch { seq: 2, punch_id: "gw:d1:8".into(), device_seq: Some(8), ..p.clone() })]
+        {
+            let mut k = vec![b'P'];
+            k.extend_from_slice(&seq.to_be_bytes());
+            old.insert(k, codec::encode(p)).unwrap();
+            let mut i = vec![b'I'];
+            i.extend_from_slice(p.punch_id.as_bytes());
+            old.insert(i, &seq.to_be_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), 8).unwrap();
+    assert_eq!(store.get(1).unwrap(), p);
+    assert_eq!(seqs(store.after(0)), vec![1, 2]);
+    assert_eq!(store.get_by_id("gw:d1:8").unwrap().map(|p| p.seq), Some(2));
+    assert_eq!(seqs(store.by_subject(&Subject::Employee("E1".into()), 0, 10_000)), vec![1, 2]);
+    assert!(!store.db().tree_names().iter().any(|n| n.as_ref() == b"punches"));
+    assert_eq!(store.db().open_tree("meta").unwrap().get("format").unwrap().as_deref(), Some(FORMAT));
+    let mut next = 3;
+    let again = store.insert_batch("gw", &[("mqtt", &punch("d1", 8, "E1", 5_000))], &mut next).unwrap();
+    assert!(again[0].duplicate);
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Insert(Vec<(u8, u8, i64)>),
+    Flush,
+    Index(u64),
+    Reopen,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => proptest::collection::vec((0u8..4, 0u8..6, -200_000i64..200_000_000), 1..12).prop_map(Step::Insert),
+        2 => Just(Step::Flush),
+        2 => (1u64..20).prop_map(Step::Index),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever mix of writes, flushes, index rounds and reopenings: every read equals a filter over all punches, and
+    /// no punch id is stored twice.
+    #[test]
+    fn reads_always_match_a_full_scan(steps in proptest::collection::vec(step(), 1..30)) {
+        let mut r = Rig::new();
+        let mut device_seq = 0u64;
+        let mut all: Vec<(u64, String, String, i64)> = Vec::new();
+        for s in steps {
+            match s {
+                Step::Insert(items) => {
+                    let batch: Vec<DevicePunch> = items.iter().map(|&(d, e, t)| {
+                        device_seq += 1;
+                        // Every third punch re-sends the previous one.
+                        let seq = if device_seq % 3 == 0 { device_seq - 1 } else { device_seq };
+                        punch(&format!("d{d}"), seq, &format!("E{e}"), t)
+                    }).collect();
+                    for ins in r.insert(&batch) {
+                        if !ins.duplicate {
+                            let p = r.store.get(ins.seq).unwrap();
+                            all.push((p.seq, p.device_id.clone(), p.employee().unwrap_or_default().to_owned(), p.device_time_ms));
+                        }
+                    }
+                }
+                Step::Flush => r.flush(),
+                Step::Index(n) => { r.store.index_pending(n).unwrap(); }
+                Step::Reopen => { r.flush(); r.reopen(); }
+            }
+        }
+        let ids: BTreeSet<String> = r.store.after(0).map(|p| p.unwrap().punch_id).collect();
+        prop_assert_eq!(ids.len() as u64, r.store.count().unwrap());
+        for (from, to) in [(i64::MIN, i64::MAX), (0, 100_000_000), (-100_000, 3_600_000), (50_000_000, 50_000_001)] {
+            let mut want: Vec<_> = all.iter().filter(|a| a.3 >= from && a.3 < to).map(|a| (a.3, a.0)).collect();
+            want.sort();
+            let want: Vec<u64> = want.into_iter().map(|(_, s)| s).collect();
+            prop_assert_eq!(seqs(r.store.by_time(from, to)), want.clone());
+            for d in 0..4 {
+                let dev = format!("d{d}");
+                let w: Vec<u64> = want.iter().copied().filter(|s| all.iter().any(|a| a.0 == *s && a.1 == dev)).collect();
+                prop_assert_eq!(seqs(r.store.by_device(&dev, from, to)), w);
+            }
+            for e in 0..6 {
+                let emp = format!("E{e}");
+                let w: Vec<u64> = want.iter().copied().filter(|s| all.iter().any(|a| a.0 == *s && a.2 == emp)).collect();
+                prop_assert_eq!(seqs(r.store.by_subject(&Subject::Employee(emp), from, to)), w);
+            }
+        }
+    }
+}
