@@ -45,6 +45,12 @@ pub enum AppError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("store {path} is damaged and cannot be moved aside to quarantine: {source}")]
+    Quarantine {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error(transparent)]
@@ -146,14 +152,14 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         status.register(&device.id, device.driver.as_str());
     }
 
-    let store = open_store(&config.gateway.data_dir, config.store.cache_mb).await?;
+    // A damaged store is moved aside to data/quarantine and a fresh one opened (crate::quarantine).
+    let state =
+        crate::quarantine::open_state(&config.gateway.data_dir, config.store.cache_mb, config.timezone(), &metrics)
+            .await?;
+    let crate::quarantine::State { store, changes, outbox, tokens, audit, .. } = state;
     readiness.set_store_open();
     tracing::info!(path = %store.path().display(), punches = store.count().unwrap_or(0), "store open");
-    let changes = ChangeLog::open(store.db())?;
-    let outbox = Outbox::open(store.db(), config.timezone())?;
     let disk_budget = DiskBudget::new();
-    let tokens = crate::tokens::TokenStore::open(store.db())?;
-    let audit = api::audit::AuditLog::open(store.db()).map_err(StoreError::from)?;
 
     let root = CancellationToken::new();
     let front = root.child_token();

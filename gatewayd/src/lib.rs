@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod privileges;
 pub mod proto;
 pub mod punch;
+pub mod quarantine;
 pub mod reconcile;
 pub mod roster;
 pub mod rules;

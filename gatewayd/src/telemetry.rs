@@ -45,6 +45,8 @@ pub struct StoreMetrics {
     pub write_failures: Counter,
     pub size_bytes: Gauge,
     pub punches: Gauge,
+    /// Damaged stores moved aside under `<data_dir>/quarantine` (crate::quarantine).
+    pub quarantines: Gauge,
 }
 
 /// Every metric of the daemon. Cheap to clone.
@@ -69,6 +71,7 @@ impl Metrics {
             write_failures: Counter::default(),
             size_bytes: Gauge::default(),
             punches: Gauge::default(),
+            quarantines: Gauge::default(),
         };
         registry.register(
             "gatewayd_store_group_commits",
@@ -88,6 +91,11 @@ impl Metrics {
         );
         registry.register("gatewayd_store_size_bytes", "Bytes the store uses on disk", store.size_bytes.clone());
         registry.register("gatewayd_store_punches", "Punches in the store", store.punches.clone());
+        registry.register(
+            "gatewayd_store_quarantines",
+            "Damaged stores moved aside under the data dir's quarantine directory (0 when none)",
+            store.quarantines.clone(),
+        );
         let outbox = OutboxMetrics::register(&mut registry);
         let engine = EngineMetrics::register(&mut registry);
         Metrics {
@@ -356,6 +364,19 @@ pub mod events {
     pub fn store_write_failed(m: &Metrics, error: &dyn std::fmt::Display) {
         m.store.write_failures.inc();
         tracing::error!(%error, "store write failed: punches in this batch were rejected and devices will retry");
+    }
+
+    /// A damaged store was moved aside and a fresh one is used from now on.
+    pub fn store_quarantined(m: &Metrics, moved_to: &std::path::Path, reason: &str) {
+        m.store.quarantines.inc();
+        tracing::error!(moved_to = %moved_to.display(), %reason,
+            "store damaged: moved aside to quarantine and started with a fresh store; punches not yet delivered \
+             upstream may be in the quarantined files (see docs/operations.md)");
+    }
+
+    /// How many quarantined stores lie under the data dir (the alarm stays raised until the operator removes them).
+    pub fn store_quarantines(m: &Metrics, count: usize) {
+        m.store.quarantines.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn driver_restarting(device: &str, driver: &str, error: &dyn std::fmt::Display, backoff: Duration) {

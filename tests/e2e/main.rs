@@ -10,6 +10,7 @@ mod harness;
 mod adms;
 mod api_roles;
 mod config_files;
+mod crash;
 mod engine;
 mod lifecycle;
 mod mqtt;

@@ -1,0 +1,233 @@
+//! Crash, power-cut and corruption robustness of the real daemon (issue 8).
+//!
+//! - `gatewayd-crash` runs the daemon under MQTT load, SIGKILLs it at random points (a few cycles here; 200 in the long
+//!   mode documented in docs/robustness.md) and checks every acknowledged punch reached the reference receiver once.
+//! - The same with the store on powerfs, where every kill is also a power cut that drops unsynced writes.
+//! - A store damaged by random byte flips and truncations: the daemon always starts, quarantines what it cannot open,
+//!   keeps the bytes, and serves on a fresh store; it never panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::{base_config, bin, http, Gateway};
+
+fn crash_tool(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewayd-crash"))
+        .args(args)
+        .args(["--gatewayd", bin()])
+        .output()
+        .expect("run gatewayd-crash");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_punch() {
+    let (ok, report) = crash_tool(&["--cycles", "4", "--devices", "4", "--rate", "800", "--max-run-ms", "1200"]);
+    assert!(ok, "{report}");
+    assert!(report.contains("PASS: every acknowledged punch delivered"), "{report}");
+    assert!(report.contains("restarts 5"), "{report}");
+}
+
+/// Fails today, and that is a finding, not a flaw of the test: sled 0.34 makes a flush durable with sync_file_range(2),
+/// which reaches neither the file's metadata nor the disk cache (and never a FUSE filesystem), so a power cut loses
+/// punches acknowledged in the last few hundred milliseconds (11 and 138 of ~2,500 in two runs). With sync_file_range
+/// turned into fdatasync (an LD_PRELOAD experiment) the same run passes. Remove the ignore once `Store::flush` ends
+/// with an fdatasync of the database file (docs/robustness.md, "Results").
+#[test]
+#[ignore = "acknowledged punches are lost on power cut until Store::flush fsyncs (docs/robustness.md)"]
+fn power_cuts_under_load_lose_no_acknowledged_punch() {
+    assert!(Path::new("/dev/fuse").exists(), "the power-cut test needs /dev/fuse (and root) for powerfs");
+    let (ok, report) = crash_tool(&[
+        "--cycles",
+        "3",
+        "--devices",
+        "4",
+        "--rate",
+        "800",
+        "--min-run-ms",
+        "700",
+        "--max-run-ms",
+        "1500",
+        "--power-cut",
+    ]);
+    assert!(ok, "{report}");
+    assert!(report.contains("PASS: every acknowledged punch delivered"), "{report}");
+    assert!(report.contains("power cuts 3"), "{report}");
+}
+
+const SN: &str = "QUARANTINE01";
+
+fn adms_config(id: &str) -> String {
+    format!("{}[[device]]\nid = \"zk\"\ndriver = \"adms\"\nserial_number = \"{SN}\"\n", base_config(id))
+}
+
+fn upload(gw: &Gateway, from: u32, n: u32) {
+    let lines: String = (from..from + n)
+        .map(|i| format!("{}\t2026-11-22 08:{:02}:{:02}\t0\t15\n", 1000 + i % 40, (i / 60) % 60, i % 60))
+        .collect();
+    let (status, body) = http(
+        "POST",
+        gw.addr("api"),
+        &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp={from}"),
+        &[],
+        Some(lines.into_bytes()),
+    );
+    assert_eq!((status, body), (200, format!("OK: {n}\n")));
+}
+
+/// A data dir with a store the real daemon wrote (punches, engine state, outbox), stopped cleanly.
+fn template() -> tempfile::TempDir {
+    let mut gw = Gateway::start(&adms_config("gw-q"));
+    for k in 0..5 {
+        upload(&gw, k * 100, 100);
+    }
+    let (status, _) = gw.stop();
+    assert_eq!(status.code(), Some(0), "{}", gw.stderr);
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else if std::fs::metadata(&p).unwrap().len() > 0 {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// xorshift64: the damage is reproducible from the case number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A random file of the store: the log (`db`) three times in four, else any other (`conf`, snapshots, blobs).
+fn pick(files: &[PathBuf], rng: &mut Rng) -> PathBuf {
+    let db: Vec<&PathBuf> = files.iter().filter(|f| f.file_name().is_some_and(|n| n == "db")).collect();
+    if !db.is_empty() && rng.below(4) != 0 {
+        return db[0].clone();
+    }
+    files[rng.below(files.len() as u64) as usize].clone()
+}
+
+/// Flips random bytes in, and/or truncates, random files of the store. Returns what was done.
+fn damage(store: &Path, case: u64) -> String {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1));
+    let files = files(store);
+    let mut done = Vec::new();
+    let kind = rng.below(3);
+    if kind != 1 {
+        for _ in 0..1 + rng.below(16) {
+            let f = &pick(&files, &mut rng);
+            let mut bytes = std::fs::read(f).unwrap();
+            let at = rng.below(bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << rng.below(8);
+            std::fs::write(f, bytes).unwrap();
+            done.push(format!("flip {}@{at}", f.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    if kind != 0 {
+        let f = &pick(&files, &mut rng);
+        let len = std::fs::metadata(f).unwrap().len();
+        let to = rng.below(len);
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(to).unwrap();
+        done.push(format!("truncate {} {len}->{to}", f.file_name().unwrap().to_string_lossy()));
+    }
+    done.join(", ")
+}
+
+/// What a start on a damaged store must look like: READY (the harness panics otherwise), no panic, a working store, and
+/// either the old store opened or a quarantine holding its bytes, reported in the log and the metric.
+fn start_damaged(template: &Path, case: u64) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&template.join("data").join("store"), &dir.path().join("data").join("store"));
+    let what = damage(&dir.path().join("data").join("store"), case);
+    let mut gw = Gateway::start_in(dir, &adms_config("gw-q"));
+    let quarantine = gw.data_dir().join("quarantine");
+    let quarantined = quarantine.exists();
+    assert_eq!(
+        gw.metric("gatewayd_store_quarantines"),
+        Some(if quarantined { 1.0 } else { 0.0 }),
+        "case {case}: {what}"
+    );
+    if quarantined {
+        let moved = std::fs::read_dir(&quarantine).unwrap().next().unwrap().unwrap().path();
+        assert!(moved.join("store").join("db").exists(), "case {case}: {what}: the bytes are kept");
+        assert!(std::fs::read_to_string(moved.join("REASON.txt")).unwrap().contains("could not be opened"));
+    }
+    // The daemon works: a new upload is stored.
+    upload(&gw, 10_000, 3);
+    let (status, _) = gw.stop();
+    assert_eq!(status.code(), Some(0), "case {case}: {what}\n{}", gw.stderr);
+    assert!(!gw.stderr.contains("panicked"), "case {case}: {what}\n{}", gw.stderr);
+    if quarantined {
+        assert!(gw.stderr.contains("store damaged: moved aside to quarantine"), "case {case}: {what}\n{}", gw.stderr);
+    }
+    format!("case {case}: {what}: {}", if quarantined { "quarantined" } else { "opened" })
+}
+
+#[test]
+fn random_flips_and_truncations_never_keep_the_daemon_down() {
+    let template = template();
+    let cases: u64 = std::env::var("GATEWAYD_CORRUPT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut outcomes = Vec::new();
+    for case in 0..cases {
+        outcomes.push(start_damaged(template.path(), case));
+    }
+    eprintln!("{}", outcomes.join("\n"));
+    // The mix must include quarantines; otherwise the test damaged nothing that matters.
+    assert!(outcomes.iter().any(|o| o.ends_with("quarantined")), "{outcomes:#?}");
+}
+
+#[test]
+fn a_truncated_log_is_quarantined_and_the_daemon_serves_on_a_fresh_store() {
+    let template = template();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data").join("store");
+    copy_tree(&template.path().join("data").join("store"), &store);
+    std::fs::OpenOptions::new().write(true).open(store.join("db")).unwrap().set_len(100).unwrap();
+    let mut gw = Gateway::start_in(dir, &adms_config("gw-q"));
+    assert_eq!(gw.metric("gatewayd_store_quarantines"), Some(1.0));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(0.0), "a fresh store");
+    upload(&gw, 0, 2);
+    gw.stop();
+    let moved = std::fs::read_dir(gw.data_dir().join("quarantine")).unwrap().next().unwrap().unwrap().path();
+    // The files are kept; sled's recovery may already have rewritten the unreadable log while trying to open it.
+    assert!(moved.join("store").join("db").is_file(), "{moved:?}");
+    assert!(std::fs::read_to_string(moved.join("REASON.txt")).unwrap().contains("hold no readable gatewayd data"));
+    // The next start opens the fresh store; the alarm stays up while the quarantine is there.
+    gw.spawn();
+    assert_eq!(gw.metric("gatewayd_store_quarantines"), Some(1.0));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(2.0));
+    gw.stop();
+    assert!(!gw.stderr.contains("panicked"), "{}", gw.stderr);
+}
