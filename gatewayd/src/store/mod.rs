@@ -263,9 +263,9 @@ impl Store {
         Ok(self.inner.written.load(Ordering::Acquire))
     }
 
-    /// How many written punches are not indexed yet.
+    /// How many durable punches are not indexed yet.
     pub fn index_lag(&self) -> u64 {
-        self.inner.written.load(Ordering::Acquire).saturating_sub(self.inner.indexed.load(Ordering::Acquire))
+        self.inner.durable.load(Ordering::Acquire).saturating_sub(self.inner.indexed.load(Ordering::Acquire))
     }
 
     /// Bytes the database uses on disk.
