@@ -14,6 +14,7 @@ mod crash;
 mod engine;
 mod lifecycle;
 mod mqtt;
+mod mqtt_edge;
 mod privileges;
 mod serial;
 mod store_durability;

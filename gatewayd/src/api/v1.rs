@@ -199,7 +199,8 @@ fn parse_date(what: &str, text: &str) -> ApiResult<Date> {
     text.parse::<Date>().map_err(|_| ApiError::bad(format!("{what}: `{text}` is not a date (YYYY-MM-DD)")))
 }
 
-fn parse_time(text: &str) -> ApiResult<i64> {
+/// An RFC 3339 time with offset (punch and make-up request bodies), in Unix milliseconds.
+pub fn parse_time(text: &str) -> ApiResult<i64> {
     text.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
         .map_err(|e| ApiError::bad(format!("time: `{text}` is not an RFC 3339 time with offset: {e}")))
@@ -428,13 +429,8 @@ pub struct PunchRequest {
     pub code: Option<String>,
 }
 
-async fn post_punch(
-    State(state): State<ApiState>,
-    Extension(p): Extension<Principal>,
-    Json(req): Json<PunchRequest>,
-) -> ApiResult<impl IntoResponse> {
-    require(&p, &[Role::Employee], "post punches (punches come from devices and employees)")?;
-    let employee = p.employee().ok_or_else(|| ApiError::forbidden("this token names no employee"))?.to_owned();
+/// The checks of a `POST /api/v1/punches` body, giving the punch `employee` (the token's) posts at `now_ms`.
+pub fn punch_from_request(req: PunchRequest, employee: String, token_id: &str, now_ms: i64) -> ApiResult<DevicePunch> {
     if !matches!(req.method, Method::Gps | Method::Qr) {
         return Err(ApiError::bad("method: only `gps` and `qr` punches can be posted"));
     }
@@ -452,26 +448,35 @@ async fn post_punch(
         (None, None) if req.method == Method::Qr => None,
         _ => return Err(ApiError::bad("lat and lng are required for a gps punch")),
     };
-    let mut attributes = vec![("token".to_owned(), p.token.id.clone())];
+    let mut attributes = vec![("token".to_owned(), token_id.to_owned())];
     if let Some(code) = req.code {
         if code.len() > 512 || code.chars().any(char::is_control) {
             return Err(ApiError::bad("code: at most 512 characters without control characters"));
         }
         attributes.push(("qr".into(), code));
     }
-    let now = now_ms();
-    let punch = DevicePunch {
+    Ok(DevicePunch {
         device_id: API_DEVICE.into(),
         device_seq: None,
         method: req.method,
         subject: Subject::Employee(employee),
         device_time_ms: parse_time(&req.time)?,
-        received_time_ms: now,
+        received_time_ms: now_ms,
         realtime: true,
         geo,
         score: None,
         attributes,
-    };
+    })
+}
+
+async fn post_punch(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    Json(req): Json<PunchRequest>,
+) -> ApiResult<impl IntoResponse> {
+    require(&p, &[Role::Employee], "post punches (punches come from devices and employees)")?;
+    let employee = p.employee().ok_or_else(|| ApiError::forbidden("this token names no employee"))?.to_owned();
+    let punch = punch_from_request(req, employee, &p.token.id, now_ms())?;
     match state.sink.submit(punch).await {
         Outcome::Stored { punch_id, duplicate } => Ok((
             if duplicate { StatusCode::OK } else { StatusCode::CREATED },
@@ -600,12 +605,8 @@ async fn replace_roster(state: &ApiState, roster: Roster) -> ApiResult<Response>
     Ok(axum::Json(serde_json::json!({ "employees": count, "changed": changed })).into_response())
 }
 
-async fn put_employees(
-    State(state): State<ApiState>,
-    Extension(p): Extension<Principal>,
-    Json(list): Json<Vec<EmployeeIn>>,
-) -> ApiResult<Response> {
-    require(&p, &[Role::Admin], "change the roster")?;
+/// The checks of a `PUT /api/v1/employees` body: the roster it describes, or every problem found.
+pub fn roster_from_employees(list: Vec<EmployeeIn>) -> ApiResult<Roster> {
     let mut employees = Vec::with_capacity(list.len());
     let mut problems = Vec::new();
     for (i, e) in list.into_iter().enumerate() {
@@ -628,15 +629,24 @@ async fn put_employees(
         });
     }
     // The CSV import is the one validator of employee fields: round-trip through it.
-    let roster = match Roster::from_employees(employees, &[]) {
+    match Roster::from_employees(employees, &[]) {
         Ok(r) if problems.is_empty() => Roster::parse_csv(&r.to_csv())
-            .map_err(|ps| ApiError::bad(ps.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("\n")))?,
-        Ok(_) => return Err(ApiError::bad(problems.join("\n"))),
+            .map_err(|ps| ApiError::bad(ps.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("\n"))),
+        Ok(_) => Err(ApiError::bad(problems.join("\n"))),
         Err(ps) => {
             problems.extend(ps.iter().map(|p| p.message.clone()));
-            return Err(ApiError::bad(problems.join("\n")));
+            Err(ApiError::bad(problems.join("\n")))
         }
-    };
+    }
+}
+
+async fn put_employees(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    Json(list): Json<Vec<EmployeeIn>>,
+) -> ApiResult<Response> {
+    require(&p, &[Role::Admin], "change the roster")?;
+    let roster = roster_from_employees(list)?;
     replace_roster(&state, roster).await
 }
 
@@ -647,11 +657,16 @@ async fn import_employees(
     body: Body,
 ) -> ApiResult<Response> {
     require(&p, &[Role::Admin], "import the roster")?;
-    let text = body.text()?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let roster = Roster::parse_csv(text)
-        .map_err(|ps| ApiError::bad(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+    let roster = roster_from_csv(&body.0)?;
     replace_roster(&state, roster).await
+}
+
+/// The checks of a `POST /api/v1/employees/import` body: UTF-8 roster CSV, an optional byte order mark first.
+pub fn roster_from_csv(body: &[u8]) -> ApiResult<Roster> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad("the body is not valid UTF-8"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Roster::parse_csv(text)
+        .map_err(|ps| ApiError::bad(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -742,6 +757,17 @@ pub struct Decision {
     pub note: Option<String>,
 }
 
+impl Decision {
+    /// The body of an approve/reject request: empty (or only whitespace), or `{"note": "..."}`.
+    pub fn from_body(body: &[u8]) -> ApiResult<Decision> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            Ok(Decision::default())
+        } else {
+            serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("body: {e}")))
+        }
+    }
+}
+
 async fn approve(
     State(state): State<ApiState>,
     Extension(p): Extension<Principal>,
@@ -763,11 +789,7 @@ async fn reject(
 async fn decide(state: &ApiState, p: &Principal, id: &str, body: &Body, approve: bool) -> ApiResult<Response> {
     require(p, &[Role::Manager], "decide approvals (managers of the employee's department do)")?;
     let id: u64 = id.parse().map_err(|_| ApiError::bad(format!("`{id}` is not an approval id")))?;
-    let decision: Decision = if body.0.iter().all(u8::is_ascii_whitespace) {
-        Decision::default()
-    } else {
-        serde_json::from_slice(&body.0).map_err(|e| ApiError::bad(format!("body: {e}")))?
-    };
+    let decision = Decision::from_body(&body.0)?;
     let hidden = || ApiError::forbidden(format!("approval {id} is outside this token's scope"));
     let approvals = &state.attendance.approvals;
     match approvals.get(id) {

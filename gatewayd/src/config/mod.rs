@@ -284,6 +284,12 @@ impl Config {
     /// Reads, parses, resolves relative paths and validates. Every problem found is returned, each with its line.
     pub fn load(path: &Path) -> Result<(Config, TomlSource), Vec<Problem>> {
         let source = TomlSource::read(path).map_err(|p| vec![p])?;
+        Config::from_source(path, source)
+    }
+
+    /// [`Config::load`] after the read: `source` is the text of the file at `path` (relative paths in it are resolved
+    /// against `path`'s directory). Public so the fuzz target runs exactly what `gatewayd validate` runs.
+    pub fn from_source(path: &Path, source: TomlSource) -> Result<(Config, TomlSource), Vec<Problem>> {
         let mut config: Config = source.deserialize().map_err(|p| vec![p])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
