@@ -109,6 +109,8 @@ pub struct Running {
     /// The attendance engine's handle, records, roster and approvals (for the API).
     pub attendance: crate::reconcile::Attendance,
     config_tx: watch::Sender<Arc<Config>>,
+    /// The TLS listeners whose certificates SIGHUP reloads.
+    certificates: Certificates,
     readiness: Arc<Readiness>,
     notifier: Notifier,
     signals: Signals,
@@ -240,7 +242,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     })?;
     // ZKTeco PUSH terminals: the /iclock routes on the API listener (drivers::adms).
     let adms =
-        drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes);
+        drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes)
+            .persist_stamps(config.gateway.data_dir.join(drivers::adms::STAMP_FILE));
     adms.spawn_presence(front.clone(), &front_tasks);
     spawn_device_tables(config_tx.subscribe(), mqtt.clone(), adms.clone(), front.clone(), &front_tasks);
 
@@ -269,7 +272,15 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     }))
     .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
     let api_cancel = front.clone();
-    let api_tls = config.api.tls.as_ref().map(api::tls::config).transpose().map_err(AppError::ApiTls)?;
+    let api_tls = config
+        .api
+        .tls
+        .as_ref()
+        .map(api::tls::config)
+        .transpose()
+        .map_err(AppError::ApiTls)?
+        .map(api::tls::SharedConfig::new);
+    let certificates = Certificates { mqtt: mqtt.clone(), api: api_tls.clone() };
     front_tasks.spawn(async move {
         let served = match api_tls {
             Some(tls) => api::tls::serve(api_listener, tls, router, api_cancel).await,
@@ -324,6 +335,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         disk_budget,
         attendance,
         config_tx,
+        certificates,
         readiness,
         notifier,
         signals,
@@ -446,6 +458,37 @@ fn spawn_device_manager(
     });
 }
 
+/// The listeners with certificates: the MQTT TLS listener and the API listener.
+#[derive(Clone, Debug)]
+struct Certificates {
+    mqtt: drivers::mqtt::MqttService,
+    api: Option<api::tls::SharedConfig>,
+}
+
+impl Certificates {
+    /// Reads the certificates, keys and client CAs of `config` again (SIGHUP). New connections use them; a file that does
+    /// not load is logged and the certificate in force stays. Adding or removing a TLS listener needs a restart.
+    fn reload(&self, config: &Config) {
+        if let Some(t) = &config.mqtt.tls {
+            match self.mqtt.reload_tls(&t.cert, &t.key, t.client_ca.as_deref()) {
+                Some(Ok(())) => tracing::info!(cert = %t.cert.display(), "mqtt tls certificate reloaded"),
+                Some(Err(e)) => tracing::error!(error = %e, "mqtt tls files not reloaded; the previous ones stay"),
+                None => tracing::warn!("mqtt.tls_listen added; takes effect after a restart"),
+            }
+        }
+        match (&self.api, &config.api.tls) {
+            (Some(shared), Some(files)) => match shared.reload(files) {
+                Ok(()) => tracing::info!(cert = %files.cert.display(), "api tls certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "api tls files not reloaded; the previous ones stay"),
+            },
+            (None, Some(_)) | (Some(_), None) => {
+                tracing::warn!(key = "api.tls", "changed in the configuration file; takes effect after a restart")
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 fn same_device(a: &DeviceConfig, b: &DeviceConfig) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
@@ -495,6 +538,8 @@ impl Running {
                         tracing::warn!(key = what, "changed in the configuration file; takes effect after a restart");
                     }
                 }
+                // Before READY=1: once the reload is reported done, new connections get the new certificates.
+                self.certificates.reload(&new);
                 self.config_tx.send_replace(Arc::new(new));
                 tracing::info!(path = %self.config_path.display(), "configuration reloaded");
             }

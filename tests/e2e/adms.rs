@@ -153,3 +153,44 @@ fn adms_upload_over_the_body_limit_is_a_clear_error() {
     // The daemon keeps serving.
     assert_eq!(post(api, &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=1"), line.as_bytes()).0, 200);
 }
+
+#[test]
+fn adms_stamp_survives_a_restart() {
+    let mut gw = Gateway::start(&config());
+    let api = gw.addr("api");
+    let (_, _, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    assert!(body.lines().any(|l| l == "ATTLOGStamp=None"), "{body}");
+    let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=601234567");
+    assert_eq!(post(api, &target, b"1001\t2026-11-22 08:59:30\t0\t15\n"), (200, "OK: 1\n".to_owned()));
+    // A stamp that could inject handshake options is not taken.
+    let evil = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=1%0ADelay%3D0");
+    assert_eq!(post(api, &evil, b"1001\t2026-11-22 08:59:30\t0\t15\n").0, 200);
+
+    // A graceful stop, then SIGKILL: the stamp is on disk either way.
+    gw.stop();
+    gw.spawn();
+    let api = gw.addr("api");
+    let (_, _, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    assert!(body.lines().any(|l| l == "ATTLOGStamp=601234567"), "{body}");
+    assert!(!body.lines().any(|l| l == "Delay=0"), "{body}");
+    let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=601234999");
+    assert_eq!(post(api, &target, b"1002\t2026-11-22 09:01:30\t0\t15\n"), (200, "OK: 1\n".to_owned()));
+    gw.kill9();
+    gw.spawn();
+    let api = gw.addr("api");
+    let (_, _, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    assert!(body.lines().any(|l| l == "ATTLOGStamp=601234999"), "{body}");
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(2.0));
+
+    // An unreadable stamp file is logged and ignored: the terminal re-sends, nothing is duplicated.
+    gw.stop();
+    std::fs::write(gw.data_dir().join("adms-stamps.json"), b"{garbage").unwrap();
+    gw.spawn();
+    let api = gw.addr("api");
+    let (_, _, body) = get(api, &format!("/iclock/cdata?SN={SN}&options=all"));
+    assert!(body.lines().any(|l| l == "ATTLOGStamp=None"), "{body}");
+    let resend = "1001\t2026-11-22 08:59:30\t0\t15\n1002\t2026-11-22 09:01:30\t0\t15\n";
+    let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=601234999");
+    assert_eq!(post(api, &target, resend.as_bytes()), (200, "OK: 2\n".to_owned()));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(2.0));
+}

@@ -8,6 +8,7 @@
 mod harness;
 
 mod adms;
+mod api_files;
 mod api_roles;
 mod config_files;
 mod crash;

@@ -362,3 +362,97 @@ fn mqtt_tls_client_certificate_is_enough() {
     });
     assert_eq!(gw.metric("gatewayd_store_punches"), Some(1.0));
 }
+
+/// The DER of the certificate the TLS listener at `addr` presents now (a real TLS handshake trusting `ca`).
+async fn served_certificate(addr: SocketAddr, ca: &rcgen::Certificate) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(LIMIT, tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("server certificate")[0].as_ref().to_vec()
+}
+
+#[test]
+fn mqtt_tls_certificate_is_reloaded_on_sighup_and_a_bad_file_keeps_the_old_one() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "site ca");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server = |cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        (p.signed_by(&key, &issuer).unwrap(), key)
+    };
+    let install = |dir: &std::path::Path, (cert, key): &(rcgen::Certificate, KeyPair)| {
+        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    };
+    let first = server("mqtt one");
+    install(dir.path(), &first);
+    // Password login over TLS (no client_ca), so a plain rumqttc client can stay connected across the reloads.
+    let text = config("gw-mq8", &["face-1"]).replace(
+        "[mqtt]\nlisten = \"127.0.0.1:0\"\n",
+        "[mqtt]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+         tls = { cert = \"server.pem\", key = \"server.key\" }\n",
+    );
+    let mut gw = Gateway::start_in(dir, &text);
+    let addr = gw.addr("mqtt_tls");
+    let rt = runtime();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let (client, mut events) = rt.block_on(async {
+        assert_eq!(served_certificate(addr, &ca_cert).await, first.0.der().as_ref());
+        let mut o = MqttOptions::new("face-1-client", "localhost", addr.port());
+        o.set_credentials("face-1", "face-1-secret");
+        o.set_keep_alive(Duration::from_secs(10));
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(client_tls))));
+        let (client, mut events) = connect_with(o).await.expect("password login over TLS");
+        client.subscribe("gw/v1/dev/face-1/ack", QoS::AtLeastOnce).await.unwrap();
+        let ack = publish_and_ack(&client, &mut events, "face-1", punch(1, "E1").into_bytes()).await;
+        assert_eq!(ack["status"], "stored");
+        (client, events)
+    });
+
+    // Rotate: new certificate and key in place, SIGHUP. New handshakes get the new certificate.
+    let second = server("mqtt two");
+    install(gw.dir.path(), &second);
+    gw.signal(Signal::SIGHUP);
+    gw.wait_for("READY=1", LIMIT);
+    let deadline = Instant::now() + LIMIT;
+    while rt.block_on(served_certificate(addr, &ca_cert)) != second.0.der().as_ref() {
+        assert!(Instant::now() < deadline, "the rotated certificate is not served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A bad certificate file: the reload is refused, the certificate in force stays.
+    std::fs::write(gw.dir.path().join("server.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    gw.signal(Signal::SIGHUP);
+    gw.wait_for("READY=1", LIMIT);
+    rt.block_on(async {
+        // The connection made before both reloads is still up and acked.
+        let ack = publish_and_ack(&client, &mut events, "face-1", punch(2, "E1").into_bytes()).await;
+        assert_eq!(ack["status"], "stored");
+        assert_eq!(served_certificate(addr, &ca_cert).await, second.0.der().as_ref());
+    });
+    gw.stop();
+    assert!(gw.stderr.contains("mqtt tls files not reloaded"), "{}", gw.stderr);
+    assert!(gw.stderr.contains("server.pem"), "the error names the file: {}", gw.stderr);
+}

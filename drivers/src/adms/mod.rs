@@ -14,10 +14,18 @@
 //! - `GET /iclock/getrequest` (command poll: no commands, `OK`), `POST /iclock/devicecmd` (command results: `OK`),
 //!   `GET /iclock/ping` (`OK`).
 //!
+//! # Stamps
+//! The terminal sends the stamp of its newest record with each upload (`Stamp=`); the handshake hands the last stamp
+//! back as `ATTLOGStamp`, so the terminal sends only newer records. A stamp is recorded only after its upload is durable
+//! and, with [`Adms::persist_stamps`], written to a small JSON file (`{SN: stamp}`, temporary file + rename) so that
+//! after a restart the terminal does not re-send its whole log. A lost or stale stamp file costs a re-upload, never a
+//! duplicate (punch ids are content hashes); an unreadable file is logged and ignored.
+//!
 //! Device times are site-local. A record counts as real-time (so the rules may flag `clock_skew`) when the device has
 //! been polling without a gap for [`SETTLE`] and the upload is small; uploads right after a handshake are backlogs.
 
 pub mod attlog;
+pub mod stamps;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -34,12 +42,15 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::stamps::StampFile;
 use crate::config::{DeviceConfig, DriverKind};
 use crate::sink::{Outcome, PunchSink, Rejection};
 use crate::status::StatusBoard;
 
 /// The driver label of ADMS terminals.
 pub const DRIVER: &str = "adms";
+/// The stamp file's name in the data dir.
+pub const STAMP_FILE: &str = "adms-stamps.json";
 /// Seconds between the terminal's command polls (`Delay` option).
 pub const DELAY_SECS: u64 = 10;
 /// A terminal silent this long is offline.
@@ -53,7 +64,6 @@ pub const REALTIME_MAX_RECORDS: usize = 10;
 struct Seen {
     last: Option<Instant>,
     online_since: Option<Instant>,
-    stamp: Option<String>,
 }
 
 /// The shared state of the ADMS routes. Cheap to clone.
@@ -62,6 +72,10 @@ pub struct Adms {
     /// Serial number → device id.
     devices: Arc<RwLock<HashMap<String, String>>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Serial number → the last `Stamp` of a durable upload.
+    stamps: Arc<Mutex<HashMap<String, String>>>,
+    /// Where stamps survive restarts ([`Adms::persist_stamps`]).
+    stamp_file: Option<Arc<StampFile>>,
     sink: PunchSink,
     status: StatusBoard,
     timezone: jiff::tz::TimeZone,
@@ -80,6 +94,8 @@ impl Adms {
         let adms = Adms {
             devices: Arc::default(),
             seen: Arc::default(),
+            stamps: Arc::default(),
+            stamp_file: None,
             sink: sink.for_driver(DRIVER),
             status,
             timezone,
@@ -112,7 +128,11 @@ impl Adms {
 
     /// Records a request from `sn`; returns whether the terminal has been polling steadily for [`SETTLE`].
     fn touch(&self, sn: &str, device: &str, handshake: bool) -> bool {
-        let now = Instant::now();
+        self.touch_at(sn, device, handshake, Instant::now())
+    }
+
+    /// [`Adms::touch`] at `now` (the time is a parameter so the heuristic can be tested).
+    fn touch_at(&self, sn: &str, device: &str, handshake: bool, now: Instant) -> bool {
         let (settled, came_online) = match self.seen.lock() {
             Ok(mut seen) => {
                 let s = seen.entry(sn.to_owned()).or_default();
@@ -134,13 +154,49 @@ impl Adms {
         settled
     }
 
-    fn stamp(&self, sn: &str) -> Option<String> {
-        self.seen.lock().ok().and_then(|s| s.get(sn).and_then(|s| s.stamp.clone()))
+    /// Keeps stamps in `path` (read now, rewritten whenever a stamp changes), so they survive restarts. A missing
+    /// file is an empty one; an unreadable one is logged and replaced on the next upload.
+    pub fn persist_stamps(mut self, path: impl Into<std::path::PathBuf>) -> Adms {
+        let file = StampFile::new(path.into());
+        match file.load() {
+            Ok(loaded) => {
+                tracing::debug!(path = %file.path().display(), terminals = loaded.len(), "adms stamps loaded");
+                if let Ok(mut stamps) = self.stamps.lock() {
+                    stamps.extend(loaded);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "adms stamps not loaded; terminals may re-send their logs"),
+        }
+        self.stamp_file = Some(Arc::new(file));
+        self
     }
 
-    fn set_stamp(&self, sn: &str, stamp: &str) {
-        if let Ok(mut seen) = self.seen.lock() {
-            seen.entry(sn.to_owned()).or_default().stamp = Some(stamp.chars().take(32).collect());
+    fn stamp(&self, sn: &str) -> Option<String> {
+        self.stamps.lock().ok().and_then(|s| s.get(sn).cloned())
+    }
+
+    /// Records the stamp of a durable upload, and writes the stamp file when it changed. Stamps are numbers; anything
+    /// else (which would end up in the handshake reply) is ignored.
+    async fn set_stamp(&self, sn: &str, stamp: &str) {
+        let Some(stamp) = stamps::clean(stamp) else {
+            tracing::debug!(sn = %sn, "adms upload with an unusable Stamp ignored");
+            return;
+        };
+        match self.stamps.lock() {
+            Ok(mut stamps) => {
+                if stamps.get(sn) == Some(&stamp) {
+                    return;
+                }
+                stamps.insert(sn.to_owned(), stamp);
+            }
+            Err(_) => return,
+        }
+        let Some(file) = self.stamp_file.clone() else { return };
+        let stamps = self.stamps.clone();
+        match tokio::task::spawn_blocking(move || file.save(&stamps)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "adms stamp not saved; after a restart the terminal re-sends"),
+            Err(e) => tracing::warn!(error = %e, "adms stamp not saved"),
         }
     }
 
@@ -338,7 +394,7 @@ async fn upload(State(adms): State<Adms>, Query(q): Params, body: Result<Bytes, 
         }
     }
     if let Some(stamp) = param(&q, "Stamp") {
-        adms.set_stamp(&sn, stamp);
+        adms.set_stamp(&sn, stamp).await;
     }
     tracing::debug!(device = %device, stored, skipped = bad, "adms upload stored");
     text(StatusCode::OK, format!("OK: {stored}\n"))
@@ -376,6 +432,49 @@ mod tests {
         assert_eq!(timezone_option(-5 * 3600), "-5");
         assert_eq!(timezone_option(5 * 3600 + 1800), "330");
         assert_eq!(timezone_option(0), "0");
+    }
+
+    fn adms() -> Adms {
+        let metrics = crate::telemetry::DriverMetrics::default();
+        let (sink, _rx) = PunchSink::channel(1, metrics.clone());
+        let device: DeviceConfig =
+            serde_json::from_value(serde_json::json!({"id": "zk", "driver": "adms", "serial_number": "SN1"})).unwrap();
+        Adms::new(&[device], &sink, StatusBoard::new(metrics), jiff::tz::TimeZone::UTC, 1 << 20)
+    }
+
+    #[test]
+    fn uploads_count_as_realtime_only_after_steady_polling() {
+        let a = adms();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(!a.touch_at("SN1", "zk", true, at(0)), "right after the handshake: a backlog");
+        assert!(!a.touch_at("SN1", "zk", false, at(10)));
+        assert!(!a.touch_at("SN1", "zk", false, at(20)));
+        assert!(a.touch_at("SN1", "zk", false, at(30)), "polling without a gap for SETTLE");
+        assert!(a.touch_at("SN1", "zk", false, at(40)));
+        // A handshake (the terminal restarted) starts over.
+        assert!(!a.touch_at("SN1", "zk", true, at(50)));
+        assert!(a.touch_at("SN1", "zk", false, at(80)));
+        // Silent longer than OFFLINE_AFTER: the next upload is a backlog again.
+        let back = 80 + OFFLINE_AFTER.as_secs() + 1;
+        assert!(!a.touch_at("SN1", "zk", false, at(back)));
+        assert!(!a.touch_at("SN1", "zk", false, at(back + 10)));
+        assert!(a.touch_at("SN1", "zk", false, at(back + SETTLE.as_secs())));
+    }
+
+    #[tokio::test]
+    async fn stamps_are_numbers_and_persist_in_the_file() {
+        let dir = std::env::temp_dir().join(format!("adms-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(STAMP_FILE);
+        let a = adms().persist_stamps(&path);
+        assert_eq!(a.stamp("SN1"), None);
+        a.set_stamp("SN1", "1700000000").await;
+        a.set_stamp("SN1", "1\nDelay=0").await;
+        assert_eq!(a.stamp("SN1").as_deref(), Some("1700000000"));
+        let b = adms().persist_stamps(&path);
+        assert_eq!(b.stamp("SN1").as_deref(), Some("1700000000"), "read back after a restart");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub(crate) async fn serve_plain(
 /// Accepts TLS device connections until cancelled. With a client CA, the certificate's common name is the device id.
 pub(crate) async fn serve_tls(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: super::tls::SharedAcceptor,
     front: Arc<Front>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -157,7 +157,8 @@ pub(crate) async fn serve_tls(
         let _ = stream.set_nodelay(true);
         let front = front.clone();
         let cancel = cancel.clone();
-        let acceptor = acceptor.clone();
+        // The certificate in force now (a SIGHUP may have replaced it since the last connection).
+        let acceptor = acceptor.current();
         tasks.spawn(async move {
             let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,

@@ -27,7 +27,7 @@ pub mod tls;
 pub mod wire;
 
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,8 @@ pub struct MqttService {
     /// The bound TLS listener, when configured.
     pub tls_addr: Option<SocketAddr>,
     credentials: Credentials,
+    /// The TLS listener's certificate, key and client CA in force (replaced by [`MqttService::reload_tls`]).
+    tls: Option<tls::SharedAcceptor>,
 }
 
 impl MqttService {
@@ -135,6 +137,14 @@ impl MqttService {
 
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    /// Reads the TLS listener's certificate, key and client CA again (SIGHUP): new connections use them, connections
+    /// already up keep theirs. A file that does not load leaves the ones in force and is returned as the error. `None`
+    /// when no TLS listener runs (adding or moving the TLS listener needs a restart).
+    pub fn reload_tls(&self, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Option<Result<(), tls::TlsError>> {
+        let shared = self.tls.as_ref()?;
+        Some(tls::acceptor(cert, key, client_ca).map(|acceptor| shared.replace(acceptor)))
     }
 }
 
@@ -160,7 +170,7 @@ pub async fn start(
     let addr = local_addr("", &plain, &settings.listen)?;
     let tls = match &settings.tls {
         Some(t) => {
-            let acceptor = tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())?;
+            let acceptor = tls::SharedAcceptor::new(tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())?);
             let l = bind(" tls", &t.listen).await?;
             let a = local_addr(" tls", &l, &t.listen)?;
             Some((l, a, acceptor))
@@ -187,15 +197,15 @@ pub async fn start(
     let sink = ctx.sink.for_driver(DRIVER);
     spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes);
     ctx.tasks.spawn(front::serve_plain(plain, front.clone(), ctx.cancel.clone(), ctx.tasks.clone()));
-    let tls_addr = match tls {
+    let (tls_addr, tls) = match tls {
         Some((l, a, acceptor)) => {
-            ctx.tasks.spawn(front::serve_tls(l, acceptor, front, ctx.cancel.clone(), ctx.tasks.clone()));
-            Some(a)
+            ctx.tasks.spawn(front::serve_tls(l, acceptor.clone(), front, ctx.cancel.clone(), ctx.tasks.clone()));
+            (Some(a), Some(acceptor))
         }
-        None => None,
+        None => (None, None),
     };
     tracing::info!(%addr, ?tls_addr, broker = %broker_addr, "mqtt listening");
-    Ok(MqttService { addr, tls_addr, credentials })
+    Ok(MqttService { addr, tls_addr, credentials, tls })
 }
 
 /// 32 random bytes in hex: the password only the front knows for the broker's internal listener.

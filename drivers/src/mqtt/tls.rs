@@ -7,7 +7,7 @@
 //! over TLS.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -57,6 +57,39 @@ pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<tok
     }
     .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The acceptor of the TLS listener, replaceable while it runs (certificate rotation on SIGHUP). Each accepted
+/// connection takes the acceptor in force at that moment.
+#[derive(Clone)]
+pub struct SharedAcceptor(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl std::fmt::Debug for SharedAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedAcceptor")
+    }
+}
+
+impl SharedAcceptor {
+    pub fn new(acceptor: tokio_rustls::TlsAcceptor) -> SharedAcceptor {
+        SharedAcceptor(Arc::new(RwLock::new(acceptor)))
+    }
+
+    /// The acceptor in force.
+    pub fn current(&self) -> tokio_rustls::TlsAcceptor {
+        match self.0.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `acceptor` in force for the next connections.
+    pub fn replace(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        match self.0.write() {
+            Ok(mut a) => *a = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+    }
 }
 
 /// The device id a (verified) client certificate names: its subject common name.

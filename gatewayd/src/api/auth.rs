@@ -2,7 +2,8 @@
 //! of every write — one middleware in front of every `/api/v1` route.
 //!
 //! Order for each request: parse `Authorization: Bearer …` → verify the token (hash, constant-time compare; see
-//! [`crate::tokens`]) → take one unit from the token's bucket (`[api].rate_per_sec`, `rate_burst`) → run the handler within `[api].request_timeout` → for every
+//! [`crate::tokens`]); without a bearer token, on a mutual TLS connection, the client certificate's common name mapped
+//! by `[[api.client_cert]]` (read per request, so SIGHUP changes it) → take one unit from the token's bucket (`[api].rate_per_sec`, `rate_burst`) → run the handler within `[api].request_timeout` → for every
 //! method other than GET, append an audit entry (who, what, when, from where, the status answered) before answering.
 
 use std::collections::HashMap;
@@ -17,17 +18,21 @@ use axum::response::{IntoResponse, Response};
 
 use super::audit::Actor;
 use super::v1::{ApiError, ApiState};
+use crate::config::ClientCertRole;
 use crate::roster::Roster;
-use crate::tokens::{Role, TokenRecord};
+use crate::tokens::{Role, TokenRecord, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
 
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
 const MAX_BUCKETS: usize = 10_000;
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request: a token, or a client certificate mapped to a role (then `token` is its
+/// scope, with the id `cert:{common name}`).
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub token: TokenRecord,
     pub peer: String,
+    /// `token:{id}` or `cert:{common name}`: the audit identity and the rate limit key.
+    pub who: String,
 }
 
 impl Principal {
@@ -37,11 +42,7 @@ impl Principal {
 
     /// The audit identity.
     pub fn actor(&self) -> Actor {
-        Actor {
-            who: format!("token:{}", self.token.id),
-            role: self.token.role.as_str().into(),
-            from: self.peer.clone(),
-        }
+        Actor { who: self.who.clone(), role: self.token.role.as_str().into(), from: self.peer.clone() }
     }
 
     /// The employee an employee token belongs to.
@@ -100,29 +101,96 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Problems of `[[api.client_cert]]` tables, by index: the same scope rules as tokens, unique common names, and mutual
+/// TLS (`api.tls.client_ca`) to verify the certificates with.
+pub fn check_client_certs(certs: &[ClientCertRole], has_client_ca: bool) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, c) in certs.iter().enumerate() {
+        let mut bad = |m: String| out.push((i, m));
+        if !has_client_ca {
+            bad("needs mutual TLS on the API: api.tls = { cert, key, client_ca }".into());
+        }
+        let cn = &c.common_name;
+        if cn.is_empty() || cn.len() > MAX_SCOPE_LEN || cn.chars().any(char::is_control) {
+            bad(format!("common_name: 1 to {MAX_SCOPE_LEN} characters without control characters"));
+        } else if !names.insert(cn.as_str()) {
+            bad(format!("common_name `{cn}` is mapped twice"));
+        }
+        for d in c.departments.iter().chain(c.employee.iter()) {
+            if d.trim().is_empty() || d.len() > MAX_SCOPE_LEN || d.chars().any(char::is_control) {
+                bad(format!("`{}`: ids must be 1 to {MAX_SCOPE_LEN} characters", d.escape_debug()));
+            }
+        }
+        if c.departments.len() > MAX_DEPARTMENTS {
+            bad(format!("at most {MAX_DEPARTMENTS} departments"));
+        }
+        match c.role {
+            Role::Admin if !c.departments.is_empty() || c.employee.is_some() => {
+                bad("an admin takes neither departments nor employee".into())
+            }
+            Role::Manager if c.departments.is_empty() => bad("a manager needs departments = [\"…\"]".into()),
+            Role::Employee if c.employee.is_none() => bad("an employee needs employee = \"…\"".into()),
+            Role::Employee if !c.departments.is_empty() => bad("an employee takes no departments".into()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The scope a mapped client certificate stands for.
+fn certificate_scope(common_name: &str, map: &ClientCertRole) -> TokenRecord {
+    TokenRecord {
+        id: format!("cert:{common_name}"),
+        role: map.role,
+        departments: map.departments.clone(),
+        employee: map.employee.clone(),
+        created_ms: 0,
+        revoked_ms: None,
+        sha256: String::new(),
+    }
+}
+
 /// The middleware: authenticate, rate-limit, time out, audit writes.
 pub async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let tls = req.extensions().get::<ConnectInfo<super::tls::TlsPeer>>().map(|ConnectInfo(p)| p.clone());
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(a)| a.to_string())
-        .or_else(|| req.extensions().get::<ConnectInfo<super::tls::TlsPeer>>().map(|ConnectInfo(p)| p.0.to_string()))
+        .or_else(|| tls.as_ref().map(|p| p.addr.to_string()))
         .unwrap_or_else(|| "unknown".into());
-    let Some(text) = bearer(&req) else {
-        return unauthorized("missing `Authorization: Bearer <token>`");
-    };
-    let token = match state.tokens.verify(text) {
-        Ok(Some(t)) => t,
-        Ok(None) => return unauthorized("invalid or revoked token"),
-        Err(e) => return ApiError::internal(e).into_response(),
-    };
     let api = state.config.borrow().api.clone();
-    if !state.limiter.allow(&token.id, Instant::now(), api.rate_per_sec, api.rate_burst) {
+    let (token, who) = match bearer(&req) {
+        Some(text) => match state.tokens.verify(text) {
+            Ok(Some(t)) => {
+                let who = format!("token:{}", t.id);
+                (t, who)
+            }
+            Ok(None) => return unauthorized("invalid or revoked token"),
+            Err(e) => return ApiError::internal(e).into_response(),
+        },
+        None => {
+            let client = tls.as_ref().and_then(|p| p.client.clone());
+            let mapped =
+                client.as_deref().and_then(|cn| api.client_certs.iter().find(|c| c.common_name == cn).map(|m| (cn, m)));
+            match (mapped, client.as_deref()) {
+                (Some((cn, map)), _) => (certificate_scope(cn, map), format!("cert:{cn}")),
+                (None, Some(_)) => {
+                    return unauthorized(
+                        "missing `Authorization: Bearer <token>`, and this client certificate is not mapped to a role",
+                    )
+                }
+                (None, None) => return unauthorized("missing `Authorization: Bearer <token>`"),
+            }
+        }
+    };
+    if !state.limiter.allow(&who, Instant::now(), api.rate_per_sec, api.rate_burst) {
         let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded for this token").into_response();
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
-    let principal = Principal { token, peer };
+    let principal = Principal { token, peer, who };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(principal.clone());
@@ -165,5 +233,39 @@ mod tests {
         assert!(l.allow("b", t0, 20, 60), "buckets are per token");
         assert!(!l.allow("a", t0 + Duration::from_millis(10), 20, 60), "not refilled yet");
         assert!(l.allow("a", t0 + Duration::from_secs(1), 20, 60), "refills over time");
+    }
+
+    fn map(cn: &str, role: Role, departments: &[&str], employee: Option<&str>) -> ClientCertRole {
+        ClientCertRole {
+            common_name: cn.into(),
+            role,
+            departments: departments.iter().map(|d| (*d).to_owned()).collect(),
+            employee: employee.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn client_cert_mappings_follow_the_token_scope_rules() {
+        let good = [
+            map("hr-pc", Role::Admin, &[], None),
+            map("line-lead", Role::Manager, &["D-ASM"], Some("E7")),
+            map("kiosk-e1", Role::Employee, &[], Some("E1")),
+        ];
+        assert!(check_client_certs(&good, true).is_empty());
+        let problems = check_client_certs(&good[..1], false);
+        assert!(problems[0].1.contains("client_ca"), "{problems:?}");
+        let bad = [
+            map("a", Role::Admin, &["D"], None),
+            map("b", Role::Manager, &[], None),
+            map("c", Role::Employee, &[], None),
+            map("d", Role::Employee, &["D"], Some("E1")),
+            map("", Role::Admin, &[], None),
+            map("a", Role::Admin, &[], None),
+            map("f\n", Role::Admin, &[], None),
+        ];
+        let problems = check_client_certs(&bad, true);
+        let at: Vec<usize> = problems.iter().map(|(i, _)| *i).collect();
+        assert_eq!(at, [0, 1, 2, 3, 4, 5, 6], "{problems:?}");
+        assert!(problems[5].1.contains("mapped twice"), "{problems:?}");
     }
 }

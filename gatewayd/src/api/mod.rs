@@ -1,5 +1,9 @@
 //! The HTTP listener on `[api].listen`: health, readiness and metrics here; the ADMS push endpoints and the admin API
 //! are merged in as further routers.
+//!
+//! The API writes files only in the data dir (the service's StateDirectory, the one place the hardened unit may write):
+//! rules ([`crate::rules::API_FILE`]) and roster ([`crate::roster::API_FILE`]), which then win over the configured files
+//! (see [`crate::rules::file_in_force`], [`crate::roster::file_in_force`]).
 
 pub mod audit;
 pub mod auth;
@@ -97,6 +101,23 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
         state.metrics.store.punches.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new content: a temporary file beside it, flushed to
+/// disk, renamed over `path`, and the directory flushed. The API writes its rules and roster files this way.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then finishes in-flight requests.

@@ -3,11 +3,16 @@
 //! A [`TlsListener`] is an `axum::serve::Listener`: one task accepts TCP connections and runs each TLS handshake in its
 //! own task (bounded by [`HANDSHAKE_TIMEOUT`], at most [`MAX_HANDSHAKES`] at once), so a slow or silent client never
 //! holds up the others; finished handshakes reach axum through a bounded channel. With `client_ca`, a connection
-//! without a certificate chaining to it never gets to HTTP; bearer tokens still decide the role of each request
-//! (certificates are not mapped to roles).
+//! without a certificate chaining to it never gets to HTTP. The verified certificate's subject common name travels
+//! with the connection ([`TlsPeer`]); the auth middleware maps it to a role through `[[api.client_cert]]` when the
+//! request carries no bearer token (a bearer token, when sent, decides).
+//!
+//! The certificate, key and client CA are read at start and again on SIGHUP ([`SharedConfig::reload`]): each new
+//! connection takes the configuration in force when it is accepted; connections already up keep theirs. Files that do
+//! not load leave the configuration in force.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -41,22 +46,58 @@ pub fn config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The rustls configuration of the API listener, replaceable while it runs.
+#[derive(Clone)]
+pub struct SharedConfig(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedConfig")
+    }
+}
+
+impl SharedConfig {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> SharedConfig {
+        SharedConfig(Arc::new(RwLock::new(config)))
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads `files` again and puts them in force for new connections; on error the configuration in force stays.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
+        let new = config(files)?;
+        match self.0.write() {
+            Ok(mut c) => *c = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(())
+    }
+}
+
+/// The subject common name of a client certificate (the first of the chain, already verified by rustls).
+pub fn client_name(der: &[u8]) -> Option<Arc<str>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    (!cn.is_empty() && !cn.chars().any(char::is_control)).then(|| Arc::from(cn))
+}
+
 /// A TCP listener that yields TLS streams.
 pub struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
 }
 
 impl TlsListener {
     /// Starts accepting on `tcp`; stops when `cancel` fires.
-    pub fn new(
-        tcp: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-        cancel: CancellationToken,
-    ) -> std::io::Result<TlsListener> {
+    pub fn new(tcp: TcpListener, config: SharedConfig, cancel: CancellationToken) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY_QUEUE);
-        let acceptor = TlsAcceptor::from(config);
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
@@ -72,11 +113,18 @@ impl TlsListener {
                         }
                     },
                 };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                // The configuration in force now (a SIGHUP may have replaced the certificate since).
+                let (acceptor, tx) = (TlsAcceptor::from(config.current()), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                            let client = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| client_name(c));
+                            let _ = tx.send((tls, TlsPeer { addr: peer, client })).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "api TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "api TLS handshake timed out"),
@@ -91,7 +139,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -102,24 +150,28 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(TlsPeer { addr: self.local, client: None })
     }
 }
 
-/// The peer address of a TLS connection, as `ConnectInfo` (the auth middleware reads it for the audit log).
-#[derive(Clone, Copy, Debug)]
-pub struct TlsPeer(pub SocketAddr);
+/// Who is on the other end of a TLS connection, as `ConnectInfo`: the peer address (for the audit log) and the
+/// subject common name of its verified client certificate, if it presented one.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    pub client: Option<Arc<str>>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for TlsPeer {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> TlsPeer {
-        TlsPeer(*stream.remote_addr())
+        stream.remote_addr().clone()
     }
 }
 
 /// Serves `router` over TLS on `listener` until `cancel` fires, then finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    config: SharedConfig,
     router: axum::Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {

@@ -497,12 +497,21 @@ async fn get_rules(State(state): State<ApiState>, Extension(p): Extension<Princi
     let records = &state.attendance.records;
     let version = records.current_rules().map_err(ApiError::internal)?;
     let text = records.rules_versions().map_err(ApiError::internal)?.remove(&version).unwrap_or_default();
-    let file = state.config().rules.as_ref().map(|f| f.file.display().to_string());
-    Ok(axum::Json(serde_json::json!({ "version": version, "file": file, "text": text })).into_response())
+    let config = state.config();
+    let file = crate::rules::file_in_force(&config);
+    let source = match &file {
+        Some(f) if *f == config.gateway.data_dir.join(crate::rules::API_FILE) => "api",
+        Some(_) => "config",
+        None => "none",
+    };
+    let file = file.map(|f| f.display().to_string());
+    Ok(axum::Json(serde_json::json!({ "version": version, "file": file, "source": source, "text": text }))
+        .into_response())
 }
 
-/// `PUT /api/v1/rules`: a new rules.toml (the body, as text). It is validated in full, written over the configured
-/// rules file (atomically: a temporary file, then rename) and put in force as SIGHUP does.
+/// `PUT /api/v1/rules`: a new rules.toml (the body, as text). It is validated in full, written to
+/// [`crate::rules::API_FILE`] in the data dir (atomically), which from then on wins over `[rules].file`, and put in
+/// force as SIGHUP does. The configured file is never written (under the hardened unit it is read-only).
 async fn put_rules(
     State(state): State<ApiState>,
     Extension(p): Extension<Principal>,
@@ -511,17 +520,13 @@ async fn put_rules(
     require(&p, &[Role::Admin], "change the rules")?;
     let text = body.text()?;
     let config = state.config();
-    let Some(file) = config.rules.as_ref().map(|f| f.file.clone()) else {
-        return Err(ApiError::new(StatusCode::CONFLICT, "no [rules] file is configured; add one to the configuration"));
-    };
+    let file = config.gateway.data_dir.join(crate::rules::API_FILE);
     if let Err(problems) = crate::rules::Rules::parse(std::path::Path::new("rules.toml"), text) {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(ApiError::bad(list.join("\n")));
     }
-    let tmp = file.with_extension("toml.tmp");
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
-    if let Err(e) = written {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("cannot write {}: {e}", file.display())));
+    if let Err(e) = super::write_atomic(&file, text.as_bytes()) {
+        return Err(ApiError::internal(format!("cannot write {}: {e}", file.display())));
     }
     reload()?;
     Ok(axum::Json(serde_json::json!({ "written": file.display().to_string(), "reloading": true })).into_response())
@@ -595,7 +600,20 @@ async fn employees(State(state): State<ApiState>, Extension(p): Extension<Princi
     Ok(axum::Json(serde_json::json!({ "employees": list })))
 }
 
+/// Puts an imported roster in force: first written to [`crate::roster::API_FILE`] in the data dir (so a SIGHUP or a
+/// restart keeps it: it wins over `[roster].file`), then the roster tree, then the engine.
 async fn replace_roster(state: &ApiState, roster: Roster) -> ApiResult<Response> {
+    let file = state.config().gateway.data_dir.join(crate::roster::API_FILE);
+    let csv = roster.to_csv();
+    let written = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || super::write_atomic(&file, csv.as_bytes())).await
+    };
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ApiError::internal(format!("cannot write {}: {e}", file.display()))),
+        Err(e) => return Err(ApiError::internal(e)),
+    }
     let changed = state.attendance.roster.replace(&roster).map_err(ApiError::internal)?;
     state.store.db().flush_async().await.map_err(ApiError::internal)?;
     let count = roster.len();
@@ -741,7 +759,7 @@ async fn request_makeup(
     let employee = p.employee().ok_or_else(|| ApiError::forbidden("this token names no employee"))?;
     let roster = state.roster()?;
     let time = parse_time(&req.time)?;
-    let who = format!("token:{}", p.token.id);
+    let who = p.who.clone();
     let a = state
         .attendance
         .approvals
@@ -798,7 +816,7 @@ async fn decide(state: &ApiState, p: &Principal, id: &str, body: &Body, approve:
         Err(e) => return Err(ApiError::internal(e)),
     }
     let decider = Decider {
-        name: p.employee().map(str::to_owned).unwrap_or_else(|| format!("token:{}", p.token.id)),
+        name: p.employee().map(str::to_owned).unwrap_or_else(|| p.who.clone()),
         departments: p.token.departments.clone(),
     };
     let a =

@@ -80,6 +80,26 @@ pub struct ApiSection {
     pub rate_burst: u32,
     /// Longest an `/api/v1` request may take before it is answered 503, e.g. `"30s"` (1 s to 10 min). Default 30 s.
     pub request_timeout: Option<HumanDuration>,
+    /// Client certificates that stand for a role, one `[[api.client_cert]]` table each (mutual TLS: needs
+    /// `tls.client_ca`). A request on such a connection without a bearer token acts with this role; a bearer token,
+    /// when sent, decides instead.
+    #[serde(default, rename = "client_cert")]
+    pub client_certs: Vec<ClientCertRole>,
+}
+
+/// A client certificate mapped to an API role (`[[api.client_cert]]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRole {
+    /// The subject common name of the certificate (issued by `api.tls.client_ca`), e.g. `"hr-office-pc"`.
+    pub common_name: String,
+    /// `admin`, `manager` or `employee`, with the same scope rules as tokens.
+    pub role: crate::tokens::Role,
+    /// For a manager: the departments it sees and decides for.
+    #[serde(default)]
+    pub departments: Vec<String>,
+    /// For an employee: who it is (for a manager: its own id, so it cannot approve itself).
+    pub employee: Option<String>,
 }
 
 impl Default for ApiSection {
@@ -91,6 +111,7 @@ impl Default for ApiSection {
             rate_per_sec: default_rate_per_sec(),
             rate_burst: default_rate_burst(),
             request_timeout: None,
+            client_certs: Vec::new(),
         }
     }
 }
@@ -365,6 +386,10 @@ impl Config {
         if let Some(tls) = &self.api.tls {
             check_tls(&mut out, "api", tls);
         }
+        let has_client_ca = self.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        for (i, problem) in crate::api::auth::check_client_certs(&self.api.client_certs, has_client_ca) {
+            out.add(&[Seg::Key("api"), Seg::Key("client_cert"), Seg::Index(i)], "api.client_cert", problem);
+        }
         if self.api.max_body_bytes < 1024 || self.api.max_body_bytes > 64 << 20 {
             out.add(
                 &[Seg::Key("api"), Seg::Key("max_body_bytes")],
@@ -491,6 +516,14 @@ impl Config {
                     out.list.extend(problems.unwrap_or_default());
                 }
             }
+        }
+        // Rules and roster the API wrote to the data dir win over the files above: check them too.
+        let written = [crate::rules::API_FILE, crate::roster::API_FILE].map(|f| self.gateway.data_dir.join(f));
+        if written[0].is_file() {
+            out.list.extend(crate::rules::Rules::load(&written[0]).err().unwrap_or_default());
+        }
+        if written[1].is_file() {
+            out.list.extend(crate::roster::Roster::load(&written[1]).err().unwrap_or_default());
         }
 
         if let Some(up) = &self.upstream {

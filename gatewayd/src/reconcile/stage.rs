@@ -160,11 +160,12 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// The rules text for a configuration ("" when no rules file is configured), or the problems.
+/// The rules text in force for a configuration ("" when there is no rules file), or the problems. The file is the one
+/// [`crate::rules::file_in_force`] names (what the API wrote wins over `[rules].file`).
 fn read_rules(config: &Config) -> Result<(Rules, String), Vec<String>> {
-    match &config.rules {
+    match crate::rules::file_in_force(config) {
         None => Ok((Rules::none(), String::new())),
-        Some(f) => Rules::load(&f.file).map_err(|ps| ps.iter().map(ToString::to_string).collect()),
+        Some(f) => Rules::load(&f).map_err(|ps| ps.iter().map(ToString::to_string).collect()),
     }
 }
 
@@ -252,7 +253,7 @@ impl Stage {
         tracing::debug!("engine stage stopped");
     }
 
-    /// Rules and roster from the files named in `config`, as inputs for the engine (only what changed).
+    /// Rules and roster from the files in force for `config`, as inputs for the engine (only what changed).
     fn reload(&self, config: &Config, engine: Option<&Engine>) -> Vec<Input> {
         let mut inputs = Vec::new();
         match read_rules(config) {
@@ -267,8 +268,8 @@ impl Stage {
             },
             Err(problems) => events::rules_rejected(&problems),
         }
-        if let Some(f) = &config.roster {
-            match Roster::load(&f.file) {
+        if let Some(f) = crate::roster::file_in_force(config) {
+            match Roster::load(&f) {
                 Ok(roster) => match self.roster_store.replace(&roster) {
                     Ok(_) => {
                         events::roster_in_force(roster.len());
@@ -319,8 +320,8 @@ impl Stage {
             let mut roster = roster_store.load()?;
             if roster.is_empty() {
                 // First start: import the roster file before anything is reconciled.
-                if let Some(f) = &config.roster {
-                    if let Ok(r) = Roster::load(&f.file) {
+                if let Some(f) = crate::roster::file_in_force(&config) {
+                    if let Ok(r) = Roster::load(&f) {
                         roster_store.replace(&r)?;
                         roster = r;
                     }

@@ -7,6 +7,12 @@
 //! validated whole before it replaces anything: any bad line makes the import fail with every problem named by line and
 //! column, and the roster in force stays as it was.
 //!
+//! # One roster in force
+//! The roster the API imports (`PUT /api/v1/employees`, `POST /api/v1/employees/import`) is written to [`API_FILE`] in
+//! the data dir (the one place the hardened service may write) before it is put in force. When that file exists it is
+//! the roster file, at start and on every SIGHUP, and `[roster].file` is not read: an API import is not undone by a
+//! reload or a restart. Deleting it (then SIGHUP) puts `[roster].file` back in force. [`file_in_force`] is that rule.
+//!
 //! # Storage
 //! sled tree `roster`: key = employee id (UTF-8), value = the employee as JSON. [`RosterStore::replace`] swaps the whole
 //! roster in one atomic batch, so after a crash either the old or the new roster is there, never a mix.
@@ -29,6 +35,18 @@ use drivers::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::config::source::Problem;
+
+/// The roster file the API writes, in the data dir.
+pub const API_FILE: &str = "api-roster.csv";
+
+/// The roster file in force: [`API_FILE`] in the data dir when the API wrote one, else `[roster].file`, else none.
+pub fn file_in_force(config: &crate::config::Config) -> Option<std::path::PathBuf> {
+    let written = config.gateway.data_dir.join(API_FILE);
+    if written.is_file() {
+        return Some(written);
+    }
+    config.roster.as_ref().map(|f| f.file.clone())
+}
 
 /// The columns of a roster CSV.
 pub const COLUMNS: [&str; 8] = ["employee", "name", "department", "card", "fingerprint", "face", "pin", "manages"];

@@ -8,6 +8,11 @@
 //! Times of day are `HH:MM` or `HH:MM:SS` in the site time zone; a shift whose end is not after its start ends the next day
 //! and belongs to its start date. Durations are written like `"10m"`, `"2h"`, `"1h 30m"`.
 //!
+//! # Which file is in force
+//! `PUT /api/v1/rules` writes [`API_FILE`] in the data dir (the one place the hardened service may write); when that file
+//! exists it is the rules in force, at start and on every SIGHUP, and `[rules].file` is not read. Deleting it (then
+//! SIGHUP) puts `[rules].file` back in force. [`file_in_force`] is that rule; everything that reads rules asks it.
+//!
 //! Versions: the engine stage numbers every distinct rules text it puts in force (see [`crate::reconcile::stage`]); each
 //! record carries the version that produced it. This module only parses and checks.
 
@@ -34,6 +39,17 @@ pub const RADIUS_RANGE_M: (f64, f64) = (50.0, 5000.0);
 pub const MAX_WINDOW_EXTENSION_MS: i64 = 24 * 3600 * 1000;
 /// Default number of days back a late punch still re-reconciles its day.
 pub const DEFAULT_RECONCILE_DAYS: u32 = 31;
+/// The rules file `PUT /api/v1/rules` writes, in the data dir.
+pub const API_FILE: &str = "api-rules.toml";
+
+/// The rules file in force: [`API_FILE`] in the data dir when the API wrote one, else `[rules].file`, else none.
+pub fn file_in_force(config: &crate::config::Config) -> Option<std::path::PathBuf> {
+    let written = config.gateway.data_dir.join(API_FILE);
+    if written.is_file() {
+        return Some(written);
+    }
+    config.rules.as_ref().map(|f| f.file.clone())
+}
 
 const DAY_NAMES: [(&str, Weekday); 7] = [
     ("mon", Weekday::Monday),
