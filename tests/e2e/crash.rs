@@ -84,8 +84,7 @@ fn template() -> tempfile::TempDir {
     }
     let (status, _) = gw.stop();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr);
-    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
-    dir
+    std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap())
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -174,6 +173,7 @@ fn start_damaged(template: &Path, case: u64) -> String {
     let mut gw = Gateway::start_in(dir, &adms_config("gw-q"));
     let quarantine = gw.data_dir().join("quarantine");
     let quarantined = quarantine.exists();
+    let punches = gw.metric("gatewayd_store_punches").unwrap_or(-1.0);
     assert_eq!(
         gw.metric("gatewayd_store_quarantines"),
         Some(if quarantined { 1.0 } else { 0.0 }),
@@ -192,7 +192,11 @@ fn start_damaged(template: &Path, case: u64) -> String {
     if quarantined {
         assert!(gw.stderr.contains("store damaged: moved aside to quarantine"), "case {case}: {what}\n{}", gw.stderr);
     }
-    format!("case {case}: {what}: {}", if quarantined { "quarantined" } else { "opened" })
+    // An opened store may have lost punches silently (sled drops a log tail it cannot read): reported, not asserted.
+    format!(
+        "case {case}: {what}: {}",
+        if quarantined { "quarantined".into() } else { format!("opened with {punches} of 500 punches") }
+    )
 }
 
 #[test]
