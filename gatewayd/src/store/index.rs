@@ -4,8 +4,8 @@
 //! punches they cover are durable, and rebuilt from the log when the store opens after a crash. See the module docs of
 //! [`super`] for the key layout.
 //!
-//! Time, device and subject entries are *postings*: one sled value per (group, time bucket, indexing round) holding the
-//! `(device_time, seq)` pairs of every punch of that round in that bucket. A round indexes every punch that became
+//! Time, device and subject entries are *postings*: sled values per (group, time bucket, indexing round) holding the
+//! `(device_time, seq)` pairs of every punch of that round in that bucket (at most 1,024 per value). A round indexes every punch that became
 //! durable since the previous round, so under load one posting covers many punches and the index costs a fraction of a
 //! sled insert per punch; when the site is quiet a round holds one punch and the cost does not matter.
 
@@ -31,6 +31,8 @@ pub(super) const SUBJECT_BUCKET: i64 = 86_400_000;
 /// The encoding version byte of a posting value.
 const POSTING_V1: u8 = 1;
 const ENTRY_LEN: usize = 16;
+/// Postings stay small sled values (16 KiB at most), far below the size sled stores as separate blob files.
+const MAX_POSTING_ENTRIES: usize = 1024;
 
 /// Unix milliseconds (or a bucket number) with the sign bit flipped, so that byte order is numeric order.
 pub(super) fn ordered(v: i64) -> [u8; 8] {
@@ -72,7 +74,7 @@ pub(super) fn subject_group(subject: &Subject) -> Vec<u8> {
 }
 
 /// Index entries for a run of punches (one indexing round), added to `batch` together with the new cursor.
-pub(super) fn build(punches: &[Punch], round: u64, cursor: u64, batch: &mut sled::Batch) {
+pub(super) fn build(punches: &[Punch], cursor: u64, batch: &mut sled::Batch) {
     let mut postings: BTreeMap<Vec<u8>, Vec<(i64, u64)>> = BTreeMap::new();
     for p in punches {
         batch.insert(id_key(&p.punch_id), &p.seq.to_be_bytes());
@@ -86,9 +88,14 @@ pub(super) fn build(punches: &[Punch], round: u64, cursor: u64, batch: &mut sled
             postings.entry(group).or_default().push((t, p.seq));
         }
     }
-    for (mut key, entries) in postings {
-        key.extend_from_slice(&round.to_be_bytes());
-        batch.insert(key, encode_posting(&entries));
+    for (group_bucket, entries) in postings {
+        // Entries are in sequence order; each posting is keyed by its first sequence number, so keys never collide and
+        // a round repeated after a crash writes the same keys again.
+        for chunk in entries.chunks(MAX_POSTING_ENTRIES) {
+            let mut key = group_bucket.clone();
+            key.extend_from_slice(&chunk[0].1.to_be_bytes());
+            batch.insert(key, encode_posting(chunk));
+        }
     }
     batch.insert(CURSOR, &cursor.to_be_bytes());
 }

@@ -14,14 +14,14 @@
 //! | key                                                  | value                         | purpose                    |
 //! |------------------------------------------------------|-------------------------------|----------------------------|
 //! | `I` punch_id                                         | seq:u64be                     | idempotency, lookup by id  |
-//! | `T` minute:i64be^sign round:u64be                    | posting                       | punches by device time     |
-//! | `D` device_id 0x00 hour:i64be^sign round:u64be       | posting                       | punches by device          |
-//! | `S` group:u8 day:i64be^sign round:u64be              | posting                       | punches by employee/credential |
+//! | `T` minute:i64be^sign first:u64be                    | posting                       | punches by device time     |
+//! | `D` device_id 0x00 hour:i64be^sign first:u64be       | posting                       | punches by device          |
+//! | `S` group:u8 day:i64be^sign first:u64be              | posting                       | punches by employee/credential |
 //! | `C`                                                  | seq:u64be                     | the index cursor           |
 //!
 //! Times and time buckets (minute, hour, day numbers since the Unix epoch, of device time) have the sign bit flipped so
 //! byte order is time order. A *posting* is a version byte followed by `(device_time:i64be, seq:u64be)` pairs: the
-//! punches of one indexing round (`round` = the first sequence number of that round) that fall in that bucket. The subject
+//! punches of one indexing round that fall in that bucket, at most 1,024 per value (`first` = its first sequence number). The subject
 //! `group` is the first byte of SHA-256 over `e:`/`c:` and the subject, so 256 groups share the subject postings and
 //! readers filter by subject. Device ids and subjects cannot contain 0x00 (checked at ingest). The `meta` tree holds
 //! `format` = [`FORMAT`].
@@ -33,7 +33,11 @@
 //! of the first layout ([`FORMAT_V1`]: punches and indexes in one tree `punches`) is migrated when opened.
 //!
 //! # Durability point
-//! A punch is durable when the `flush` that follows the write holding it has returned ([`Store::flush`]). The ingest
+//! A punch is durable when the `flush` that follows the write holding it has returned ([`Store::flush`]): sled's
+//! `flush_async`, then an `fdatasync` of sled's log file. sled 0.34 makes its log stable with `sync_file_range`, which
+//! persists neither the file's size and extents nor the disk's write cache, so without the `fdatasync` an acknowledged
+//! punch could vanish in a power cut (docs/robustness.md has the experiment). The store directory and its parent are
+//! fsynced when the store is opened, so the files' directory entries survive a power cut too. The ingest
 //! writer ([`crate::ingest`]) answers callers only then, and publishes the highest durable sequence number on a watch
 //! channel, so later stages (the engine, the outbox) only ever read durable punches. sled's own background flush may make
 //! writes durable earlier; nothing relies on it.
@@ -113,6 +117,8 @@ struct Unindexed {
 struct Inner {
     path: PathBuf,
     db: sled::Db,
+    /// sled's log file, for the `fdatasync` that completes each flush.
+    db_file: Arc<std::fs::File>,
     log: sled::Tree,
     index: sled::Tree,
     /// Highest sequence number written to the log.
@@ -182,6 +188,14 @@ impl Store {
                 return Err(StoreError::Open { path, message: format!("damaged database ({message})") });
             }
         };
+        let io_error =
+            |what: &str, e: std::io::Error| StoreError::Open { path: path.clone(), message: format!("{what}: {e}") };
+        let db_file =
+            std::fs::File::open(dir.join("db")).map_err(|e| io_error("cannot open the log file for syncing", e))?;
+        // sled does not sync directories: make the entries of the store's files (and of the store directory) durable.
+        for d in [Some(dir), dir.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| io_error("cannot sync the directory", e))?;
+        }
         let meta = db.open_tree("meta").map_err(open_error(&path))?;
         match meta.get("format").map_err(open_error(&path))? {
             Some(v) if v.as_ref() == FORMAT => migrate::drop_v1_tree(&db).map_err(open_error(&path))?,
@@ -224,6 +238,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 db,
+                db_file: Arc::new(db_file),
                 log,
                 index,
                 written: AtomicU64::new(written),
@@ -349,6 +364,11 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = self.inner.written.load(Ordering::Acquire);
         self.inner.db.flush_async().await?;
+        let file = self.inner.db_file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))?
+            .map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))?;
         self.inner.durable.fetch_max(written, Ordering::AcqRel);
         Ok(())
     }
@@ -375,7 +395,7 @@ impl Store {
             }
         }
         let mut batch = sled::Batch::default();
-        index::build(&punches, from, to, &mut batch);
+        index::build(&punches, to, &mut batch);
         self.inner.index.apply_batch(batch)?;
         self.inner.indexed.store(to, Ordering::Release);
         let mut unindexed = lock(&self.inner.unindexed);
