@@ -122,8 +122,10 @@ struct DeviceState {
     acked: std::collections::BTreeSet<u64>,
     /// Acknowledged with another status (a definite answer: not re-sent, not expected upstream).
     rejected: std::collections::BTreeSet<u64>,
-    /// Acks for a punch already acknowledged (a re-send answered again: expected after a kill).
+    /// Acks for a punch already acknowledged (should stay 0: only unacknowledged punches are re-sent).
     re_acked: u64,
+    /// Punches re-published after a reconnect because the kill came before their ack.
+    resent: u64,
 }
 
 fn device_id(i: usize) -> String {
@@ -239,11 +241,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
             Err(_) => problems.push("a device did not get all its punches acknowledged within 120 s".into()),
         }
     }
-    let (sent, acked, rejected, re_acked) = {
+    let (sent, acked, rejected, re_acked, resent) = {
         let devices = lock(&shared.devices);
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut acked = Vec::new();
-        let (mut rejected, mut re_acked) = (0, 0);
+        let (mut rejected, mut re_acked, mut resent) = (0, 0, 0);
         for (i, d) in devices.iter().enumerate() {
             let id = device_id(i);
             for (seq, s) in &d.sent {
@@ -252,8 +254,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
             acked.extend(d.acked.iter().map(|seq| format!("{GATEWAY_ID}:{id}:{seq}")));
             rejected += d.rejected.len();
             re_acked += d.re_acked;
+            resent += d.resent;
         }
-        (sent, acked, rejected, re_acked)
+        (sent, acked, rejected, re_acked, resent)
     };
     let drained = wait_for_delivery(&received, &acked, &daemon, Duration::from_secs(args.drain_secs));
     if let Err(e) = &drained {
@@ -274,7 +277,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "restarts {restarts} (each reached READY with the store open), elapsed {elapsed:.0} s\n\
-         punches made {}, acknowledged stored {}, rejected {rejected}, re-acknowledged after re-send {re_acked}\n\
+         punches made {}, acknowledged stored {}, rejected {rejected}, re-sent after a kill {resent}, \
+         acknowledged twice {re_acked}\n\
          receiver: {} punch lines, {} distinct punch_ids; {}",
         sent.len(),
         acked.len(),
@@ -447,6 +451,7 @@ async fn device(
                 in_flight.insert(*seq);
             }
         }
+        lock(&shared.devices)[i].resent += unacked.len() as u64;
         let mut tick = tokio::time::interval(interval.max(Duration::from_micros(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
