@@ -194,3 +194,41 @@ fn adms_stamp_survives_a_restart() {
     assert_eq!(post(api, &target, resend.as_bytes()), (200, "OK: 2\n".to_owned()));
     assert_eq!(gw.metric("gatewayd_store_punches"), Some(2.0));
 }
+
+/// A backlog (the upload right after a handshake) is not real-time: yesterday's records are not flagged `clock_skew`,
+/// unlike the same punches from a real-time MQTT device (tests/e2e/engine.rs).
+#[test]
+fn adms_backlog_after_a_handshake_is_not_flagged_clock_skew() {
+    use gatewayd::reconcile::RecordStore;
+    use gatewayd::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[shift]]\nid = \"day\"\nstart = \"09:00\"\nend = \"18:00\"\ncloses_after = \"6h\"\n\n\
+         [[group]]\nid = \"all\"\ndepartments = [\"D1\"]\nshift = \"day\"\n\
+         workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("roster.csv"), "employee,name,department\n1001,Zhang San,D1\n").unwrap();
+    let text = config() + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let mut gw = Gateway::start_in(dir, &text);
+    let api = gw.addr("api");
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    let yesterday = jiff::Timestamp::now().to_zoned(tz).date().yesterday().unwrap();
+    assert_eq!(get(api, &format!("/iclock/cdata?SN={SN}&options=all")).0, 200);
+    let upload = format!("1001\t{yesterday} 08:55:00\t0\t15\n1001\t{yesterday} 18:10:00\t1\t15\n");
+    let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=100");
+    assert_eq!(post(api, &target, upload.as_bytes()), (200, "OK: 2\n".to_owned()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gw.metric("gatewayd_engine_punches_total") < Some(2.0) {
+        assert!(std::time::Instant::now() < deadline, "the engine did not take the punches");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.stop();
+    let store = Store::open(&gw.data_dir().join("store"), 8).unwrap();
+    let records = RecordStore::open(store.db()).unwrap();
+    let all: Vec<_> = records.between(jiff::civil::Date::MIN, jiff::civil::Date::MAX).map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!((all[0].clock_in_ms.is_some(), all[0].clock_out_ms.is_some()), (true, true), "{all:#?}");
+    assert!(all[0].statuses.is_empty(), "a backlog is not real-time: {:?}", all[0].statuses);
+}
