@@ -11,6 +11,12 @@ fn unit_is_notify_and_hardened() {
     for line in ["Type=notify", "User=gatewayd", "StateDirectory=gatewayd", "ConfigurationDirectory=gatewayd"] {
         assert!(text.lines().any(|l| l.trim() == line), "unit lacks {line}");
     }
+    // Everything the daemon writes (store, control socket, the API's rules and roster, ADMS stamps) is under data_dir,
+    // the StateDirectory: the unit grants no other writable path, and the packaged config puts data_dir there.
+    assert!(text.lines().any(|l| l.trim() == "ProtectSystem=strict"), "unit is not ProtectSystem=strict");
+    assert!(!text.lines().any(|l| l.trim().starts_with("ReadWritePaths")), "unit grants extra writable paths");
+    let packaged = std::fs::read_to_string(repo_root().join("configs").join("packaged.toml")).unwrap();
+    assert!(packaged.lines().any(|l| l.trim() == "data_dir = \"/var/lib/gatewayd\""), "packaged data_dir");
     let Ok(out) = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output() else {
         eprintln!("systemd-analyze not installed: skipping the exposure score");
         return;
