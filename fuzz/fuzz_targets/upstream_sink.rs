@@ -1,12 +1,12 @@
 //! The reference receiver's input parsers: request bodies (`UploadBatch`), its own output file read back at start,
-//! fault plans from the command line, and stored outbox items. The first byte picks the parser.
+//! fault plans from the command line, and stored outbox items and queue chunks. The first byte picks the parser.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
-    match which % 4 {
+    match which % 5 {
         0 => {
             let _ = gatewayd::sink::decode_batch(rest);
         }
@@ -20,8 +20,15 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        _ => {
+        3 => {
             let _ = gatewayd::outbox::Item::decode(rest);
+        }
+        _ => {
+            if let Ok(items) = gatewayd::outbox::chunk_items(u64::from(which), rest) {
+                for (_, item) in items {
+                    let _ = gatewayd::outbox::Item::decode(item);
+                }
+            }
         }
     }
 });

@@ -6,7 +6,8 @@
 //! Reports the drain rate (items/s) and the peak resident memory of the draining process.
 //! Target (issue 6): at least 50,000 items/s and under 100 MB RSS.
 //!
-//! `cargo bench -p gatewayd --bench outbox_drain` (`OUTBOX_DRAIN_ITEMS=N` for another backlog size).
+//! `cargo bench -p gatewayd --bench outbox_drain` (`OUTBOX_DRAIN_ITEMS=N` for another backlog size,
+//! `OUTBOX_DRAIN_CACHE_MB=N` for another sled page cache size).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -124,10 +125,13 @@ fn main() -> Result<(), Error> {
     let first = lines.next().ok_or("sink printed nothing")??;
     let addr = first.split("https://").nth(1).and_then(|r| r.split('/').next()).ok_or("no address")?.to_owned();
     let port = addr.rsplit(':').next().ok_or("no port")?.to_owned();
+    // OUTBOX_DRAIN_CACHE_MB=N sets `[store] cache_mb` (sled's page cache) for both processes.
+    let store =
+        std::env::var("OUTBOX_DRAIN_CACHE_MB").map(|mb| format!("[store]\ncache_mb = {mb}\n\n")).unwrap_or_default();
     std::fs::write(
         dir.path().join("gatewayd.toml"),
         format!(
-            "[gateway]\nid = \"bench-gw\"\ndata_dir = \"{}\"\ntimezone = \"Asia/Shanghai\"\n\n[upstream]\n\
+            "[gateway]\nid = \"bench-gw\"\ndata_dir = \"{}\"\ntimezone = \"Asia/Shanghai\"\n\n{store}[upstream]\n\
              url = \"https://localhost:{port}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             dir.path().join("data").display(),
             certs.ca.display(),

@@ -22,3 +22,4 @@ mod store_durability;
 mod systemd_unit;
 mod upstream;
 mod upstream_daemon;
+mod upstream_outage;

@@ -10,9 +10,10 @@
 //!
 //! | key                               | value                            | purpose                                       |
 //! |-----------------------------------|----------------------------------|-----------------------------------------------|
-//! | `Q` item:u64be                    | item                             | the queue of undelivered items, in order      |
+//! | `Q` item:u64be                    | chunk of items from `item` on    | the queue of undelivered items, in order      |
 //! | `O`                               | batch_seq, first, last, count    | the open batch: assigned, not yet acknowledged|
-//! | `D` date(10) kind(`p`/`r`) id     | item                             | day index: every punch and the newest revision of every record, by date |
+//! | `D` date(10) `p` item:u64be       | chunk of punch items             | day index: every punch of the date, chunked like `Q` |
+//! | `D` date(10) `r` record_id        | item                             | day index: the newest revision of every record of the date |
 //! | `C` date(10)                      | empty                            | this work date has closed (its digest went out)|
 //! | `M` name                          | u64be                            | `cursor` (last change consumed), `next_item`, `next_batch` |
 //!
@@ -21,15 +22,24 @@
 //! of `gatewayd.upstream.v1`). Batches are assembled from these bytes without decoding them. Dates are `YYYY-MM-DD` in
 //! the site time zone: a punch's date is the local date of its device time, a record's its `work_date`.
 //!
+//! A `Q` value is a *chunk*: consecutive items from the key's item number on, at most [`CHUNK_MAX_ITEMS`] items and
+//! about [`CHUNK_MAX_BYTES`] bytes: [`CHUNK_V1`], the item count (u32be), then each item as length (u32be) and bytes. A
+//! value that starts with [`ITEM_V1`] is a single item (the layout before chunks; still read). Chunks keep the queue
+//! tree small: sled 0.34 splits a leaf above 16 keys and keeps per-page bookkeeping in memory for every page, so one key
+//! per item meant a page per ~10 items and 5,000 key removals per acknowledged batch; with chunks a batch of 5,000
+//! items is about 150 keys to read and to remove.
+//!
 //! # Ordering and batches
-//! Items are numbered by `next_item` and never renumbered; `Q` keys are contiguous from the oldest undelivered item. A
-//! batch is a contiguous range of `Q`: the sender writes `O` (with `batch_seq = next_batch`, and `next_batch + 1`) and
+//! Items are numbered by `next_item` and never renumbered; the chunks of `Q` hold contiguous item numbers from the
+//! oldest undelivered item on. A batch is a contiguous range of items (it may start or end inside a chunk): the sender writes `O` (with `batch_seq = next_batch`, and `next_batch + 1`) and
 //! flushes before sending, so a batch that may have reached the receiver is re-sent after a crash with the same
-//! `batch_seq` and the same items. One batch is in flight at a time, which keeps batches in order.
+//! `batch_seq` and the same items. One batch is in flight at a time, which keeps batches in order. A batch ends before a
+//! punch of a date whose digest it already holds, so a digest always describes its batch and the batches before it.
 //!
 //! # Ack/delete rule
 //! Items leave `Q` only when the receiver acknowledged their batch (`UploadAck.accepted = true`): one `apply_batch`
-//! removes the range and `O`. A refused batch (4xx or `accepted = false`) stays open and is held, never dropped.
+//! removes the range and `O` (the chunks wholly inside the batch are removed; a chunk that reaches past the batch's last
+//! item is written again under the key of its first remaining item). A refused batch (4xx or `accepted = false`) stays open and is held, never dropped.
 //! Delivered punches and records stay in the `D` index; entries of work dates older than `retention_days` are compacted
 //! away ([`Outbox::compact`]), together with their `C` markers. Compaction never touches `Q`: undelivered data is never
 //! dropped. `resend_dates` from the receiver copy a date's `D` entries (and its digest) to the end of `Q` again.
@@ -52,7 +62,7 @@ pub mod budget;
 pub mod digest;
 pub mod feeder;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;
 use tokio::sync::watch;
@@ -67,6 +77,14 @@ pub const ITEM_V1: u8 = 1;
 pub const ITEM_HEADER: usize = 10;
 /// Most changes consumed in one pass (bounds memory and the time one blocking pass takes).
 pub const FILL_CHUNK: usize = 4096;
+/// The version byte of a queue chunk (distinct from [`ITEM_V1`], which marks a single-item `Q` value).
+pub const CHUNK_V1: u8 = 2;
+/// Most items in one queue chunk.
+pub const CHUNK_MAX_ITEMS: usize = 32;
+/// A chunk is sealed once it holds this many bytes (a leaf of 17 chunks then stays well below sled's 128 KiB inline
+/// limit, so nothing goes to blob files).
+pub const CHUNK_MAX_BYTES: usize = 4096;
+const CHUNK_HEADER: usize = 5;
 
 const K_QUEUE: u8 = b'Q';
 const K_OPEN: u8 = b'O';
@@ -197,6 +215,21 @@ impl OpenBatch {
     }
 }
 
+/// A batch read from the queue ([`Outbox::prepare`]) and not yet assigned a `batch_seq`.
+pub struct Prepared {
+    /// First and last item numbers (inclusive).
+    pub first: u64,
+    pub last: u64,
+    pub count: u64,
+    body: BodyBuilder,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("first", &self.first).field("last", &self.last).finish()
+    }
+}
+
 /// What one pass over the change log did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Filled {
@@ -225,6 +258,58 @@ fn q_key(item: u64) -> [u8; 9] {
 
 fn item_of(key: &[u8]) -> u64 {
     key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// The items of one `Q` value whose key names item `first`: (item number, stored item).
+pub fn chunk_items(first: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
+    match value.first() {
+        Some(&ITEM_V1) => Ok(vec![(first, value)]),
+        Some(&CHUNK_V1) => {
+            let count = value
+                .get(1..CHUNK_HEADER)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .ok_or("chunk shorter than its header")?;
+            let mut items = Vec::with_capacity((count as usize).min(CHUNK_MAX_ITEMS * 4));
+            let mut at = CHUNK_HEADER;
+            for i in 0..u64::from(count) {
+                let len = value
+                    .get(at..at + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| format!("chunk item {i} of {count}: length cut off"))?
+                    as usize;
+                let item = value
+                    .get(at + 4..at + 4 + len)
+                    .ok_or_else(|| format!("chunk item {i} of {count}: {len} bytes announced, fewer present"))?;
+                let n = first.checked_add(i).ok_or("chunk item numbers overflow")?;
+                items.push((n, item));
+                at += 4 + len;
+            }
+            if at != value.len() {
+                return Err(format!("{} bytes after the chunk's {count} items", value.len() - at));
+            }
+            Ok(items)
+        }
+        Some(v) => Err(format!("unknown queue value version {v}")),
+        None => Err("empty queue value".into()),
+    }
+}
+
+/// Encodes items as one chunk value.
+fn encode_chunk<'a>(items: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CHUNK_MAX_BYTES + 256);
+    out.push(CHUNK_V1);
+    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    for item in items {
+        out.extend_from_slice(&(item.len() as u32).to_be_bytes());
+        out.extend_from_slice(item);
+    }
+    out
+}
+
+fn decode_err(key: &[u8]) -> impl FnOnce(String) -> OutboxError + '_ {
+    move |message| OutboxError::Decode { key: format!("queue chunk {}", item_of(key)), message }
 }
 
 fn day_prefix(date: &str) -> Vec<u8> {
@@ -334,8 +419,7 @@ impl Outbox {
                     if self.tree.contains_key(closed_key(&date))? {
                         redigest.insert(date.clone());
                     }
-                    let key = day_key(&date, KIND_PUNCH, &p.punch_id);
-                    w.push(Item::Punch(p), Some(key));
+                    w.push_punch(Item::Punch(p), &date);
                     filled.punches += 1;
                 }
                 Change::Record(r) => {
@@ -391,12 +475,37 @@ impl Outbox {
         }
     }
 
-    /// The digest of a date as things stand: punches from the store, records from the day index.
-    pub fn digest(&self, store: &Store, date: &str) -> Result<DayDigest, OutboxError> {
+    /// The digest of a date as things stand in the day index: the punches and records of that date enqueued so far.
+    ///
+    /// The day index, not the punch store: a digest must describe exactly what the receiver got before it
+    /// (docs/upstream-protocol.md section 3). The engine announces a closed date again with every batch that touches it;
+    /// counted from the punch store, a digest also counted punches stored but not yet through the engine, so after an
+    /// outage every digest but the last failed at the receiver, which asked for the date again (three times).
+    pub fn digest(&self, _store: &Store, date: &str) -> Result<DayDigest, OutboxError> {
+        let (from_ms, to_ms) = digest::day_bounds(date, &self.tz).map_err(OutboxError::Date)?;
         let mut prefix = day_prefix(date);
         prefix.push(KIND_RECORD);
         let records = self.tree.scan_prefix(&prefix).keys().try_fold(0u64, |n, k| k.map(|_| n + 1))?;
-        Ok(digest::day_digest(store, &self.tz, date, records)?)
+        prefix.pop();
+        prefix.push(KIND_PUNCH);
+        let mut ids = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            let bad = |message| OutboxError::Decode { key: String::from_utf8_lossy(&k).into_owned(), message };
+            for (_, stored) in chunk_items(0, &v).map_err(bad)? {
+                let raw = RawItem::parse(stored).map_err(bad)?;
+                ids.push(Punch::decode(raw.body).map_err(|e| bad(format!("punch: {e}")))?.punch_id);
+            }
+        }
+        let (punch_count, sha) = digest::ids_sha256(ids);
+        Ok(DayDigest {
+            work_date: date.to_owned(),
+            punch_count,
+            punch_ids_sha256: sha,
+            record_count: records,
+            from_ms,
+            to_ms,
+        })
     }
 
     /// Enqueues everything the day index holds for `date` again (punches, the newest revision of each record), then the
@@ -409,12 +518,15 @@ impl Outbox {
         let mut n = 0;
         for entry in self.tree.scan_prefix(day_prefix(date)) {
             let (k, v) = entry?;
-            let mut item = v.to_vec();
-            RawItem::parse(&item)
-                .map_err(|message| OutboxError::Decode { key: String::from_utf8_lossy(&k).into_owned(), message })?;
-            item[2..ITEM_HEADER].copy_from_slice(&now_ms.to_be_bytes());
-            w.push_raw(item);
-            n += 1;
+            let bad = |message| OutboxError::Decode { key: String::from_utf8_lossy(&k).into_owned(), message };
+            // Punch entries are chunks (or single items of the earlier layout); record entries single items.
+            for (_, stored) in chunk_items(0, &v).map_err(bad)? {
+                let mut item = stored.to_vec();
+                RawItem::parse(&item).map_err(bad)?;
+                item[2..ITEM_HEADER].copy_from_slice(&now_ms.to_be_bytes());
+                w.push_raw(item);
+                n += 1;
+            }
             if w.pending >= FILL_CHUNK {
                 w.apply()?;
             }
@@ -448,10 +560,48 @@ impl Outbox {
     /// Depth of the queue and the enqueue time of its oldest item.
     pub fn stats(&self) -> Result<QueueStats, OutboxError> {
         let mut queue = self.tree.scan_prefix([K_QUEUE]);
-        let Some(first) = queue.next().transpose()? else { return Ok(QueueStats::default()) };
-        let last = queue.next_back().transpose()?.map(|(k, _)| item_of(&k)).unwrap_or(item_of(&first.0));
-        let oldest = RawItem::parse(&first.1).ok().map(|r| r.enqueued_ms);
-        Ok(QueueStats { depth: last - item_of(&first.0) + 1, oldest_enqueued_ms: oldest })
+        let Some((first_key, first_value)) = queue.next().transpose()? else { return Ok(QueueStats::default()) };
+        let first_items = chunk_items(item_of(&first_key), &first_value).map_err(decode_err(&first_key))?;
+        let last = match queue.next_back().transpose()? {
+            Some((k, v)) => chunk_items(item_of(&k), &v).map_err(decode_err(&k))?.last().map(|(n, _)| *n),
+            None => first_items.last().map(|(n, _)| *n),
+        };
+        let Some(&(first, stored)) = first_items.first() else { return Ok(QueueStats::default()) };
+        let oldest = RawItem::parse(stored).ok().map(|r| r.enqueued_ms);
+        Ok(QueueStats { depth: last.unwrap_or(first).saturating_sub(first) + 1, oldest_enqueued_ms: oldest })
+    }
+
+    /// The key of the chunk holding item `item` (or where it would start).
+    fn chunk_key_of(&self, item: u64) -> Result<Vec<u8>, OutboxError> {
+        Ok(match self.tree.range(q_key(0)..=q_key(item)).next_back() {
+            Some(entry) => entry?.0.to_vec(),
+            None => q_key(item).to_vec(),
+        })
+    }
+
+    /// Calls `f(item, stored)` for the queued items from `from` through `through` in order, until it returns false.
+    fn for_items(
+        &self,
+        from: u64,
+        through: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, OutboxError>,
+    ) -> Result<(), OutboxError> {
+        if through < from {
+            return Ok(());
+        }
+        let start = self.chunk_key_of(from)?;
+        for entry in self.tree.range(start..=q_key(through).to_vec()) {
+            let (k, v) = entry?;
+            for (item, stored) in chunk_items(item_of(&k), &v).map_err(decode_err(&k))? {
+                if item < from {
+                    continue;
+                }
+                if item > through || !f(item, stored)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Assigns the next batch: up to `max_items` items and about `max_bytes` bytes (at least one item) from the front of
@@ -466,39 +616,17 @@ impl Outbox {
         if let Some(open) = self.open_batch()? {
             return Ok(Some(open));
         }
-        let mut first = None;
-        let mut last = 0;
-        let mut count = 0u64;
-        let mut bytes = 0usize;
-        for entry in self.tree.range(q_key(0)..=q_key(through)) {
-            let (k, v) = entry?;
-            let size = v.len().saturating_sub(ITEM_HEADER) + 6;
-            if count > 0 && (count as usize >= max_items || bytes + size > max_bytes) {
-                break;
-            }
-            first.get_or_insert(item_of(&k));
-            last = item_of(&k);
-            count += 1;
-            bytes += size;
-        }
-        let Some(first) = first else { return Ok(None) };
-        let batch_seq = self.meta(M_NEXT_BATCH)?.max(1);
-        let open = OpenBatch { batch_seq, first, last, count };
-        let mut b = sled::Batch::default();
-        b.insert(&[K_OPEN], &open.encode());
-        b.insert(M_NEXT_BATCH, &(batch_seq + 1).to_be_bytes());
-        self.tree.apply_batch(b)?;
-        Ok(Some(open))
+        Ok(self.assign_with_body(max_items, max_bytes, through, "")?.map(|(open, _)| open))
     }
 
     /// The protobuf `UploadBatch` of an open batch, assembled from the stored bytes. Punches, then records, then
     /// digests (of several digests of one date in a batch only the newest is kept), each kind in queue order.
     pub fn batch_body(&self, open: &OpenBatch, gateway_id: &str) -> Result<Vec<u8>, OutboxError> {
         let mut body = BodyBuilder::default();
-        for entry in self.tree.range(q_key(open.first)..=q_key(open.last)) {
-            let (k, v) = entry?;
-            body.add(item_of(&k), &v)?;
-        }
+        self.for_items(open.first, open.last, |item, v| {
+            body.add(item, v)?;
+            Ok(true)
+        })?;
         Ok(body.finish(gateway_id, open.batch_seq))
     }
 
@@ -514,44 +642,103 @@ impl Outbox {
             let body = self.batch_body(&open, gateway_id)?;
             return Ok(Some((open, body)));
         }
+        let Some(next) = self.prepare(0, max_items, max_bytes, through)? else { return Ok(None) };
+        let batch_seq = self.meta(M_NEXT_BATCH)?.max(1);
+        let open = OpenBatch { batch_seq, first: next.first, last: next.last, count: next.count };
+        let mut b = sled::Batch::default();
+        b.insert(&[K_OPEN], &open.encode());
+        b.insert(M_NEXT_BATCH, &(batch_seq + 1).to_be_bytes());
+        self.tree.apply_batch(b)?;
+        Ok(Some((open, next.body.finish(gateway_id, batch_seq))))
+    }
+
+    /// Reads the next batch from the queue without assigning it: up to `max_items` items and about `max_bytes` bytes
+    /// (at least one item) after item `after`, none after item `through`. Items in `Q` never change once written, so
+    /// the sender can prepare batch N+1 while batch N is in flight and assign it with [`Outbox::ack_and_assign`].
+    pub fn prepare(
+        &self,
+        after: u64,
+        max_items: usize,
+        max_bytes: usize,
+        through: u64,
+    ) -> Result<Option<Prepared>, OutboxError> {
         let mut body = BodyBuilder::default();
         let mut first = None;
         let mut last = 0;
         let mut count = 0u64;
         let mut bytes = 0usize;
-        for entry in self.tree.range(q_key(0)..=q_key(through)) {
-            let (k, v) = entry?;
+        self.for_items(after + 1, through, |item, v| {
             let size = v.len().saturating_sub(ITEM_HEADER) + 6;
             if count > 0 && (count as usize >= max_items || bytes + size > max_bytes) {
-                break;
+                return Ok(false);
             }
-            let item = item_of(&k);
-            body.add(item, &v)?;
+            // A digest describes its batch and the batches before it: a punch of its date enqueued after it goes in
+            // the next batch.
+            if body.follows_digest_of_its_date(v, &self.tz) {
+                return Ok(false);
+            }
+            body.add(item, v)?;
             first.get_or_insert(item);
             last = item;
             count += 1;
             bytes += size;
-        }
-        let Some(first) = first else { return Ok(None) };
-        let batch_seq = self.meta(M_NEXT_BATCH)?.max(1);
-        let open = OpenBatch { batch_seq, first, last, count };
-        let mut b = sled::Batch::default();
-        b.insert(&[K_OPEN], &open.encode());
-        b.insert(M_NEXT_BATCH, &(batch_seq + 1).to_be_bytes());
-        self.tree.apply_batch(b)?;
-        Ok(Some((open, body.finish(gateway_id, batch_seq))))
+            Ok(true)
+        })?;
+        Ok(first.map(|first| Prepared { first, last, count, body }))
     }
 
-    /// The receiver acknowledged `open`: its items leave the queue and the batch is closed, atomically. (`Q` keys of a
-    /// batch are contiguous item numbers, so no scan is needed.)
+    /// The receiver acknowledged `open`: its items leave the queue and the batch is closed, atomically. Only the chunks
+    /// the batch covers are read (about `count / CHUNK_MAX_ITEMS` keys).
     pub fn ack(&self, open: &OpenBatch) -> Result<(), OutboxError> {
         let mut b = sled::Batch::default();
-        for item in open.first..=open.last {
-            b.remove(&q_key(item));
-        }
+        self.remove_range(&mut b, open)?;
         b.remove(&[K_OPEN]);
         self.tree.apply_batch(b)?;
         Ok(())
+    }
+
+    /// Adds to `b` the removal of items `open.first..=open.last` from `Q`: chunks wholly inside are removed, a chunk
+    /// reaching past the end is written again from its first remaining item on.
+    fn remove_range(&self, b: &mut sled::Batch, open: &OpenBatch) -> Result<(), OutboxError> {
+        let start = self.chunk_key_of(open.first)?;
+        for entry in self.tree.range(start..=q_key(open.last).to_vec()) {
+            let (k, v) = entry?;
+            let items = chunk_items(item_of(&k), &v).map_err(decode_err(&k))?;
+            let before: Vec<&[u8]> = items.iter().filter(|(n, _)| *n < open.first).map(|(_, v)| *v).collect();
+            let after: Vec<&(u64, &[u8])> = items.iter().filter(|(n, _)| *n > open.last).collect();
+            if before.is_empty() {
+                b.remove(k);
+            } else if before.len() < items.len() {
+                b.insert(k, encode_chunk(before.into_iter()));
+            }
+            if let Some(&&(from, _)) = after.first() {
+                b.insert(&q_key(from), encode_chunk(after.into_iter().map(|(_, v)| *v)));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Outbox::ack`] of `open` and the assignment of `next` (prepared right after it) as the new open batch, in one
+    /// atomic write. Returns the new open batch and its body; the caller flushes before sending it, as after
+    /// [`Outbox::assign_with_body`]. A `next` that does not start right after `open` is not assigned (plain ack).
+    pub fn ack_and_assign(
+        &self,
+        open: &OpenBatch,
+        next: Prepared,
+        gateway_id: &str,
+    ) -> Result<Option<(OpenBatch, Vec<u8>)>, OutboxError> {
+        if next.first != open.last + 1 {
+            self.ack(open)?;
+            return Ok(None);
+        }
+        let batch_seq = self.meta(M_NEXT_BATCH)?.max(open.batch_seq + 1);
+        let assigned = OpenBatch { batch_seq, first: next.first, last: next.last, count: next.count };
+        let mut b = sled::Batch::default();
+        self.remove_range(&mut b, open)?;
+        b.insert(&[K_OPEN], &assigned.encode());
+        b.insert(M_NEXT_BATCH, &(batch_seq + 1).to_be_bytes());
+        self.tree.apply_batch(b)?;
+        Ok(Some((assigned, next.body.finish(gateway_id, batch_seq))))
     }
 
     /// Removes day index entries and closed-day markers of dates before `before` (YYYY-MM-DD). Never touches the queue.
@@ -612,6 +799,20 @@ impl BodyBuilder {
         Ok(())
     }
 
+    /// Whether `stored` is a punch whose date already has a digest in this batch.
+    fn follows_digest_of_its_date(&self, stored: &[u8], tz: &jiff::tz::TimeZone) -> bool {
+        if self.digests.is_empty() {
+            return false;
+        }
+        let Ok(raw) = RawItem::parse(stored) else { return false };
+        if raw.kind != KIND_PUNCH {
+            return false;
+        }
+        let Ok(p) = Punch::decode(raw.body) else { return false };
+        let Ok(date) = digest::local_date(p.device_time_ms, tz) else { return false };
+        self.digests.iter().any(|(d, _)| *d == date)
+    }
+
     fn finish(self, gateway_id: &str, batch_seq: u64) -> Vec<u8> {
         use prost::encoding::{encode_key, encode_varint, WireType};
         let mut body = Vec::with_capacity(self.punches.len() + self.records.len() + 64);
@@ -628,7 +829,7 @@ impl BodyBuilder {
     }
 }
 
-/// Accumulates one atomic write of the feeder: queue items, day index entries, the cursor and `next_item`.
+/// Accumulates one atomic write of the feeder: queue chunks, day index entries, the cursor and `next_item`.
 struct Writer<'a> {
     outbox: &'a Outbox,
     batch: sled::Batch,
@@ -636,6 +837,12 @@ struct Writer<'a> {
     cursor: u64,
     next_item: u64,
     now_ms: i64,
+    /// The chunk being filled: its first item and its items.
+    chunk_first: u64,
+    chunk: Vec<Vec<u8>>,
+    chunk_bytes: usize,
+    /// Day index chunks of punches being filled, by key prefix (`D` date `p`): first item, items, bytes.
+    day_chunks: BTreeMap<Vec<u8>, (u64, Vec<Vec<u8>>, usize)>,
 }
 
 impl<'a> Writer<'a> {
@@ -647,7 +854,37 @@ impl<'a> Writer<'a> {
             cursor: outbox.meta(M_CURSOR)?,
             next_item: outbox.meta(M_NEXT_ITEM)?.max(1),
             now_ms,
+            chunk_first: 0,
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            day_chunks: BTreeMap::new(),
         })
+    }
+
+    /// A punch: into the queue, and into the day index chunk of its date.
+    fn push_punch(&mut self, item: Item, date: &str) {
+        let bytes = item.encode(self.now_ms);
+        let mut prefix = day_prefix(date);
+        prefix.push(KIND_PUNCH);
+        let next_item = self.next_item;
+        let day = self.day_chunks.entry(prefix).or_insert_with(|| (next_item, Vec::new(), 0));
+        day.2 += bytes.len() + 4;
+        day.1.push(bytes.clone());
+        if day.1.len() >= CHUNK_MAX_ITEMS || day.2 >= CHUNK_MAX_BYTES {
+            let mut prefix = day_prefix(date);
+            prefix.push(KIND_PUNCH);
+            self.seal_day(prefix);
+        }
+        self.push_raw(bytes);
+    }
+
+    /// Puts a day index chunk into the write, under `D` date `p` first-item.
+    fn seal_day(&mut self, prefix: Vec<u8>) {
+        if let Some((first, items, _)) = self.day_chunks.remove(&prefix) {
+            let mut key = prefix;
+            key.extend_from_slice(&first.to_be_bytes());
+            self.batch.insert(key, encode_chunk(items.iter().map(Vec::as_slice)));
+        }
     }
 
     fn push(&mut self, item: Item, day_key: Option<Vec<u8>>) {
@@ -659,12 +896,35 @@ impl<'a> Writer<'a> {
     }
 
     fn push_raw(&mut self, bytes: Vec<u8>) {
-        self.batch.insert(&q_key(self.next_item), bytes);
+        if self.chunk.is_empty() {
+            self.chunk_first = self.next_item;
+        }
+        self.chunk_bytes += bytes.len() + 4;
+        self.chunk.push(bytes);
         self.next_item += 1;
         self.pending += 1;
+        if self.chunk.len() >= CHUNK_MAX_ITEMS || self.chunk_bytes >= CHUNK_MAX_BYTES {
+            self.seal();
+        }
+    }
+
+    /// Puts the chunk being filled into the write.
+    fn seal(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let value = encode_chunk(self.chunk.iter().map(Vec::as_slice));
+        self.batch.insert(&q_key(self.chunk_first), value);
+        self.chunk.clear();
+        self.chunk_bytes = 0;
     }
 
     fn apply(&mut self) -> Result<(), OutboxError> {
+        self.seal();
+        let days: Vec<Vec<u8>> = self.day_chunks.keys().cloned().collect();
+        for prefix in days {
+            self.seal_day(prefix);
+        }
         let mut batch = std::mem::take(&mut self.batch);
         batch.insert(M_CURSOR, &self.cursor.to_be_bytes());
         batch.insert(M_NEXT_ITEM, &self.next_item.to_be_bytes());

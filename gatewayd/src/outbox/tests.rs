@@ -182,13 +182,33 @@ fn several_digests_of_one_date_in_a_batch_keep_the_newest() {
     let mut f = fixture();
     f.punch(1, DAY_START);
     f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
-    f.fill();
-    f.punch(2, DAY_START + 1);
+    let r = f.record("r1", 1, "2026-11-22");
+    f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
     f.fill();
     let batches = f.drain(1000, 1 << 20);
     assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].records, vec![r]);
     assert_eq!(batches[0].digests.len(), 1);
-    assert_eq!(batches[0].digests[0].punch_count, 2);
+    assert_eq!((batches[0].digests[0].punch_count, batches[0].digests[0].record_count), (1, 1));
+}
+
+#[test]
+fn a_digest_describes_its_batch_and_the_ones_before() {
+    // After a digest, a punch of its date (the engine announces the date again later) goes into the next batch, so
+    // the receiver never sees a digest next to punches it does not count.
+    let mut f = fixture();
+    let first = f.punch(1, DAY_START);
+    f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
+    let other_day = f.punch(2, DAY_START + 86_400_000);
+    let late = f.punch(3, DAY_START + 1);
+    f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
+    f.fill();
+    let batches = f.drain(1000, 1 << 20);
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].punches, vec![first, other_day]);
+    assert_eq!(batches[0].digests[0].punch_count, 1);
+    assert_eq!(batches[1].punches, vec![late]);
+    assert_eq!(batches[1].digests[0].punch_count, 2);
 }
 
 #[test]
@@ -349,4 +369,152 @@ async fn feeder_pass_flushes_trims_the_log_and_wakes_the_sender() {
     // Entries 1 and 2 are gone; 3 stays so numbering continues.
     assert_eq!(f.changes.after(0).count(), 1);
     assert_eq!(f.changes.append(&[Change::DayClosed("2026-11-22".into())]).unwrap(), 4);
+}
+
+/// Punches straight into the change log (the store is not needed for queue mechanics), filled into the outbox.
+fn queue_punches(f: &Fixture, from: i64, n: i64) -> Vec<String> {
+    let punches: Vec<Change> = (from..from + n)
+        .map(|i| {
+            Change::Punch(Punch {
+                punch_id: format!("gw:d:{i:06}"),
+                device_time_ms: DAY_START + i,
+                ..Default::default()
+            })
+        })
+        .collect();
+    f.changes.append(&punches).unwrap();
+    f.fill();
+    (from..from + n).map(|i| format!("gw:d:{i:06}")).collect()
+}
+
+fn queue_keys(f: &Fixture) -> usize {
+    f.outbox.tree.scan_prefix([K_QUEUE]).count()
+}
+
+#[test]
+fn the_queue_is_stored_in_chunks_and_batches_may_cut_them() {
+    let f = fixture();
+    let sent = queue_punches(&f, 0, 1000);
+    // 1000 items in chunks of at most CHUNK_MAX_ITEMS, not a key per item.
+    let keys = queue_keys(&f);
+    assert!(keys >= 1000 / CHUNK_MAX_ITEMS && keys < 1000 / 4, "{keys} keys");
+    assert_eq!(f.outbox.stats().unwrap().depth, 1000);
+    // Batches of 7 end inside chunks; acknowledging rewrites the rest of the chunk; nothing lost or repeated.
+    let mut got = Vec::new();
+    let mut seqs = Vec::new();
+    for round in 0.. {
+        let Some(open) = f.outbox.assign_batch(7, 1 << 20, u64::MAX).unwrap() else { break };
+        let batch = UploadBatch::decode(f.outbox.batch_body(&open, "gw").unwrap().as_slice()).unwrap();
+        assert_eq!(batch.punches.len() as u64, open.count);
+        got.extend(batch.punches.into_iter().map(|p| p.punch_id));
+        seqs.push(batch.batch_seq);
+        f.outbox.ack(&open).unwrap();
+        let stats = f.outbox.stats().unwrap();
+        assert_eq!(stats.depth, 1000 - got.len() as u64, "round {round}");
+        assert_eq!(f.outbox.ready(1000).unwrap(), stats.depth);
+    }
+    assert_eq!(got, sent);
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(queue_keys(&f), 0);
+}
+
+#[test]
+fn only_durable_items_go_into_a_batch_even_inside_a_chunk() {
+    let f = fixture();
+    queue_punches(&f, 0, 10);
+    let open = f.outbox.assign_batch(100, 1 << 20, 4).unwrap().unwrap();
+    assert_eq!((open.first, open.last, open.count), (1, 4, 4));
+    f.outbox.ack(&open).unwrap();
+    let open = f.outbox.assign_batch(100, 1 << 20, u64::MAX).unwrap().unwrap();
+    assert_eq!((open.first, open.last, open.count), (5, 10, 6));
+}
+
+#[test]
+fn a_batch_prepared_in_flight_is_assigned_with_the_acknowledgement() {
+    let f = fixture();
+    let sent = queue_punches(&f, 0, 95);
+    let (mut open, body) = f.outbox.assign_with_body(20, 1 << 20, u64::MAX, "gw").unwrap().unwrap();
+    let mut got: Vec<String> =
+        UploadBatch::decode(body.as_slice()).unwrap().punches.into_iter().map(|p| p.punch_id).collect();
+    loop {
+        // While `open` is in flight the next batch is read, not assigned: the open batch stays the same.
+        let Some(next) = f.outbox.prepare(open.last, 20, 1 << 20, u64::MAX).unwrap() else {
+            f.outbox.ack(&open).unwrap();
+            break;
+        };
+        assert_eq!(f.outbox.open_batch().unwrap(), Some(open));
+        let (assigned, body) = f.outbox.ack_and_assign(&open, next, "gw").unwrap().unwrap();
+        assert_eq!((assigned.batch_seq, assigned.first), (open.batch_seq + 1, open.last + 1));
+        // The assigned batch is the open batch: after a crash it is re-sent with the same seq and items.
+        assert_eq!(f.outbox.open_batch().unwrap(), Some(assigned));
+        assert_eq!(f.outbox.batch_body(&assigned, "gw").unwrap(), body);
+        got.extend(UploadBatch::decode(body.as_slice()).unwrap().punches.into_iter().map(|p| p.punch_id));
+        open = assigned;
+    }
+    assert_eq!(got, sent);
+    assert_eq!(f.outbox.stats().unwrap(), QueueStats::default());
+    assert_eq!(f.outbox.open_batch().unwrap(), None);
+    // A prepared batch that does not follow the acknowledged one is not assigned.
+    queue_punches(&f, 95, 10);
+    let open = f.outbox.assign_batch(5, 1 << 20, u64::MAX).unwrap().unwrap();
+    let stale = f.outbox.prepare(open.last + 2, 5, 1 << 20, u64::MAX).unwrap().unwrap();
+    assert!(f.outbox.ack_and_assign(&open, stale, "gw").unwrap().is_none());
+    assert_eq!(f.outbox.open_batch().unwrap(), None);
+    assert_eq!(f.outbox.stats().unwrap().depth, 5);
+}
+
+#[test]
+fn single_item_values_of_the_earlier_layout_are_still_read() {
+    let f = fixture();
+    // Two items as the previous layout stored them (one key per item), then chunked ones after them.
+    let legacy = |i: u64| Item::Punch(Punch { punch_id: format!("old-{i}"), ..Default::default() }).encode(5);
+    f.outbox.tree.insert(q_key(1), legacy(1)).unwrap();
+    f.outbox.tree.insert(q_key(2), legacy(2)).unwrap();
+    f.outbox.tree.insert(M_NEXT_ITEM, &3u64.to_be_bytes()).unwrap();
+    let new = queue_punches(&f, 0, 3);
+    assert_eq!(f.outbox.stats().unwrap(), QueueStats { depth: 5, oldest_enqueued_ms: Some(5) });
+    let open = f.outbox.assign_batch(100, 1 << 20, u64::MAX).unwrap().unwrap();
+    let batch = UploadBatch::decode(f.outbox.batch_body(&open, "gw").unwrap().as_slice()).unwrap();
+    let ids: Vec<String> = batch.punches.into_iter().map(|p| p.punch_id).collect();
+    assert_eq!(ids, [vec!["old-1".to_owned(), "old-2".to_owned()], new].concat());
+}
+
+#[test]
+fn malformed_chunks_are_errors_not_panics() {
+    let item = Item::Punch(Punch::default()).encode(1);
+    let good = encode_chunk([item.as_slice(), item.as_slice()].into_iter());
+    assert_eq!(chunk_items(7, &good).unwrap().iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![7, 8]);
+    assert!(chunk_items(1, &[]).unwrap_err().contains("empty"));
+    assert!(chunk_items(1, &[9]).unwrap_err().contains("version 9"));
+    assert!(chunk_items(1, &[CHUNK_V1, 0, 0]).unwrap_err().contains("header"));
+    assert!(chunk_items(1, &good[..good.len() - 1]).unwrap_err().contains("fewer present"));
+    assert!(chunk_items(1, &[CHUNK_V1, 0, 0, 0, 1, 0]).unwrap_err().contains("cut off"));
+    assert!(chunk_items(1, &[good.as_slice(), &[0]].concat()).unwrap_err().contains("after"));
+    // A damaged chunk in the queue is a decode error naming it.
+    let f = fixture();
+    f.outbox.tree.insert(q_key(1), &[CHUNK_V1, 0, 0, 0, 3][..]).unwrap();
+    f.outbox.tree.insert(M_NEXT_ITEM, &2u64.to_be_bytes()).unwrap();
+    let e = f.outbox.assign_batch(10, 1 << 20, u64::MAX).unwrap_err();
+    assert!(e.to_string().contains("queue chunk 1"), "{e}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn chunk_decoding_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96),
+                                   first in proptest::prelude::any::<u64>()) {
+        let _ = chunk_items(first, &bytes);
+    }
+}
+
+#[test]
+fn the_day_index_holds_punches_in_chunks_and_resend_streams_them_all() {
+    let f = fixture();
+    let sent = queue_punches(&f, 0, 100);
+    let day_keys = f.outbox.tree.scan_prefix(day_prefix("2026-11-22")).count();
+    assert!((100 / CHUNK_MAX_ITEMS..=100 / 4).contains(&day_keys), "{day_keys} day index keys");
+    f.drain(1000, 1 << 20);
+    assert_eq!(f.outbox.resend_date("2026-11-22", &f.store, 5).unwrap(), 100);
+    let again: Vec<String> =
+        f.drain(1000, 1 << 20).into_iter().flat_map(|b| b.punches.into_iter().map(|p| p.punch_id)).collect();
+    assert_eq!(again, sent);
 }

@@ -118,24 +118,95 @@ pub fn restore_line(line: &str) -> Result<Restored, String> {
     }
 }
 
-fn punch_json(gateway_id: &str, batch_seq: u64, p: &Punch) -> serde_json::Value {
-    json!({
-        "kind": "punch", "gateway_id": gateway_id, "batch_seq": batch_seq,
-        "punch_id": p.punch_id, "device_id": p.device_id, "employee_id": p.employee_id, "credential": p.credential,
-        "method": p.method, "device_time_ms": p.device_time_ms, "received_time_ms": p.received_time_ms,
-        "flags": p.flags, "lat": p.lat, "lng": p.lng, "score": p.score,
-    })
+/// One punch line of `--out`, serialised straight from the decoded message (no intermediate JSON tree).
+#[derive(serde::Serialize)]
+struct PunchLine<'a> {
+    kind: &'static str,
+    gateway_id: &'a str,
+    batch_seq: u64,
+    punch_id: &'a str,
+    device_id: &'a str,
+    employee_id: &'a str,
+    credential: &'a str,
+    method: &'a str,
+    device_time_ms: i64,
+    received_time_ms: i64,
+    flags: &'a [String],
+    lat: Option<f64>,
+    lng: Option<f64>,
+    score: Option<f32>,
 }
 
-fn record_json(gateway_id: &str, batch_seq: u64, r: &AttendanceRecord) -> serde_json::Value {
-    json!({
-        "kind": "record", "gateway_id": gateway_id, "batch_seq": batch_seq,
-        "record_id": r.record_id, "revision": r.revision, "employee_id": r.employee_id, "work_date": r.work_date,
-        "shift_id": r.shift_id, "clock_in_ms": r.clock_in_ms, "clock_out_ms": r.clock_out_ms, "statuses": r.statuses,
-        "late_minutes": r.late_minutes, "early_leave_minutes": r.early_leave_minutes,
-        "worked_minutes": r.worked_minutes, "overtime_minutes": r.overtime_minutes, "punch_ids": r.punch_ids,
-        "closed": r.closed, "rules_version": r.rules_version,
-    })
+fn punch_line<'a>(gateway_id: &'a str, batch_seq: u64, p: &'a Punch) -> PunchLine<'a> {
+    PunchLine {
+        kind: "punch",
+        gateway_id,
+        batch_seq,
+        punch_id: &p.punch_id,
+        device_id: &p.device_id,
+        employee_id: &p.employee_id,
+        credential: &p.credential,
+        method: &p.method,
+        device_time_ms: p.device_time_ms,
+        received_time_ms: p.received_time_ms,
+        flags: &p.flags,
+        lat: p.lat,
+        lng: p.lng,
+        score: p.score,
+    }
+}
+
+/// One record line of `--out`.
+#[derive(serde::Serialize)]
+struct RecordLine<'a> {
+    kind: &'static str,
+    gateway_id: &'a str,
+    batch_seq: u64,
+    record_id: &'a str,
+    revision: u32,
+    employee_id: &'a str,
+    work_date: &'a str,
+    shift_id: &'a str,
+    clock_in_ms: Option<i64>,
+    clock_out_ms: Option<i64>,
+    statuses: &'a [String],
+    late_minutes: i32,
+    early_leave_minutes: i32,
+    worked_minutes: i32,
+    overtime_minutes: i32,
+    punch_ids: &'a [String],
+    closed: bool,
+    rules_version: u32,
+}
+
+fn record_line<'a>(gateway_id: &'a str, batch_seq: u64, r: &'a AttendanceRecord) -> RecordLine<'a> {
+    RecordLine {
+        kind: "record",
+        gateway_id,
+        batch_seq,
+        record_id: &r.record_id,
+        revision: r.revision,
+        employee_id: &r.employee_id,
+        work_date: &r.work_date,
+        shift_id: &r.shift_id,
+        clock_in_ms: r.clock_in_ms,
+        clock_out_ms: r.clock_out_ms,
+        statuses: &r.statuses,
+        late_minutes: r.late_minutes,
+        early_leave_minutes: r.early_leave_minutes,
+        worked_minutes: r.worked_minutes,
+        overtime_minutes: r.overtime_minutes,
+        punch_ids: &r.punch_ids,
+        closed: r.closed,
+        rules_version: r.rules_version,
+    }
+}
+
+/// Appends one JSON line.
+fn json_line(text: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), std::io::Error> {
+    serde_json::to_writer(&mut *text, value).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -298,14 +369,15 @@ impl Ledger {
         let gw = &batch.gateway_id;
         let state = self.gateways.entry(gw.clone()).or_default();
         let mut s = BatchSummary { gateway_id: gw.clone(), batch_seq: batch.batch_seq, ..BatchSummary::default() };
-        let mut lines: Vec<serde_json::Value> = Vec::new();
+        // The new lines of this batch, serialised into one buffer and written to the file in one go.
+        let mut text: Vec<u8> = Vec::with_capacity(batch.punches.len() * 320 + batch.records.len() * 480 + 512);
         for p in &batch.punches {
             if state.punches.contains_key(&p.punch_id) {
                 s.punch_duplicates += 1;
                 continue;
             }
             state.punches.insert(p.punch_id.clone(), p.device_time_ms);
-            lines.push(punch_json(gw, batch.batch_seq, p));
+            json_line(&mut text, &punch_line(gw, batch.batch_seq, p)).map_err(io)?;
             s.punches += 1;
         }
         for r in &batch.records {
@@ -315,7 +387,7 @@ impl Ledger {
                 continue;
             }
             state.records.insert(r.record_id.clone(), r.revision);
-            lines.push(record_json(gw, batch.batch_seq, r));
+            json_line(&mut text, &record_line(gw, batch.batch_seq, r)).map_err(io)?;
             s.records += 1;
         }
         for d in &batch.digests {
@@ -327,18 +399,19 @@ impl Ledger {
                     s.resend_dates.push(d.work_date.clone());
                 }
             }
-            lines.push(json!({
-                "kind": "digest", "gateway_id": gw, "batch_seq": batch.batch_seq, "work_date": d.work_date,
-                "punch_count": d.punch_count, "punch_ids_sha256": hex(&d.punch_ids_sha256),
-                "record_count": d.record_count, "from_ms": d.from_ms, "to_ms": d.to_ms,
-                "complete": check.ok, "received_punch_count": check.received,
-            }));
+            json_line(
+                &mut text,
+                &json!({
+                    "kind": "digest", "gateway_id": gw, "batch_seq": batch.batch_seq, "work_date": d.work_date,
+                    "punch_count": d.punch_count, "punch_ids_sha256": hex(&d.punch_ids_sha256),
+                    "record_count": d.record_count, "from_ms": d.from_ms, "to_ms": d.to_ms,
+                    "complete": check.ok, "received_punch_count": check.received,
+                }),
+            )
+            .map_err(io)?;
             s.digests.push(check);
         }
-        for line in &lines {
-            serde_json::to_writer(&mut self.out, line).map_err(|e| io(std::io::Error::other(e)))?;
-            self.out.write_all(b"\n").map_err(io)?;
-        }
+        self.out.write_all(&text).map_err(io)?;
         self.out.flush().map_err(io)?;
         self.out.get_ref().sync_data().map_err(io)?;
         let t = &mut self.summary;

@@ -1,7 +1,8 @@
 //! The upstream sender: delivers the outbox to the cloud receiver over mutual TLS (SPEC section 6,
 //! `docs/upstream-protocol.md`).
 //!
-//! One task, one batch in flight, which keeps batches in order. Each round:
+//! One task, one batch in flight, which keeps batches in order. While a batch is in flight the next one is read from
+//! disk and its body assembled (it is assigned only together with the acknowledgement). Each round:
 //! 1. **Link**: a [`client::Client`] built from `[upstream]` (URL, pinned CA, gateway certificate and key). It is rebuilt
 //!    when the configuration is reloaded (SIGHUP) or when the certificate, key or CA file changes on disk (checked
 //!    every [`CERT_CHECK_EVERY`]), between batches, so no in-flight data is lost: the batch that was open is simply sent
@@ -161,6 +162,8 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
     let mut alarm = false;
     let mut linger_since: Option<Instant> = None;
     let mut expiry_checked: Option<Instant> = None;
+    // The next batch, already assigned together with the previous acknowledgement (pipelining, see `prepare_during`).
+    let mut assigned: Option<(OpenBatch, Bytes)> = None;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -223,7 +226,11 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         }
 
         // 2. The batch.
-        let (open, body) = match next_batch(&s.outbox, &up, &mut queue, &mut linger_since, &config.gateway.id).await {
+        let next = match assigned.take() {
+            Some(batch) => Ok(Some(batch)),
+            None => next_batch(&s.outbox, &up, &mut queue, &mut linger_since, &config.gateway.id).await,
+        };
+        let (open, body) = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => {
                 let until = linger_since.map_or(Instant::now() + CERT_CHECK_EVERY, |t| {
@@ -246,19 +253,29 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
             continue;
         }
 
-        // 3. Send.
+        // 3. Send; while the batch is in flight, read the next one from disk.
         let started = Instant::now();
+        let prepare = prepare_during(&s.outbox, &up, &open, *queue.borrow());
         let result = tokio::select! {
             r = current.client.post(open.batch_seq, body) => r,
             _ = cancel.cancelled() => break,
         };
         telemetry::events::upstream_sent(&s.metrics, &open, &result, started.elapsed(), attempt);
+        let prepared = match prepare {
+            Some(task) => task.await.ok().and_then(|r| r.ok()).flatten(),
+            None => None,
+        };
         match result {
             Ok(ack) => {
                 let outbox = s.outbox.clone();
-                let acked = tokio::task::spawn_blocking(move || outbox.ack(&open)).await;
+                let gateway_id = config.gateway.id.clone();
+                let acked = tokio::task::spawn_blocking(move || match prepared {
+                    Some(next) => outbox.ack_and_assign(&open, next, &gateway_id),
+                    None => outbox.ack(&open).map(|()| None),
+                })
+                .await;
                 match acked {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(next)) => assigned = next.map(|(open, body)| (open, Bytes::from(body))),
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "upstream: cannot remove acknowledged items; they will be sent again")
                     }
@@ -296,6 +313,25 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         }
     }
     tracing::debug!("upstream sender stopped");
+}
+
+/// Pipelining: while batch `open` is in flight, reads the batch after it (a blocking task), when a full one is already
+/// durable behind it. Only reading happens here; the batch is assigned (`O`, `batch_seq`) in the same atomic write as
+/// the acknowledgement of `open` ([`Outbox::ack_and_assign`]) and flushed before it is sent, so there is still exactly
+/// one batch in flight and a crash re-sends the same batch with the same items. A short tail is left to the linger
+/// logic of [`next_batch`].
+fn prepare_during(
+    outbox: &Outbox,
+    up: &UpstreamSection,
+    open: &OpenBatch,
+    through: u64,
+) -> Option<tokio::task::JoinHandle<Result<Option<crate::outbox::Prepared>, OutboxError>>> {
+    if through.saturating_sub(open.last) < up.batch_max_items as u64 {
+        return None;
+    }
+    let (outbox, after) = (outbox.clone(), open.last);
+    let (max_items, max_bytes) = (up.batch_max_items, up.batch_max_bytes);
+    Some(tokio::task::spawn_blocking(move || outbox.prepare(after, max_items, max_bytes, through)))
 }
 
 /// The open batch, or a new one when enough is ready (or the oldest ready item lingered long enough), with its body.

@@ -25,6 +25,11 @@ struct Rig {
 impl Rig {
     /// A receiver with `plan`, a gateway whose client certificate has `validity`.
     async fn start(plan: &str, validity: Validity) -> Rig {
+        Rig::start_with(plan, validity, "").await
+    }
+
+    /// [`Rig::start`] with a receiver whose output file already holds `received` (JSON lines it restores at start).
+    async fn start_with(plan: &str, validity: Validity, received: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = DevPki::new("rig ca").unwrap();
         let p = |n: &str| dir.path().join(n);
@@ -39,6 +44,7 @@ impl Rig {
         let tls = tls::server_config(&p("ca.pem"), &p("server.pem"), &p("server.key")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        std::fs::write(p("out.jsonl"), received).unwrap();
         let ledger = Ledger::open(&p("out.jsonl")).unwrap();
         let sink_cancel = CancellationToken::new();
         let sink = tokio::spawn(sink::serve(
@@ -201,22 +207,10 @@ async fn an_expired_certificate_is_refused_until_new_files_are_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_dates_from_the_receiver_enqueue_the_day_again() {
-    let mut rig = Rig::start("", Validity::days(10)).await;
-    // A punch in the store that the change log never carried makes the digest incomplete: the receiver asks again.
-    let dp = drivers::DevicePunch {
-        device_id: "d".into(),
-        device_seq: Some(999),
-        method: drivers::Method::Face,
-        subject: drivers::sink::Subject::Employee("E1".into()),
-        device_time_ms: 1_795_305_600_500,
-        received_time_ms: 1_795_305_600_500,
-        realtime: true,
-        geo: None,
-        score: None,
-        attributes: vec![],
-    };
-    let mut seq = 1;
-    rig.store.insert_batch("gw", &[("t", &dp)], &mut seq).unwrap();
+    // The receiver holds a punch of the day that the gateway never sent (its own data disagrees with the gateway's):
+    // every digest of the day is incomplete there, it asks for the day again, at most MAX_RESEND_ASKS times.
+    let foreign = r#"{"kind":"punch","gateway_id":"gw","punch_id":"gw:elsewhere:1","device_time_ms":1795305600500}"#;
+    let mut rig = Rig::start_with("", Validity::days(10), &format!("{foreign}\n")).await;
     rig.punches(2).await;
     rig.log.append(&[Change::DayClosed("2026-11-22".into())]).unwrap();
     rig.log.flush().await.unwrap();
