@@ -94,6 +94,7 @@ const INDEX_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Writes the read indexes of durable punches as the durable sequence number moves, until the writer is gone.
 async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {
+    let mut last_watermark = tokio::time::Instant::now();
     loop {
         // Wait for work: the first durable punch not indexed yet, then enough of them or the delay.
         if store.index_lag() == 0 && durable.changed().await.is_err() {
@@ -112,11 +113,28 @@ async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {
             }
         }
         index_all(&store).await;
+        if last_watermark.elapsed() >= WATERMARK_EVERY {
+            save_watermark(&store).await;
+            last_watermark = tokio::time::Instant::now();
+        }
         if writer_gone {
             break;
         }
     }
     index_all(&store).await;
+    save_watermark(&store).await;
+}
+
+/// How often the store's watermark (its damage check, see [`crate::store`]) is brought up to date.
+const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn save_watermark(store: &Store) {
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.save_watermark()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "store: cannot update the watermark file"),
+        Err(e) => tracing::warn!(error = %e, "store: watermark update did not finish"),
+    }
 }
 
 /// Index rounds until the index is current (or a round fails: reads and idempotency do not depend on the index, and

@@ -50,6 +50,14 @@
 //! every read sees every written punch. After a crash the cursor is wherever the last durable index batch left it, and
 //! [`Store::open`] indexes the rest of the log before it returns.
 //!
+//! # Damage
+//! sled 0.34 stops reading its log at the first entry it cannot read and opens what came before without an error, so a
+//! damaged log can silently lose its tail. The store therefore keeps a watermark outside sled: the file
+//! `gatewayd-durable` in the store directory (`gatewayd-durable v1 SEQ`, replaced atomically and fsynced), which the
+//! index follower updates at most once a second with the highest durable sequence number. Opening a store whose log
+//! ends before its watermark, or before its index cursor, is a [`StoreError::Open`] naming both numbers (the daemon
+//! then quarantines the store). Damage to the last second of punches before a crash is not detected this way.
+//!
 //! # Errors
 //! Opening or decoding never panics: a locked, corrupt or foreign database is a [`StoreError`] naming the path and what to
 //! do.
@@ -81,6 +89,9 @@ pub const MAX_INDEX_LAG: u64 = 131_072;
 pub const INDEX_ROUND: u64 = 16_384;
 
 const LOG_TREE: &str = "punch_log";
+/// The file, beside sled's, that records a durable sequence number outside sled (see *Damage* in the module docs).
+const WATERMARK_FILE: &str = "gatewayd-durable";
+const WATERMARK_HEADER: &str = "gatewayd-durable v1";
 const INDEX_TREE: &str = "punch_index";
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +143,8 @@ struct Inner {
     indexing: Mutex<()>,
     /// [`MAX_INDEX_LAG`], lowered by tests.
     max_lag: AtomicU64,
+    /// The durable sequence number last written to the watermark file.
+    watermark: AtomicU64,
 }
 
 /// The punch store. Cheap to clone (shared state behind an `Arc`).
@@ -153,6 +166,22 @@ fn seq_from(bytes: &[u8]) -> Option<u64> {
 /// A lock that a panicking holder cannot poison for everyone else (the data it guards stays consistent per operation).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The watermark of the store in `dir` (0 when there is no file yet).
+fn read_watermark(dir: &Path) -> Result<u64, StoreError> {
+    let file = dir.join(WATERMARK_FILE);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::Open { path: dir.to_owned(), message: format!("{}: {e}", file.display()) }),
+    };
+    text.trim_end().strip_prefix(WATERMARK_HEADER).and_then(|rest| rest.trim().parse::<u64>().ok()).ok_or_else(|| {
+        StoreError::Open {
+            path: dir.to_owned(),
+            message: format!("damaged database: {} does not hold a watermark", file.display()),
+        }
+    })
 }
 
 fn open_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
@@ -234,6 +263,19 @@ impl Store {
             })?,
             None => 0,
         };
+        let watermark = read_watermark(&path)?;
+        for (what, seq) in
+            [("the watermark file says punches up to", watermark), ("the index covers punches up to", indexed)]
+        {
+            if seq > written {
+                return Err(StoreError::Open {
+                    path,
+                    message: format!(
+                        "damaged database: the punch log ends at sequence {written} but {what} {seq} were durable"
+                    ),
+                });
+            }
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 path,
@@ -244,10 +286,11 @@ impl Store {
                 written: AtomicU64::new(written),
                 // What sled recovered from disk is durable by definition.
                 durable: AtomicU64::new(written),
-                indexed: AtomicU64::new(indexed.min(written)),
+                indexed: AtomicU64::new(indexed),
                 unindexed: Mutex::new(Unindexed::default()),
                 indexing: Mutex::new(()),
                 max_lag: AtomicU64::new(MAX_INDEX_LAG),
+                watermark: AtomicU64::new(watermark),
             }),
         };
         // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
@@ -405,6 +448,27 @@ impl Store {
             }
         }
         Ok(to - from + 1)
+    }
+
+    /// Records the highest durable sequence number in the watermark file (atomically: temporary file, fsync, rename,
+    /// fsync of the directory), if it moved since the last call.
+    pub fn save_watermark(&self) -> Result<(), StoreError> {
+        let durable = self.inner.durable.load(Ordering::Acquire);
+        if durable <= self.inner.watermark.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let dir = &self.inner.path;
+        let tmp = dir.join(format!("{WATERMARK_FILE}.tmp"));
+        let io = |e: std::io::Error| StoreError::Flush(format!("watermark file in {}: {e}", dir.display()));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            std::io::Write::write_all(&mut f, format!("{WATERMARK_HEADER} {durable}\n").as_bytes()).map_err(io)?;
+            f.sync_data().map_err(io)?;
+        }
+        std::fs::rename(&tmp, dir.join(WATERMARK_FILE)).map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        self.inner.watermark.fetch_max(durable, Ordering::AcqRel);
+        Ok(())
     }
 
     /// The punch with sequence number `seq`.

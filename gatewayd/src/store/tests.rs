@@ -232,3 +232,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_log_that_lost_its_tail_is_reported_as_damaged() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 1, "E1", 1_000), punch("d1", 2, "E1", 2_000)]);
+    r.flush();
+    r.store.save_watermark().unwrap();
+    r.reopen();
+    // The watermark says 2 punches were durable; pretend sled dropped the second one.
+    std::fs::write(r.dir.path().join(WATERMARK_FILE), format!("{WATERMARK_HEADER} 3\n")).unwrap();
+    let dir = r.dir.path().to_owned();
+    drop(r.store);
+    let err = Store::open(&dir, 8).unwrap_err().to_string();
+    assert!(err.contains("damaged database") && err.contains("ends at sequence 2"), "{err}");
+    std::fs::write(dir.join(WATERMARK_FILE), "garbage").unwrap();
+    let err = Store::open(&dir, 8).unwrap_err().to_string();
+    assert!(err.contains("does not hold a watermark"), "{err}");
+    std::fs::write(dir.join(WATERMARK_FILE), format!("{WATERMARK_HEADER} 2\n")).unwrap();
+    assert_eq!(Store::open(&dir, 8).unwrap().count().unwrap(), 2);
+}
