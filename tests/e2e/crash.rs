@@ -29,13 +29,10 @@ fn sigkill_under_load_loses_no_acknowledged_punch() {
     assert!(report.contains("restarts 5"), "{report}");
 }
 
-/// Fails today, and that is a finding, not a flaw of the test: sled 0.34 makes a flush durable with sync_file_range(2),
-/// which reaches neither the file's metadata nor the disk cache (and never a FUSE filesystem), so a power cut loses
-/// punches acknowledged in the last few hundred milliseconds (11 and 138 of ~2,500 in two runs). With sync_file_range
-/// turned into fdatasync (an LD_PRELOAD experiment) the same run passes. Remove the ignore once `Store::flush` ends
-/// with an fdatasync of the database file (docs/robustness.md, "Results").
+/// A power cut (powerfs drops every write not fsynced) loses no acknowledged punch: `Store::flush` ends with an
+/// fdatasync of sled's log file, because sled's own sync_file_range(2) reaches neither the file's metadata nor the disk
+/// cache (docs/robustness.md, "Results": without that fdatasync this test lost 11 and 138 of ~2,500 punches).
 #[test]
-#[ignore = "acknowledged punches are lost on power cut until Store::flush fsyncs (docs/robustness.md)"]
 fn power_cuts_under_load_lose_no_acknowledged_punch() {
     assert!(Path::new("/dev/fuse").exists(), "the power-cut test needs /dev/fuse (and root) for powerfs");
     let (ok, report) = crash_tool(&[
