@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::Credentials;
+use super::window::{Windows, WINDOW};
 use super::wire::{self, kind, ConnectReturn};
 use super::{DRIVER, TOPIC_PREFIX};
 use crate::status::StatusBoard;
@@ -47,6 +48,8 @@ pub(crate) struct Front {
     /// Largest frame passed to the broker; larger ones close the connection. Payloads between `max_payload_bytes` and
     /// this limit reach the gateway and are answered `rejected`.
     pub frame_limit: usize,
+    /// Unanswered punches per device (backpressure from the store, see [`super::window`]).
+    pub windows: Windows,
     presence: Mutex<HashMap<String, (usize, bool)>>,
 }
 
@@ -58,8 +61,9 @@ impl Front {
         status: StatusBoard,
         metrics: DriverMetrics,
         frame_limit: usize,
+        windows: Windows,
     ) -> Front {
-        Front { credentials, broker, token, status, metrics, frame_limit, presence: Mutex::default() }
+        Front { credentials, broker, token, status, metrics, frame_limit, windows, presence: Mutex::default() }
     }
 
     /// One more open connection of `device`: online; a reconnect if it had connected before.
@@ -359,12 +363,16 @@ where
     let (mut br_rd, mut br_wr) = broker.into_split();
     let mut revisions = front.credentials.revisions();
     revisions.mark_unchanged();
+    let window = front.windows.of(device_id);
 
     let why = {
         let upstream = async {
             loop {
-                // Check and forward every whole frame in the buffer, then read more.
+                // Check and forward every whole frame in the buffer, then read more. A punch publish beyond the
+                // device's window stops the scan until the store answered earlier ones.
                 let mut ready = 0;
+                let mut punches = 0;
+                let mut blocked = false;
                 loop {
                     let rest = &buf[ready..];
                     let (header, body) = match wire::frame_len(rest, front.frame_limit) {
@@ -380,13 +388,28 @@ where
                         tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
                         return why;
                     }
+                    if is_punch(b0, frame_body) {
+                        if window.unanswered() + punches >= WINDOW {
+                            blocked = true;
+                            break;
+                        }
+                        punches += 1;
+                    }
                     ready += header + body;
                 }
                 if ready > 0 {
+                    // Counted before the broker has them, so an answer can never precede its count.
+                    window.forwarded(punches);
                     if let Err(e) = br_wr.write_all(&buf[..ready]).await {
                         return format!("broker write: {e}");
                     }
                     buf.advance(ready);
+                }
+                if blocked {
+                    if !window.wait_for_room().await {
+                        tracing::debug!(device = device_id, "mqtt window stalled: unanswered punches forgotten");
+                    }
+                    continue;
                 }
                 match dev_rd.read_buf(&mut buf).await {
                     Ok(0) => return "device closed the connection".to_owned(),
@@ -421,6 +444,11 @@ where
     };
     let _ = br_wr.shutdown().await;
     why
+}
+
+/// True for a PUBLISH (already checked by [`check_frame`]) to a punch topic.
+fn is_punch(b0: u8, body: &[u8]) -> bool {
+    b0 >> 4 == kind::PUBLISH && wire::publish_topic(b0, body).is_ok_and(|t| t.ends_with("/punch"))
 }
 
 /// Checks one device frame against the topic rules. `Err` says what was wrong.

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod front;
 pub mod payload;
 pub mod tls;
+pub mod window;
 pub mod wire;
 
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -186,6 +187,7 @@ pub async fn start(
             .await
             .map_err(|e| MqttError::Broker(e.to_string()))??;
 
+    let windows = window::Windows::default();
     let front = Arc::new(front::Front::new(
         credentials.clone(),
         broker_addr,
@@ -193,9 +195,10 @@ pub async fn start(
         ctx.status.clone(),
         ctx.metrics.clone(),
         FRAME_LIMIT,
+        windows.clone(),
     ));
     let sink = ctx.sink.for_driver(DRIVER);
-    spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes);
+    spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes, windows);
     ctx.tasks.spawn(front::serve_plain(plain, front.clone(), ctx.cancel.clone(), ctx.tasks.clone()));
     let (tls_addr, tls) = match tls {
         Some((l, a, acceptor)) => {
@@ -248,8 +251,11 @@ fn start_broker(token: String, credentials: Credentials) -> Result<(SocketAddr, 
     let router = rumqttd::RouterConfig {
         max_connections: 100_000,
         max_outgoing_packet_count: 1024,
+        // The commit log of each filter (punches, acks): up to 8 segments of 1 MiB, the oldest dropped when full, even
+        // if a subscriber has not read it. The front's windows (`window::WINDOW` punches per device) bound how far the
+        // ingest link can fall behind: 32 punches of ~200 bytes per device fill 7 MiB only beyond 1,000 devices.
         max_segment_size: 1 << 20,
-        max_segment_count: 4,
+        max_segment_count: 8,
         custom_segment: None,
         // Filters exist from the start, so the gateway's acks always have somewhere to go even before a device
         // subscribed (rumqttd drops a publisher whose topic matches no filter).
@@ -314,7 +320,14 @@ struct Job {
 /// An ack to publish: (device, payload).
 type AckMsg = (String, Vec<u8>);
 
-fn spawn_ingest(link_tx: LinkTx, link_rx: LinkRx, sink: PunchSink, ctx: &MqttContext, max_payload: usize) {
+fn spawn_ingest(
+    link_tx: LinkTx,
+    link_rx: LinkRx,
+    sink: PunchSink,
+    ctx: &MqttContext,
+    max_payload: usize,
+    windows: window::Windows,
+) {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(JOB_QUEUE);
     let (acks_tx, acks_rx) = mpsc::channel::<AckMsg>(ACK_QUEUE);
 
@@ -323,8 +336,16 @@ fn spawn_ingest(link_tx: LinkTx, link_rx: LinkRx, sink: PunchSink, ctx: &MqttCon
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the mqtt ack thread: devices will not get acks");
     }
-    ctx.tasks.spawn(read_link(link_rx, jobs_tx, acks_tx.clone(), sink.clone(), ctx.clone(), max_payload));
-    ctx.tasks.spawn(submit_jobs(jobs_rx, acks_tx, sink, ctx.tasks.clone()));
+    ctx.tasks.spawn(read_link(
+        link_rx,
+        jobs_tx,
+        acks_tx.clone(),
+        sink.clone(),
+        ctx.clone(),
+        max_payload,
+        windows.clone(),
+    ));
+    ctx.tasks.spawn(submit_jobs(jobs_rx, acks_tx, sink, ctx.tasks.clone(), windows));
 }
 
 fn publish_acks(mut link_tx: LinkTx, mut acks: mpsc::Receiver<AckMsg>) {
@@ -344,6 +365,7 @@ async fn read_link(
     sink: PunchSink,
     ctx: MqttContext,
     max_payload: usize,
+    windows: window::Windows,
 ) {
     loop {
         let next = tokio::select! {
@@ -381,6 +403,7 @@ async fn read_link(
                         }
                     }
                     Err(e) => {
+                        windows.answered(device, 1);
                         sink.count_unparsed(device, e.label);
                         tracing::debug!(device, reason = %e.reason, "mqtt punch rejected");
                         let ack = Ack::rejected(e.seq, e.reason).to_json();
@@ -403,7 +426,13 @@ async fn read_link(
 ///
 /// Transient failures (store full, store failed, shutting down) get no ack: the device re-sends until it sees one
 /// (SPEC 3.1), whereas a `rejected` ack could make it discard a punch the gateway would store a minute later.
-async fn submit_jobs(mut jobs: mpsc::Receiver<Job>, acks: mpsc::Sender<AckMsg>, sink: PunchSink, tasks: TaskTracker) {
+async fn submit_jobs(
+    mut jobs: mpsc::Receiver<Job>,
+    acks: mpsc::Sender<AckMsg>,
+    sink: PunchSink,
+    tasks: TaskTracker,
+    windows: window::Windows,
+) {
     let in_flight = Arc::new(Semaphore::new(SUBMITS_IN_FLIGHT));
     let mut batch = Vec::with_capacity(SUBMIT_BATCH);
     loop {
@@ -414,11 +443,13 @@ async fn submit_jobs(mut jobs: mpsc::Receiver<Job>, acks: mpsc::Sender<AckMsg>, 
         let taken: Vec<Job> = std::mem::take(&mut batch);
         let sink = sink.clone();
         let acks = acks.clone();
+        let windows = windows.clone();
         tasks.spawn(async move {
             let (meta, punches): (Vec<(String, u64)>, Vec<DevicePunch>) =
                 taken.into_iter().map(|j| ((j.device, j.seq), j.punch)).unzip();
             let outcomes = sink.submit_many(punches).await;
             drop(permit);
+            answer_windows(&windows, &meta);
             for ((device, seq), outcome) in meta.into_iter().zip(outcomes) {
                 let ack = match outcome {
                     Outcome::Stored { .. } => Ack::stored(seq),
@@ -433,5 +464,25 @@ async fn submit_jobs(mut jobs: mpsc::Receiver<Job>, acks: mpsc::Sender<AckMsg>, 
                 }
             }
         });
+    }
+}
+
+/// Tells the front's windows how many punches of each device were answered (consecutive punches of one device counted
+/// together).
+fn answer_windows(windows: &window::Windows, meta: &[(String, u64)]) {
+    let mut run: Option<(&str, u64)> = None;
+    for (device, _) in meta {
+        match &mut run {
+            Some((d, n)) if *d == device.as_str() => *n += 1,
+            _ => {
+                if let Some((d, n)) = run {
+                    windows.answered(d, n);
+                }
+                run = Some((device.as_str(), 1));
+            }
+        }
+    }
+    if let Some((d, n)) = run {
+        windows.answered(d, n);
     }
 }
