@@ -841,9 +841,12 @@ struct Writer<'a> {
     chunk_first: u64,
     chunk: Vec<Vec<u8>>,
     chunk_bytes: usize,
-    /// Day index chunks of punches being filled, by key prefix (`D` date `p`): first item, items, bytes.
-    day_chunks: BTreeMap<Vec<u8>, (u64, Vec<Vec<u8>>, usize)>,
+    /// Day index chunks of punches being filled, by key prefix (`D` date `p`).
+    day_chunks: BTreeMap<Vec<u8>, DayChunk>,
 }
+
+/// A day index chunk being filled: its first item number, its items, their bytes.
+type DayChunk = (u64, Vec<Vec<u8>>, usize);
 
 impl<'a> Writer<'a> {
     fn new(outbox: &'a Outbox, now_ms: i64) -> Result<Writer<'a>, OutboxError> {
