@@ -540,9 +540,10 @@ impl Store {
             Ok(v) => (v, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-        error.map(Err).into_iter().chain(
-            seqs.into_iter().map(move |(_, seq)| self.get(seq)).filter(move |r| r.as_ref().map_or(true, |p| keep(p))),
-        )
+        error
+            .map(Err)
+            .into_iter()
+            .chain(seqs.into_iter().map(move |(_, seq)| self.get(seq)).filter(move |r| r.as_ref().map_or(true, &keep)))
     }
 
     /// Punches with device time in `[from_ms, to_ms)`, in time order.
