@@ -52,6 +52,16 @@ impl Punch {
     }
 }
 
+/// Feeds a subject to a hash as `e:` or `c:` followed by the id (the form punch ids and the store's subject index use).
+pub(crate) fn hash_subject(h: &mut Sha256, subject: &Subject) {
+    let (tag, value): (&[u8], &str) = match subject {
+        Subject::Employee(e) => (b"e:", e),
+        Subject::Credential(c) => (b"c:", c),
+    };
+    h.update(tag);
+    h.update(value.as_bytes());
+}
+
 /// The stable id of a punch: `{gateway}:{device}:{device_seq}` when the device numbers its punches, else
 /// `{gateway}:{device}:h{hash}` with the first 16 bytes (hex) of SHA-256 over the device id and the punch content
 /// (method, subject, device time in ms, GPS point). Arrival time is not part of it, so a re-send gets the same id.
@@ -64,16 +74,7 @@ pub fn punch_id(gateway_id: &str, p: &DevicePunch) -> String {
             h.update([0]);
             h.update(p.method.as_str().as_bytes());
             h.update([0]);
-            match &p.subject {
-                Subject::Employee(e) => {
-                    h.update(b"e:");
-                    h.update(e.as_bytes());
-                }
-                Subject::Credential(c) => {
-                    h.update(b"c:");
-                    h.update(c.as_bytes());
-                }
-            }
+            hash_subject(&mut h, &p.subject);
             h.update([0]);
             h.update(p.device_time_ms.to_be_bytes());
             if let Some(g) = p.geo {

@@ -59,16 +59,7 @@ pub(super) fn device_group(device: &str) -> Vec<u8> {
 /// credential), so they share 256 groups; readers filter the punches of a group by their subject.
 pub(super) fn subject_group(subject: &Subject) -> Vec<u8> {
     let mut h = Sha256::new();
-    match subject {
-        Subject::Employee(e) => {
-            h.update(b"e:");
-            h.update(e.as_bytes());
-        }
-        Subject::Credential(c) => {
-            h.update(b"c:");
-            h.update(c.as_bytes());
-        }
-    }
+    crate::punch::hash_subject(&mut h, subject);
     let digest = h.finalize();
     vec![K_SUBJECT, digest[0]]
 }
