@@ -95,20 +95,17 @@ const INDEX_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 /// Writes the read indexes of durable punches as the durable sequence number moves, until the writer is gone.
 async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {
     let mut last_watermark = tokio::time::Instant::now();
-    loop {
+    'follow: loop {
         // Wait for work: the first durable punch not indexed yet, then enough of them or the delay.
         if store.index_lag() == 0 && durable.changed().await.is_err() {
             break;
         }
         let deadline = tokio::time::Instant::now() + INDEX_AFTER;
-        let mut writer_gone = false;
         while store.index_lag() < INDEX_AFTER_PUNCHES {
             match tokio::time::timeout_at(deadline, durable.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => {
-                    writer_gone = true;
-                    break;
-                }
+                // The writer is gone: the last round follows the loop.
+                Ok(Err(_)) => break 'follow,
                 Err(_) => break,
             }
         }
@@ -116,9 +113,6 @@ async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {
         if last_watermark.elapsed() >= WATERMARK_EVERY {
             save_watermark(&store).await;
             last_watermark = tokio::time::Instant::now();
-        }
-        if writer_gone {
-            break;
         }
     }
     index_all(&store).await;

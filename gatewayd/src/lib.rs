@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod approvals;
+pub mod atomic_file;
 pub mod certs;
 pub mod changes;
 pub mod config;

@@ -525,7 +525,7 @@ async fn put_rules(
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(ApiError::bad(list.join("\n")));
     }
-    if let Err(e) = super::write_atomic(&file, text.as_bytes()) {
+    if let Err(e) = crate::atomic_file::write_atomic(&file, text.as_bytes()) {
         return Err(ApiError::internal(format!("cannot write {}: {e}", file.display())));
     }
     reload()?;
@@ -607,7 +607,7 @@ async fn replace_roster(state: &ApiState, roster: Roster) -> ApiResult<Response>
     let csv = roster.to_csv();
     let written = {
         let file = file.clone();
-        tokio::task::spawn_blocking(move || super::write_atomic(&file, csv.as_bytes())).await
+        tokio::task::spawn_blocking(move || crate::atomic_file::write_atomic(&file, csv.as_bytes())).await
     };
     match written {
         Ok(Ok(())) => {}

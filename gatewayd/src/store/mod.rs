@@ -398,8 +398,8 @@ impl Store {
         for ins in out.iter().filter(|i| !i.duplicate) {
             unindexed.by_id.insert(ins.punch_id.clone(), ins.seq);
             unindexed.order.push_back((ins.seq, ins.punch_id.clone()));
-            self.inner.written.fetch_max(ins.seq, Ordering::AcqRel);
         }
+        self.inner.written.fetch_max(next_seq.saturating_sub(1), Ordering::AcqRel);
         Ok(out)
     }
 
@@ -450,23 +450,19 @@ impl Store {
         Ok(to - from + 1)
     }
 
-    /// Records the highest durable sequence number in the watermark file (atomically: temporary file, fsync, rename,
-    /// fsync of the directory), if it moved since the last call.
+    /// Records the highest durable sequence number in the watermark file (replaced atomically and durably, see
+    /// [`crate::atomic_file::write_atomic`]), if it moved since the last call.
     pub fn save_watermark(&self) -> Result<(), StoreError> {
         let durable = self.inner.durable.load(Ordering::Acquire);
         if durable <= self.inner.watermark.load(Ordering::Acquire) {
             return Ok(());
         }
         let dir = &self.inner.path;
-        let tmp = dir.join(format!("{WATERMARK_FILE}.tmp"));
-        let io = |e: std::io::Error| StoreError::Flush(format!("watermark file in {}: {e}", dir.display()));
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            std::io::Write::write_all(&mut f, format!("{WATERMARK_HEADER} {durable}\n").as_bytes()).map_err(io)?;
-            f.sync_data().map_err(io)?;
-        }
-        std::fs::rename(&tmp, dir.join(WATERMARK_FILE)).map_err(io)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        crate::atomic_file::write_atomic(
+            &dir.join(WATERMARK_FILE),
+            format!("{WATERMARK_HEADER} {durable}\n").as_bytes(),
+        )
+        .map_err(|e| StoreError::Flush(format!("watermark file in {}: {e}", dir.display())))?;
         self.inner.watermark.fetch_max(durable, Ordering::AcqRel);
         Ok(())
     }
