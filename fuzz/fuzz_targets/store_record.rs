@@ -1,5 +1,5 @@
-//! Stored records (each one version byte, then protobuf) as the daemon reads them back from disk: punches
-//! (`store::codec`), change-log entries (`changes`), attendance records (`reconcile::records`) and outbox items. The
+//! Stored records (each one version byte, then protobuf) as the daemon reads them back from disk: punches and punch-log
+//! values, single punches or blocks (`store::codec`), change-log entries (`changes`), attendance records (`reconcile::records`) and outbox items. The
 //! first byte picks the decoder, the rest is the stored value. Arbitrary bytes decode to a value or an error, never a
 //! panic; a decoded value re-encodes to bytes that decode and re-encode to the same bytes.
 #![no_main]
@@ -18,8 +18,16 @@ fn stable<T, E: std::fmt::Debug>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, value)) = data.split_first() else { return };
-    match which % 4 {
+    match which % 5 {
         0 => stable(value, gatewayd::store::codec::decode, gatewayd::store::codec::encode),
+        4 => stable(
+            value,
+            |bytes| gatewayd::store::codec::decode_log_value(u64::from(which), bytes),
+            |punches| {
+                let encoded: Vec<Vec<u8>> = punches.iter().map(gatewayd::store::codec::encode).collect();
+                gatewayd::store::codec::encode_block(&encoded)
+            },
+        ),
         1 => stable(value, gatewayd::changes::decode, gatewayd::changes::encode),
         2 => stable(value, gatewayd::reconcile::records::decode, gatewayd::reconcile::records::encode),
         _ => stable(value, gatewayd::outbox::Item::decode, |(item, enqueued)| item.encode(*enqueued)),

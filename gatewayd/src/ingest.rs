@@ -87,10 +87,10 @@ pub async fn run_writer_with_budget(
 }
 
 /// An index round starts when this many punches are unindexed...
-const INDEX_AFTER_PUNCHES: u64 = 4096;
+const INDEX_AFTER_PUNCHES: u64 = 16_384;
 /// ...or this long after the first unindexed punch became durable. Larger rounds make fuller postings: fewer sled keys
 /// per punch, less CPU and disk under load.
-const INDEX_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes the read indexes of durable punches as the durable sequence number moves, until the writer is gone.
 async fn follow_index(store: Store, mut durable: watch::Receiver<u64>) {

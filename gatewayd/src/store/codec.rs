@@ -1,4 +1,5 @@
-//! Encoding of stored punches: [`super::ENCODING_V1`] followed by the protobuf `StoredPunch`.
+//! Encoding of stored punches: [`super::ENCODING_V1`] followed by the protobuf `StoredPunch`; and of the values of the
+//! punch log, which hold one such punch or a block of them ([`BLOCK_V1`]).
 
 use drivers::sink::{GeoPoint, Subject};
 use drivers::Method;
@@ -76,6 +77,79 @@ pub fn decode(bytes: &[u8]) -> Result<Punch, String> {
     })
 }
 
+/// The version byte of a log value holding a block of consecutive punches.
+pub const BLOCK_V1: u8 = 2;
+/// The most punches in one block.
+pub const BLOCK_MAX_PUNCHES: usize = 64;
+/// A block is closed once its punches take this many bytes. sled rewrites a whole leaf node (up to 17 values) as one
+/// log message and stores messages over 128 KiB (a quarter of its 512 KiB segment) as separate blob files; 6 KiB blocks
+/// keep a full leaf of blocks well below that.
+pub const BLOCK_MAX_BYTES: usize = 6 * 1024;
+
+/// Encodes a block of encoded punches (each as [`encode`] makes it): [`BLOCK_V1`], the count (u32 big-endian), each
+/// punch's length (u32 big-endian), then the punches.
+pub fn encode_block(punches: &[Vec<u8>]) -> Vec<u8> {
+    let body: usize = punches.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(5 + 4 * punches.len() + body);
+    out.push(BLOCK_V1);
+    out.extend_from_slice(&(punches.len() as u32).to_be_bytes());
+    for p in punches {
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+    }
+    for p in punches {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// The encoded punches of one log value, in sequence order: the value itself for a single punch, the block's punches
+/// for a block. The error says what is wrong; nothing is decoded yet.
+pub fn split_log_value(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let (&version, rest) = bytes.split_first().ok_or("empty value")?;
+    match version {
+        ENCODING_V1 => Ok(vec![bytes]),
+        BLOCK_V1 => {
+            let (count, rest) = rest.split_first_chunk::<4>().ok_or("block: truncated count")?;
+            let count = u32::from_be_bytes(*count) as usize;
+            if count == 0 {
+                return Err("block: no punches".into());
+            }
+            let table = count.checked_mul(4).filter(|&t| t <= rest.len()).ok_or("block: truncated length table")?;
+            let (lengths, mut body) = rest.split_at(table);
+            let mut out = Vec::with_capacity(count);
+            for len in lengths.chunks_exact(4) {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                if len > body.len() {
+                    return Err(format!("block: punch {} of {count} runs past the end", out.len() + 1));
+                }
+                let (punch, tail) = body.split_at(len);
+                out.push(punch);
+                body = tail;
+            }
+            if !body.is_empty() {
+                return Err(format!("block: {} bytes after the last punch", body.len()));
+            }
+            Ok(out)
+        }
+        v => Err(format!("unknown log value version {v} (this build reads versions {ENCODING_V1} and {BLOCK_V1})")),
+    }
+}
+
+/// Decodes every punch of a log value whose key is `first` (the sequence number of its first punch), checking that each
+/// punch carries the sequence number its place gives it.
+pub fn decode_log_value(first: u64, bytes: &[u8]) -> Result<Vec<Punch>, String> {
+    split_log_value(bytes)?.into_iter().enumerate().map(|(i, p)| decode_at(first.saturating_add(i as u64), p)).collect()
+}
+
+/// Decodes one punch that must have sequence number `seq`.
+pub fn decode_at(seq: u64, bytes: &[u8]) -> Result<Punch, String> {
+    let p = decode(bytes)?;
+    if p.seq != seq {
+        return Err(format!("holds sequence number {} where {seq} belongs", p.seq));
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,10 +188,36 @@ mod tests {
         assert!(decode(&[ENCODING_V1, 0xff, 0xff, 0xff]).is_err());
     }
 
+    #[test]
+    fn block_round_trip() {
+        let punches: Vec<Punch> = (10..13).map(|seq| Punch { seq, ..sample() }).collect();
+        let block = encode_block(&punches.iter().map(encode).collect::<Vec<_>>());
+        assert_eq!(block[0], BLOCK_V1);
+        assert_eq!(decode_log_value(10, &block), Ok(punches.clone()));
+        // A single punch is a log value too (the layout before blocks).
+        assert_eq!(decode_log_value(10, &encode(&punches[0])), Ok(vec![punches[0].clone()]));
+        // A block read under the wrong key is caught by the sequence numbers its punches carry.
+        assert!(decode_log_value(11, &block).unwrap_err().contains("holds sequence number 10 where 11 belongs"));
+    }
+
+    #[test]
+    fn damaged_blocks_are_errors() {
+        let block = encode_block(&[encode(&sample()), encode(&sample())]);
+        assert_eq!(split_log_value(&[BLOCK_V1, 0, 0]), Err("block: truncated count".into()));
+        assert_eq!(split_log_value(&[BLOCK_V1, 0, 0, 0, 0]), Err("block: no punches".into()));
+        assert_eq!(split_log_value(&[BLOCK_V1, 0xff, 0xff, 0xff, 0xff]), Err("block: truncated length table".into()));
+        assert!(split_log_value(&block[..block.len() - 1]).unwrap_err().contains("punch 2 of 2 runs past the end"));
+        let mut longer = block.clone();
+        longer.push(0);
+        assert_eq!(split_log_value(&longer), Err("block: 1 bytes after the last punch".into()));
+        assert!(split_log_value(&[7]).unwrap_err().contains("unknown log value version 7"));
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&bytes);
+            let _ = decode_log_value(1, &bytes);
         }
     }
 }

@@ -17,6 +17,13 @@ use sha2::{Digest, Sha256};
 use crate::punch::Punch;
 
 pub(super) const K_ID: u8 = b'I';
+pub(super) const K_NUMBERED_ID: u8 = b'N';
+/// The version of the index layout, kept in the `meta` tree under [`META_KEY`]. An index of another version is dropped
+/// and rebuilt from the log when the store opens (it is derived data).
+pub(super) const LAYOUT: &[u8] = b"punch-index-v2";
+pub(super) const META_KEY: &str = "index";
+/// Numbered ids share a posting per 256 consecutive device sequence numbers.
+const NUMBER_BUCKET_BITS: u32 = 8;
 pub(super) const K_TIME: u8 = b'T';
 pub(super) const K_DEVICE: u8 = b'D';
 pub(super) const K_SUBJECT: u8 = b'S';
@@ -46,6 +53,32 @@ pub(super) fn id_key(punch_id: &str) -> Vec<u8> {
     k
 }
 
+/// A punch id of the form `{gateway}:{device}:{n}` (a device that numbers its punches, see [`crate::punch::punch_id`]),
+/// split into `{gateway}:{device}` and `n`. Only the canonical decimal form counts, so one number has one id.
+pub(super) fn numbered(punch_id: &str) -> Option<(&str, u64)> {
+    let (prefix, last) = punch_id.rsplit_once(':')?;
+    let canonical =
+        !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) && (last == "0" || !last.starts_with('0'));
+    let n = last.parse::<u64>().ok().filter(|_| canonical)?;
+    Some((prefix, n))
+}
+
+/// The group and bucket part of a numbered id's key: `N` prefix 0x00 bucket:u64be (ids cannot contain 0x00).
+pub(super) fn numbered_group(prefix: &str, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 18);
+    k.push(K_NUMBERED_ID);
+    k.extend_from_slice(prefix.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(n >> NUMBER_BUCKET_BITS).to_be_bytes());
+    k
+}
+
+/// Finds `n` in the postings of a numbered id's group: the postings hold `(n, seq)` pairs (`n` stored as the i64 with
+/// the same bits).
+pub(super) fn find_numbered(postings: &[(i64, u64)], n: u64) -> Option<u64> {
+    postings.iter().find(|&&(m, _)| m as u64 == n).map(|&(_, seq)| seq)
+}
+
 /// The group part of a device key: `D` device 0x00 (device ids cannot contain 0x00; checked at ingest).
 pub(super) fn device_group(device: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(device.len() + 2);
@@ -68,7 +101,12 @@ pub(super) fn subject_group(subject: &Subject) -> Vec<u8> {
 pub(super) fn build(punches: &[Punch], cursor: u64, batch: &mut sled::Batch) {
     let mut postings: BTreeMap<Vec<u8>, Vec<(i64, u64)>> = BTreeMap::new();
     for p in punches {
-        batch.insert(id_key(&p.punch_id), &p.seq.to_be_bytes());
+        match numbered(&p.punch_id) {
+            // Postings per device and run of device sequence numbers: a round of a device's punches is one sled
+            // insert, where one key per id would make the id index the most expensive part of the store.
+            Some((prefix, n)) => postings.entry(numbered_group(prefix, n)).or_default().push((n as i64, p.seq)),
+            None => batch.insert(id_key(&p.punch_id), &p.seq.to_be_bytes()),
+        }
         let t = p.device_time_ms;
         for (mut group, width) in [
             (vec![K_TIME], TIME_BUCKET),
@@ -147,6 +185,23 @@ mod tests {
         assert!(decode_posting(&v[..v.len() - 1]).unwrap_err().contains("whole number"));
         assert!(decode_posting(&[9]).unwrap_err().contains("unknown posting version 9"));
         assert!(decode_posting(&[]).is_err());
+    }
+
+    #[test]
+    fn numbered_ids_are_recognised_only_in_canonical_form() {
+        assert_eq!(numbered("gw:dev-1:42"), Some(("gw:dev-1", 42)));
+        assert_eq!(numbered("gw:dev-1:0"), Some(("gw:dev-1", 0)));
+        assert_eq!(numbered("gw:dev:1:18446744073709551615"), Some(("gw:dev:1", u64::MAX)));
+        for other in
+            ["gw:dev-1:042", "gw:dev-1:", "gw:dev-1:+4", "gw:dev-1:h0a1b", "gw:dev-1:18446744073709551616", "7"]
+        {
+            assert_eq!(numbered(other), None, "{other}");
+        }
+        assert_eq!(find_numbered(&[(5, 10), (u64::MAX as i64, 11)], u64::MAX), Some(11));
+        assert_eq!(find_numbered(&[(5, 10)], 6), None);
+        // One bucket holds 256 consecutive numbers; the next number starts a new one.
+        assert_eq!(numbered_group("gw:d", 255), numbered_group("gw:d", 0));
+        assert_ne!(numbered_group("gw:d", 256), numbered_group("gw:d", 255));
     }
 
     #[test]

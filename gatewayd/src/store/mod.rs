@@ -3,16 +3,23 @@
 //! # Layout
 //! Punches are an append-only log; everything else is derived from it.
 //!
-//! Tree `punch_log` (the durable path; one sled insert per punch, always at the end of the tree):
+//! Tree `punch_log` (the durable path; one sled insert per block of punches, always at the end of the tree):
 //!
-//! | key        | value         | purpose                      |
-//! |------------|---------------|------------------------------|
-//! | seq:u64be  | encoded punch | the punch, in arrival order  |
+//! | key             | value                               | purpose                           |
+//! |-----------------|-------------------------------------|-----------------------------------|
+//! | first:u64be     | encoded punch, or a block of them   | the punches, in arrival order     |
+//!
+//! A value holds the punch with sequence number `first`, or a *block*: the punches `first`, `first + 1`, … written by
+//! one group commit (at most [`codec::BLOCK_MAX_PUNCHES`] punches or [`codec::BLOCK_MAX_BYTES`] bytes per block). sled
+//! costs about the same per insert whatever the value's size, so a block makes a group commit of 256 punches a handful
+//! of inserts instead of 256, and the log a few sled keys per thousand punches instead of a thousand. The punch with
+//! sequence number `s` is in the value with the greatest key not above `s`.
 //!
 //! Tree `punch_index` (derived; written after the punches it covers are durable, see *Indexing* below):
 //!
 //! | key                                                  | value                         | purpose                    |
 //! |------------------------------------------------------|-------------------------------|----------------------------|
+//! | `N` prefix 0x00 bucket:u64be first:u64be             | posting                       | idempotency, lookup by id  |
 //! | `I` punch_id                                         | seq:u64be                     | idempotency, lookup by id  |
 //! | `T` minute:i64be^sign first:u64be                    | posting                       | punches by device time     |
 //! | `D` device_id 0x00 hour:i64be^sign first:u64be       | posting                       | punches by device          |
@@ -21,14 +28,20 @@
 //!
 //! Times and time buckets (minute, hour, day numbers since the Unix epoch, of device time) have the sign bit flipped so
 //! byte order is time order. A *posting* is a version byte followed by `(device_time:i64be, seq:u64be)` pairs: the
-//! punches of one indexing round that fall in that bucket, at most 1,024 per value (`first` = its first sequence number). The subject
+//! punches of one indexing round that fall in that bucket, at most 1,024 per value (`first` = its first sequence number).
+//! Punch ids of devices that number their punches (`{gateway}:{device}:{n}`) are indexed the same way under `N`, by
+//! `prefix` = `{gateway}:{device}` and `bucket` = n / 256, with `(n, seq)` pairs: one sled insert per device and round
+//! instead of one per punch. Other ids (hashed, see [`crate::punch::punch_id`]) have one `I` key each. The subject
 //! `group` is the first byte of SHA-256 over `e:`/`c:` and the subject, so 256 groups share the subject postings and
 //! readers filter by subject. Device ids and subjects cannot contain 0x00 (checked at ingest). The `meta` tree holds
-//! `format` = [`FORMAT`].
+//! `format` = [`FORMAT`] and `index` = the index layout; an index of another layout is dropped and rebuilt at open.
 //!
 //! # Encoding
 //! A stored punch is one version byte ([`ENCODING_V1`]) followed by the protobuf `gatewayd.store.v1.StoredPunch`; a
-//! posting starts with its own version byte. New fields may be added to the message; a new incompatible layout gets a new
+//! block is its own version byte ([`codec::BLOCK_V1`]), the count and lengths of its punches, then the punches, each
+//! encoded as on its own (see [`codec::encode_block`]). A log value of a single punch is the punch itself, as the
+//! layout before blocks stored every punch, so those stores are read as they are. A posting starts with its own version
+//! byte. Every punch carries its sequence number, and reads check it against the place the log gives it. New fields may be added to the message; a new incompatible layout gets a new
 //! version byte, and readers reject versions they do not know with [`StoreError::Decode`] instead of guessing. A store
 //! of the first layout ([`FORMAT_V1`]: punches and indexes in one tree `punches`) is migrated when opened.
 //!
@@ -123,6 +136,10 @@ pub struct Inserted {
 struct Unindexed {
     by_id: HashMap<String, u64>,
     order: VecDeque<(u64, String)>,
+    /// Per `{gateway}:{device}` prefix of numbered ids, the highest number in the index (`None`: none), learned on first
+    /// use and raised by each index round. A new punch numbered above it is not in the index, which spares the lookup
+    /// of almost every new punch.
+    max_numbered: HashMap<String, Option<u64>>,
 }
 
 struct Inner {
@@ -251,9 +268,20 @@ impl Store {
         }
         let log = db.open_tree(LOG_TREE).map_err(open_error(&path))?;
         let index = db.open_tree(INDEX_TREE).map_err(open_error(&path))?;
+        if meta.get(index::META_KEY).map_err(open_error(&path))?.as_deref() != Some(index::LAYOUT) {
+            // An index of another layout (or none): drop it; it is rebuilt from the log below.
+            index.clear().map_err(open_error(&path))?;
+            meta.insert(index::META_KEY, index::LAYOUT).map_err(open_error(&path))?;
+            db.flush().map_err(open_error(&path))?;
+        }
         let written = match log.last().map_err(open_error(&path))? {
-            Some((k, _)) => seq_from(&k)
-                .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?,
+            Some((k, v)) => {
+                let first = seq_from(&k)
+                    .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?;
+                let punches = codec::split_log_value(&v)
+                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
+                first + punches.len() as u64 - 1
+            }
             None => 0,
         };
         let indexed = match index.get(index::CURSOR).map_err(open_error(&path))? {
@@ -331,10 +359,51 @@ impl Store {
         self.inner.db.size_on_disk().unwrap_or(0)
     }
 
+    /// The highest number of the numbered ids with this prefix in the index.
+    fn max_indexed_number(&self, prefix: &str) -> Result<Option<u64>, StoreError> {
+        let group = index::numbered_group(prefix, 0);
+        let prefix_len = group.len() - 8;
+        let Some(last) = self.inner.index.scan_prefix(&group[..prefix_len]).keys().next_back().transpose()? else {
+            return Ok(None);
+        };
+        // Every posting of the highest bucket (one per round that had numbers in it).
+        let bucket = last.get(..prefix_len + 8).unwrap_or(&last);
+        let mut max = None;
+        for r in self.inner.index.scan_prefix(bucket) {
+            let (k, v) = r?;
+            let entries = index::decode_posting(&v)
+                .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
+            max = max.max(entries.iter().map(|&(n, _)| n as u64).max());
+        }
+        Ok(max)
+    }
+
     /// The sequence number of an already stored punch id (written, indexed or not).
-    fn seq_of(&self, unindexed: &Unindexed, punch_id: &str) -> Result<Option<u64>, StoreError> {
+    fn seq_of(&self, unindexed: &mut Unindexed, punch_id: &str) -> Result<Option<u64>, StoreError> {
         if let Some(&seq) = unindexed.by_id.get(punch_id) {
             return Ok(Some(seq));
+        }
+        if let Some((prefix, n)) = index::numbered(punch_id) {
+            let max = match unindexed.max_numbered.get(prefix) {
+                Some(&max) => max,
+                None => {
+                    let max = self.max_indexed_number(prefix)?;
+                    unindexed.max_numbered.insert(prefix.to_owned(), max);
+                    max
+                }
+            };
+            if max.is_none_or(|max| n > max) {
+                return Ok(None);
+            }
+            for r in self.inner.index.scan_prefix(index::numbered_group(prefix, n)) {
+                let (k, v) = r?;
+                let entries = index::decode_posting(&v)
+                    .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
+                if let Some(seq) = index::find_numbered(&entries, n) {
+                    return Ok(Some(seq));
+                }
+            }
+            return Ok(None);
         }
         match self.inner.index.get(index::id_key(punch_id))? {
             Some(v) => seq_from(&v).map(Some).ok_or_else(|| StoreError::Decode {
@@ -360,6 +429,7 @@ impl Store {
             while self.index_lag() > max_lag / 2 && self.index_pending(INDEX_ROUND)? > 0 {}
         }
         let mut batch = sled::Batch::default();
+        let mut block = Block::default();
         let mut pending: HashMap<String, u64> = HashMap::new();
         let mut out = Vec::with_capacity(punches.len());
         let mut unindexed = lock(&self.inner.unindexed);
@@ -369,7 +439,7 @@ impl Store {
                 out.push(Inserted { punch_id: id, seq, duplicate: true });
                 continue;
             }
-            if let Some(seq) = self.seq_of(&unindexed, &id)? {
+            if let Some(seq) = self.seq_of(&mut unindexed, &id)? {
                 out.push(Inserted { punch_id: id, seq, duplicate: true });
                 continue;
             }
@@ -390,10 +460,11 @@ impl Store {
                 score: p.score,
                 attributes: p.attributes.clone(),
             };
-            batch.insert(&seq.to_be_bytes(), codec::encode(&punch));
+            block.push(seq, codec::encode(&punch), &mut batch);
             pending.insert(id.clone(), seq);
             out.push(Inserted { punch_id: id, seq, duplicate: false });
         }
+        block.close(&mut batch);
         self.inner.log.apply_batch(batch)?;
         for ins in out.iter().filter(|i| !i.duplicate) {
             unindexed.by_id.insert(ins.punch_id.clone(), ins.seq);
@@ -427,14 +498,12 @@ impl Store {
             return Ok(0);
         }
         let mut punches = Vec::with_capacity((to - from + 1) as usize);
-        for r in self.inner.log.range(from.to_be_bytes()..=to.to_be_bytes()) {
-            let (k, v) = r?;
-            match codec::decode(&v) {
+        for p in self.after(from - 1) {
+            match p {
+                Ok(p) if p.seq > to => break,
                 Ok(p) => punches.push(p),
                 // The log keeps the bytes; reads report them. The index cannot hold what it cannot read.
-                Err(message) => {
-                    tracing::error!(seq = ?seq_from(&k), %message, "stored punch cannot be decoded; not indexed")
-                }
+                Err(e) => tracing::error!(error = %e, "stored punches cannot be decoded; not indexed"),
             }
         }
         let mut batch = sled::Batch::default();
@@ -442,6 +511,14 @@ impl Store {
         self.inner.index.apply_batch(batch)?;
         self.inner.indexed.store(to, Ordering::Release);
         let mut unindexed = lock(&self.inner.unindexed);
+        // Raise the known maxima before the ids leave the table: a lookup must find each id in one or the other.
+        for p in &punches {
+            if let Some((prefix, n)) = index::numbered(&p.punch_id) {
+                if let Some(max) = unindexed.max_numbered.get_mut(prefix) {
+                    *max = (*max).max(Some(n));
+                }
+            }
+        }
         while unindexed.order.front().is_some_and(|(seq, _)| *seq <= to) {
             if let Some((_, id)) = unindexed.order.pop_front() {
                 unindexed.by_id.remove(&id);
@@ -467,30 +544,49 @@ impl Store {
         Ok(())
     }
 
+    /// The first sequence number of the log value holding `seq`, and the value.
+    fn value_holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        match self.inner.log.range(..=seq.to_be_bytes()).next_back().transpose()? {
+            Some((k, v)) => {
+                let first = seq_from(&k)
+                    .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?;
+                Ok(Some((first, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The punch with sequence number `seq`.
     pub fn get(&self, seq: u64) -> Result<Punch, StoreError> {
-        match self.inner.log.get(seq.to_be_bytes())? {
-            Some(v) => codec::decode(&v).map_err(|message| StoreError::Decode { key: format!("seq {seq}"), message }),
-            None => Err(StoreError::Decode { key: format!("seq {seq}"), message: "missing".into() }),
+        let decode_error = |message| StoreError::Decode { key: format!("seq {seq}"), message };
+        let Some((first, value)) = self.value_holding(seq)? else {
+            return Err(decode_error("missing".into()));
+        };
+        let punches = codec::split_log_value(&value).map_err(decode_error)?;
+        match punches.get((seq - first) as usize) {
+            Some(bytes) => codec::decode_at(seq, bytes).map_err(decode_error),
+            None => Err(decode_error("missing".into())),
         }
     }
 
     /// The punch with this `punch_id`, if stored.
     pub fn get_by_id(&self, punch_id: &str) -> Result<Option<Punch>, StoreError> {
         let seq = {
-            let unindexed = lock(&self.inner.unindexed);
-            self.seq_of(&unindexed, punch_id)?
+            let mut unindexed = lock(&self.inner.unindexed);
+            self.seq_of(&mut unindexed, punch_id)?
         };
         seq.map(|seq| self.get(seq)).transpose()
     }
 
     /// Punches with sequence number greater than `after`, in order (for stages that follow the store).
     pub fn after(&self, after: u64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let start = after.saturating_add(1).to_be_bytes();
-        self.inner.log.range(start..).map(|r| {
-            let (k, v) = r?;
-            codec::decode(&v).map_err(|message| StoreError::Decode { key: format!("seq {:?}", seq_from(&k)), message })
-        })
+        let from = after.saturating_add(1);
+        // Start at the value holding `from`: a block may begin before it.
+        let (start, error) = match self.value_holding(from) {
+            Ok(found) => (found.map_or(from, |(first, _)| first), None),
+            Err(e) => (from, Some(e)),
+        };
+        LogIter { values: self.inner.log.range(start.to_be_bytes()..), after, ready: Vec::new().into_iter(), error }
     }
 
     /// `(device_time, seq)` of the punches in `[from_ms, to_ms)` of one index group, indexed or not, in time order.
@@ -570,6 +666,78 @@ impl Store {
         let postings = self.postings(&group, index::SUBJECT_BUCKET, from_ms, to_ms, |p| &p.subject == subject);
         let subject = subject.clone();
         self.load(postings, move |p| p.subject == subject)
+    }
+}
+
+/// The block being filled by [`Store::insert_batch`].
+#[derive(Default)]
+struct Block {
+    first: u64,
+    punches: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Block {
+    /// Adds the encoded punch `seq` (the one after the block's last), closing the block into `batch` when full.
+    fn push(&mut self, seq: u64, encoded: Vec<u8>, batch: &mut sled::Batch) {
+        if self.punches.is_empty() {
+            self.first = seq;
+        }
+        self.bytes += encoded.len();
+        self.punches.push(encoded);
+        if self.punches.len() >= codec::BLOCK_MAX_PUNCHES || self.bytes >= codec::BLOCK_MAX_BYTES {
+            self.close(batch);
+        }
+    }
+
+    /// Writes the block into `batch` (a lone punch as itself) and starts an empty one.
+    fn close(&mut self, batch: &mut sled::Batch) {
+        let value = match self.punches.len() {
+            0 => return,
+            1 => self.punches.pop().unwrap_or_default(),
+            _ => codec::encode_block(&self.punches),
+        };
+        batch.insert(&self.first.to_be_bytes(), value);
+        self.punches.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The punches of the log after a sequence number, value by value.
+struct LogIter {
+    values: sled::Iter,
+    after: u64,
+    ready: std::vec::IntoIter<Punch>,
+    /// An error finding where to start, reported first.
+    error: Option<StoreError>,
+}
+
+impl Iterator for LogIter {
+    type Item = Result<Punch, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        loop {
+            if let Some(p) = self.ready.next() {
+                return Some(Ok(p));
+            }
+            let (k, v) = match self.values.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let Some(first) = seq_from(&k) else {
+                return Some(Err(StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() }));
+            };
+            match codec::decode_log_value(first, &v) {
+                Ok(punches) => {
+                    let after = self.after;
+                    self.ready = punches.into_iter().filter(|p| p.seq > after).collect::<Vec<_>>().into_iter();
+                }
+                Err(message) => return Some(Err(StoreError::Decode { key: format!("seq {first}"), message })),
+            }
+        }
     }
 }
 

@@ -47,7 +47,21 @@ impl Rig {
         let dir = self.dir.path().to_owned();
         let old = std::mem::replace(&mut self.store, Store::open(&tempfile::tempdir().unwrap().keep(), 1).unwrap());
         drop(old);
-        self.store = Store::open(&dir, 8).unwrap();
+        self.store = reopen(&dir).unwrap();
+    }
+}
+
+/// Opens the store in `dir` once the previous handle has let go of it: sled's background threads may hold the
+/// database for a moment after the last handle is dropped (polls the lock, up to 5 s).
+fn reopen(dir: &std::path::Path) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, 8) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            other => return other,
+        }
     }
 }
 
@@ -175,6 +189,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => proptest::collection::vec((0u8..4, 0u8..6, -200_000i64..200_000_000), 1..12).prop_map(Step::Insert),
+        // Group commits big enough to fill several blocks.
+        1 => proptest::collection::vec((0u8..4, 0u8..6, -200_000i64..200_000_000), 60..200).prop_map(Step::Insert),
         2 => Just(Step::Flush),
         2 => (1u64..20).prop_map(Step::Index),
         1 => Just(Step::Reopen),
@@ -234,6 +250,109 @@ proptest! {
 }
 
 #[test]
+fn a_group_commit_is_written_as_blocks_and_read_punch_by_punch() {
+    let mut r = Rig::new();
+    let mut batch: Vec<DevicePunch> = (1..=300).map(|i| punch("d1", i, "E1", i as i64 * 1_000)).collect();
+    // Large punches close a block by size before it is full by count.
+    for p in &mut batch[200..] {
+        p.attributes = vec![("photo".into(), "x".repeat(1_000))];
+    }
+    batch.push(punch("d1", 5, "E1", 5_000));
+    let inserted = r.insert(&batch);
+    assert!(inserted[300].duplicate && inserted[300].seq == 5);
+    r.flush();
+    let log = r.store.db().open_tree(LOG_TREE).unwrap();
+    let firsts: Vec<u64> = log.iter().keys().map(|k| seq_from(&k.unwrap()).unwrap()).collect();
+    drop(log);
+    // Small punches in blocks of BLOCK_MAX_PUNCHES; the block from 193 takes 8 small and 6 large punches (about 1 KiB
+    // each) before it reaches BLOCK_MAX_BYTES; then blocks of 6 large punches.
+    assert_eq!(&firsts[..5], &[1, 65, 129, 193, 207]);
+    assert!(firsts[4..].windows(2).all(|w| w[1] - w[0] == 6), "{firsts:?}");
+    assert_eq!(firsts.last(), Some(&297));
+    for seq in 1..=300 {
+        assert_eq!(r.store.get(seq).unwrap().seq, seq);
+    }
+    assert!(r.store.get(301).is_err() && r.store.get(0).is_err());
+    for after in [0, 1, 63, 64, 65, 199, 200, 296, 299, 300] {
+        assert_eq!(seqs(r.store.after(after)), (after + 1..=300).collect::<Vec<_>>(), "after {after}");
+    }
+    r.reopen();
+    assert_eq!(r.store.count().unwrap(), 300);
+    assert_eq!(seqs(r.store.by_time(10_000, 70_000)), (10..70).collect::<Vec<_>>());
+    assert!(r.insert(&[punch("d1", 250, "E1", 250_000)])[0].duplicate);
+    assert_eq!(r.insert(&[punch("d1", 301, "E1", 301_000)])[0].seq, 301);
+}
+
+#[test]
+fn numbered_ids_below_above_and_between_the_indexed_ones() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 300, "E1", 1_000), punch("d1", 10, "E1", 2_000)]);
+    r.flush();
+    r.store.index_pending(100).unwrap();
+    // Lower numbers, other buckets, a number equal to the highest: each found or new as it should be.
+    let ins = r.insert(&[punch("d1", 5, "E1", 3_000), punch("d1", 300, "E1", 1_000), punch("d1", 10, "E1", 2_000)]);
+    assert_eq!(ins.iter().map(|i| (i.seq, i.duplicate)).collect::<Vec<_>>(), vec![(3, false), (1, true), (2, true)]);
+    r.flush();
+    r.store.index_pending(100).unwrap();
+    assert!(r.insert(&[punch("d1", 5, "E1", 3_000)])[0].duplicate);
+    assert_eq!(r.insert(&[punch("d1", 301, "E1", 4_000)])[0].seq, 4);
+    r.flush();
+    r.reopen();
+    // The maximum is learned again from the index after a restart.
+    for (n, seq) in [(5, 3), (10, 2), (300, 1), (301, 4)] {
+        let ins = r.insert(&[punch("d1", n, "E1", 0)]);
+        assert_eq!((ins[0].seq, ins[0].duplicate), (seq, true), "number {n}");
+    }
+    assert_eq!(r.insert(&[punch("d1", 299, "E1", 0)])[0].seq, 5);
+}
+
+#[test]
+fn an_index_of_the_previous_layout_is_rebuilt() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 8, "E1", 1_000), DevicePunch { device_seq: None, ..punch("d2", 0, "E2", 2_000) }]);
+    r.flush();
+    r.store.index_pending(10).unwrap();
+    let hashed = r.store.get(2).unwrap().punch_id;
+    // The previous layout: one `I` key per id, and no index layout in `meta`.
+    let index = r.store.db().open_tree(INDEX_TREE).unwrap();
+    index.clear().unwrap();
+    index.insert(index::id_key("gw:d1:8"), &1u64.to_be_bytes()).unwrap();
+    index.insert(index::CURSOR, &2u64.to_be_bytes()).unwrap();
+    r.store.db().open_tree("meta").unwrap().remove(index::META_KEY).unwrap();
+    drop(index);
+    r.flush();
+    r.reopen();
+    let index = r.store.db().open_tree(INDEX_TREE).unwrap();
+    assert_eq!(index.get(index::id_key("gw:d1:8")).unwrap(), None);
+    assert_eq!(index.scan_prefix([index::K_NUMBERED_ID]).count(), 1);
+    assert!(index.get(index::id_key(&hashed)).unwrap().is_some());
+    drop(index);
+    assert_eq!(r.store.get_by_id("gw:d1:8").unwrap().map(|p| p.seq), Some(1));
+    assert_eq!(r.store.get_by_id(&hashed).unwrap().map(|p| p.seq), Some(2));
+    assert_eq!(r.store.get_by_id("gw:d1:08").unwrap(), None);
+    assert!(r.insert(&[punch("d1", 8, "E1", 1_000)])[0].duplicate);
+    assert_eq!(seqs(r.store.by_device("d2", 0, 10_000)), vec![2]);
+}
+
+#[test]
+fn a_damaged_block_is_an_error_not_a_panic() {
+    let mut r = Rig::new();
+    r.insert(&(1..=10).map(|i| punch("d1", i, "E1", i as i64)).collect::<Vec<_>>());
+    r.flush();
+    let log = r.store.db().open_tree(LOG_TREE).unwrap();
+    let block = log.get(1u64.to_be_bytes()).unwrap().unwrap();
+    // The same block under the wrong key: its punches carry other sequence numbers.
+    log.insert(11u64.to_be_bytes(), block.clone()).unwrap();
+    assert!(r.store.get(12).unwrap_err().to_string().contains("holds sequence number 2 where 12 belongs"));
+    log.insert(11u64.to_be_bytes(), &block[..block.len() - 3]).unwrap();
+    r.flush();
+    let dir = r.dir.path().to_owned();
+    drop((log, r.store));
+    let err = reopen(&dir).unwrap_err();
+    assert!(matches!(err, StoreError::Decode { .. }) && err.to_string().contains("runs past the end"), "{err}");
+}
+
+#[test]
 fn a_log_that_lost_its_tail_is_reported_as_damaged() {
     let mut r = Rig::new();
     r.insert(&[punch("d1", 1, "E1", 1_000), punch("d1", 2, "E1", 2_000)]);
@@ -244,11 +363,11 @@ fn a_log_that_lost_its_tail_is_reported_as_damaged() {
     std::fs::write(r.dir.path().join(WATERMARK_FILE), format!("{WATERMARK_HEADER} 3\n")).unwrap();
     let dir = r.dir.path().to_owned();
     drop(r.store);
-    let err = Store::open(&dir, 8).unwrap_err().to_string();
+    let err = reopen(&dir).unwrap_err().to_string();
     assert!(err.contains("damaged database") && err.contains("ends at sequence 2"), "{err}");
     std::fs::write(dir.join(WATERMARK_FILE), "garbage").unwrap();
-    let err = Store::open(&dir, 8).unwrap_err().to_string();
+    let err = reopen(&dir).unwrap_err().to_string();
     assert!(err.contains("does not hold a watermark"), "{err}");
     std::fs::write(dir.join(WATERMARK_FILE), format!("{WATERMARK_HEADER} 2\n")).unwrap();
-    assert_eq!(Store::open(&dir, 8).unwrap().count().unwrap(), 2);
+    assert_eq!(reopen(&dir).unwrap().count().unwrap(), 2);
 }
