@@ -348,3 +348,83 @@ fn mqtt_edge_publish_flood_from_one_client_does_not_starve_other_devices() {
     assert!(flooded > 0.0, "none of the flood was stored");
     eprintln!("flood: {flooded} punches of flood-1 stored");
 }
+
+/// Reads frames until one of type `kind` (the high nibble) arrives; returns its first byte and body.
+async fn read_until(s: &mut TcpStream, kind: u8, what: &str) -> (u8, Vec<u8>) {
+    loop {
+        match tokio::time::timeout(LIMIT, read_frame(s)).await.unwrap_or_else(|_| panic!("{what}: nothing in time")) {
+            Some((first, body)) if first >> 4 == kind => return (first, body),
+            Some(_) => continue,
+            None => panic!("{what}: connection closed"),
+        }
+    }
+}
+
+/// The JSON of an ack PUBLISH (QoS 0: topic, then payload).
+fn ack_json(first: u8, body: &[u8]) -> (String, Value) {
+    assert_eq!(first, 0x30, "acks are QoS 0 PUBLISHes");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = String::from_utf8(body[2..2 + topic_len].to_vec()).unwrap();
+    (topic, serde_json::from_slice(&body[2 + topic_len..]).expect("ack is JSON"))
+}
+
+#[test]
+fn mqtt_edge_subscriptions_are_answered_by_the_front_and_acks_follow_them() {
+    let gw = Gateway::start(&config("gw-edge4", &["face-1"]));
+    let addr = gw.addr("mqtt");
+    let stored = |n: f64| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while gw.metric("gatewayd_punches_stored_total{driver=\"mqtt\",device=\"face-1\"}") != Some(n) {
+            assert!(std::time::Instant::now() < deadline, "{n} punches not stored in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let rt = runtime();
+    let mut s = rt.block_on(async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&connect("face-1")).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, Some((0x20, vec![0, 0])));
+        // Two filters in one SUBSCRIBE, QoS 2 and 0 requested: granted at most QoS 1, in order.
+        let mut body = 7u16.to_be_bytes().to_vec();
+        put_str(&mut body, b"gw/v1/dev/face-1/#");
+        body.push(2);
+        put_str(&mut body, b"gw/v1/dev/face-1/cmd");
+        body.push(0);
+        s.write_all(&frame(0x82, &body)).await.unwrap();
+        assert_eq!(read_until(&mut s, 9, "SUBACK").await, (0x90, vec![0, 7, 1, 0]));
+        // The wildcard filter matches the ack topic: the punch is answered there.
+        s.write_all(&publish_qos1(b"gw/v1/dev/face-1/punch", 1, &punch(1))).await.unwrap();
+        let (first, body) = read_until(&mut s, 3, "ack of seq 1").await;
+        let (topic, ack) = ack_json(first, &body);
+        assert_eq!(
+            (topic.as_str(), ack["seq"].as_u64(), ack["status"].as_str()),
+            ("gw/v1/dev/face-1/ack", Some(1), Some("stored"))
+        );
+        // Unsubscribed, the device gets no acks (the punch is still stored).
+        let mut body = 8u16.to_be_bytes().to_vec();
+        put_str(&mut body, b"gw/v1/dev/face-1/#");
+        s.write_all(&frame(0xa2, &body)).await.unwrap();
+        assert_eq!(read_until(&mut s, 11, "UNSUBACK").await, (0xb0, vec![0, 8]));
+        s.write_all(&publish_qos1(b"gw/v1/dev/face-1/punch", 2, &punch(2))).await.unwrap();
+        assert_eq!(read_until(&mut s, 4, "PUBACK of seq 2").await, (0x40, vec![0, 2]));
+        s
+    });
+    // The ack of seq 2 is handed to the connection right after the store counted the punch, long before the
+    // subscription below: had it been written, it would arrive before the ack of seq 3.
+    stored(2.0);
+    rt.block_on(async {
+        s.write_all(&subscribe(9, b"gw/v1/dev/face-1/ack")).await.unwrap();
+        assert_eq!(read_until(&mut s, 9, "SUBACK").await, (0x90, vec![0, 9, 1]));
+        s.write_all(&publish_qos1(b"gw/v1/dev/face-1/punch", 3, &punch(3))).await.unwrap();
+        let (first, body) = read_until(&mut s, 3, "ack of seq 3").await;
+        assert_eq!(ack_json(first, &body).1["seq"], 3, "the first ack after resubscribing is seq 3's");
+        // The re-sent punch is answered again, and stored once.
+        s.write_all(&publish_qos1(b"gw/v1/dev/face-1/punch", 4, &punch(2))).await.unwrap();
+        let (first, body) = read_until(&mut s, 3, "ack of the re-sent seq 2").await;
+        let ack = ack_json(first, &body).1;
+        assert_eq!((ack["seq"].as_u64(), ack["status"].as_str()), (Some(2), Some("stored")));
+    });
+    // Four answers `stored`, one of them for the re-sent punch: three punches in the store.
+    assert_eq!(gw.metric("gatewayd_punches_stored_total{driver=\"mqtt\",device=\"face-1\"}"), Some(4.0));
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(3.0));
+}

@@ -12,17 +12,29 @@
 //!    else closes the connection (MQTT 3.1.1 §3.3.5 lets a server close instead of acknowledging an unauthorised
 //!    PUBLISH) and is counted as `topic_not_allowed`.
 //!
+//! Subscriptions end at the front: SUBSCRIBE and UNSUBSCRIBE are answered here (SUBACK granting at most QoS 1,
+//! UNSUBACK) and never reach the broker, and the gateway's acks come to the connection through [`AckRoutes`], written
+//! to the device as QoS 0 PUBLISHes on `gw/v1/dev/{id}/ack` when one of its filters matches that topic. The only thing
+//! a device can subscribe to is under its own prefix, and the gateway publishes nothing there but acks, so nothing is
+//! lost by this; what is gained is memory: rumqttd keeps an in-memory commit log per subscription filter, preallocated
+//! for 1,024 messages (about 240 KB) per segment and never shrunk, which made every device's ack subscription cost
+//! about 1 MB. An ack the device misses (not subscribed, disconnected, or too slow to read a window of acks) is not
+//! kept: the device re-sends the punch and is answered `stored` again (SPEC 3.1). Broker-to-device traffic (CONNACK,
+//! PUBACK, PINGRESP) is forwarded frame by frame, so the front's own frames never split one.
+//!
 //! The connection also closes when the device is removed from the configuration or its secret changes (SIGHUP), and when
 //! the gateway shuts down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,7 +62,57 @@ pub(crate) struct Front {
     pub frame_limit: usize,
     /// Unanswered punches per device (backpressure from the store, see [`super::window`]).
     pub windows: Windows,
+    /// The connections the gateway's acks go to.
+    pub acks: Arc<AckRoutes>,
     presence: Mutex<HashMap<String, (usize, bool)>>,
+}
+
+/// Acks a connection may hold before it wrote them to the device: two windows' worth.
+const ACKS_PER_CONNECTION: usize = 2 * WINDOW as usize;
+
+/// One open connection's ack queue, with the connection's id.
+type Route = (u64, mpsc::Sender<Vec<u8>>);
+
+/// Where the gateway's acks go: every open connection of the device (usually one).
+#[derive(Default)]
+pub struct AckRoutes {
+    routes: Mutex<HashMap<String, Vec<Route>>>,
+    next_id: AtomicU64,
+}
+
+impl AckRoutes {
+    /// A new connection of `device`: its id and the receiving end of its acks.
+    fn register(&self, device: &str) -> (u64, mpsc::Receiver<Vec<u8>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(ACKS_PER_CONNECTION);
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.entry(device.to_owned()).or_default().push((id, tx));
+        }
+        (id, rx)
+    }
+
+    fn unregister(&self, device: &str, id: u64) {
+        if let Ok(mut routes) = self.routes.lock() {
+            if let Some(list) = routes.get_mut(device) {
+                list.retain(|(i, _)| *i != id);
+                if list.is_empty() {
+                    routes.remove(device);
+                }
+            }
+        }
+    }
+
+    /// Hands an ack payload to the device's connections. False when none took it (the device is not connected, or
+    /// has not read two windows of acks): the device re-sends and is answered again.
+    pub fn deliver(&self, device: &str, payload: Vec<u8>) -> bool {
+        let Ok(routes) = self.routes.lock() else { return false };
+        let Some(list) = routes.get(device) else { return false };
+        let mut delivered = false;
+        for (_, tx) in list {
+            delivered |= tx.try_send(payload.clone()).is_ok();
+        }
+        delivered
+    }
 }
 
 impl Front {
@@ -63,7 +125,17 @@ impl Front {
         frame_limit: usize,
         windows: Windows,
     ) -> Front {
-        Front { credentials, broker, token, status, metrics, frame_limit, windows, presence: Mutex::default() }
+        Front {
+            credentials,
+            broker,
+            token,
+            status,
+            metrics,
+            frame_limit,
+            windows,
+            acks: Arc::default(),
+            presence: Mutex::default(),
+        }
     }
 
     /// One more open connection of `device`: online; a reconnect if it had connected before.
@@ -341,16 +413,20 @@ async fn handle<S>(
     from_broker.clear();
 
     front.connected(&device_id, peer);
-    let why = pump(device, broker, buf, &device_id, secret, &front, &cancel).await;
+    let (route, acks) = front.acks.register(&device_id);
+    let why = pump(device, broker, buf, acks, &device_id, secret, &front, &cancel).await;
+    front.acks.unregister(&device_id, route);
     front.disconnected(&device_id, &why);
 }
 
 /// Moves bytes both ways until either side closes, a rule is broken, the device is deconfigured or the gateway stops.
 /// Returns why it ended.
+#[allow(clippy::too_many_arguments)]
 async fn pump<S>(
     device: S,
     broker: TcpStream,
     mut buf: BytesMut,
+    mut acks: mpsc::Receiver<Vec<u8>>,
     device_id: &str,
     secret: Option<crate::config::Secret>,
     front: &Front,
@@ -364,15 +440,23 @@ where
     let mut revisions = front.credentials.revisions();
     revisions.mark_unchanged();
     let window = front.windows.of(device_id);
+    let ack_topic = format!("{TOPIC_PREFIX}{device_id}/ack");
+    // Whether one of the device's filters matches its ack topic (written by the upstream half, read downstream).
+    let wants_acks = std::sync::atomic::AtomicBool::new(false);
+    // The front's own answers to the device (SUBACK, UNSUBACK), written between broker frames.
+    let (replies_tx, mut replies) = mpsc::channel::<Vec<u8>>(4);
 
     let why = {
         let upstream = async {
+            let mut filters: HashSet<String> = HashSet::new();
             loop {
                 // Check and forward every whole frame in the buffer, then read more. A punch publish beyond the
-                // device's window stops the scan until the store answered earlier ones.
+                // device's window stops the scan until the store answered earlier ones; a (un)subscription stops
+                // it so that the front answers it itself.
                 let mut ready = 0;
                 let mut punches = 0;
                 let mut blocked = false;
+                let mut subscription = None;
                 loop {
                     let rest = &buf[ready..];
                     let (header, body) = match wire::frame_len(rest, front.frame_limit) {
@@ -387,6 +471,10 @@ where
                         front.status.error(device_id, DRIVER, why.clone());
                         tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
                         return why;
+                    }
+                    if matches!(b0 >> 4, kind::SUBSCRIBE | kind::UNSUBSCRIBE) {
+                        subscription = Some(header + body);
+                        break;
                     }
                     if is_punch(b0, frame_body) {
                         if window.unanswered() + punches >= WINDOW {
@@ -405,6 +493,19 @@ where
                     }
                     buf.advance(ready);
                 }
+                if let Some(len) = subscription {
+                    // Checked by `check_frame` already.
+                    let reply = match subscribe_locally(&mut filters, buf[0], &buf[..len]) {
+                        Ok(reply) => reply,
+                        Err(e) => return format!("protocol error: {e}"),
+                    };
+                    wants_acks.store(filters.iter().any(|f| wire::filter_matches(f, &ack_topic)), Ordering::Release);
+                    buf.advance(len);
+                    if replies_tx.send(reply).await.is_err() {
+                        return "device write ended".to_owned();
+                    }
+                    continue;
+                }
                 if blocked {
                     if !window.wait_for_room().await {
                         tracing::debug!(device = device_id, "mqtt window stalled: unanswered punches forgotten");
@@ -419,9 +520,44 @@ where
             }
         };
         let downstream = async {
-            match tokio::io::copy(&mut br_rd, &mut dev_wr).await {
-                Ok(_) => "broker closed the connection".to_owned(),
-                Err(e) => format!("device write: {e}"),
+            let mut from_broker = BytesMut::with_capacity(1024);
+            let mut out: Vec<u8> = Vec::with_capacity(1024);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(reply) = replies.recv() => out.extend_from_slice(&reply),
+                    Some(ack) = acks.recv() => {
+                        let wanted = wants_acks.load(Ordering::Acquire);
+                        let mut next = Some(ack);
+                        // Everything already waiting goes out in one write.
+                        while let Some(ack) = next {
+                            if wanted {
+                                out.extend_from_slice(&wire::publish_qos0(&ack_topic, &ack));
+                            }
+                            next = acks.try_recv().ok();
+                        }
+                    }
+                    read = br_rd.read_buf(&mut from_broker) => match read {
+                        Ok(0) => return "broker closed the connection".to_owned(),
+                        Ok(_) => loop {
+                            // Whole frames only, so the front's own frames never land inside one.
+                            match wire::frame_len(&from_broker, front.frame_limit) {
+                                Ok(Some((h, b))) if from_broker.len() >= h + b => {
+                                    out.extend_from_slice(&from_broker.split_to(h + b));
+                                }
+                                Ok(_) => break,
+                                Err(e) => return format!("broker protocol error: {e}"),
+                            }
+                        },
+                        Err(e) => return format!("broker read: {e}"),
+                    },
+                }
+                if !out.is_empty() {
+                    if let Err(e) = dev_wr.write_all(&out).await {
+                        return format!("device write: {e}");
+                    }
+                    out.clear();
+                }
             }
         };
         let deconfigured = async {
@@ -444,6 +580,29 @@ where
     };
     let _ = br_wr.shutdown().await;
     why
+}
+
+/// Applies a SUBSCRIBE or UNSUBSCRIBE frame (`frame` = fixed header and body, already checked by [`check_frame`]) to
+/// the connection's `filters` and returns the SUBACK or UNSUBACK. Each filter is granted the QoS requested, at most 1;
+/// acks are sent at QoS 0, which the grant allows.
+fn subscribe_locally(filters: &mut HashSet<String>, b0: u8, frame: &[u8]) -> Result<Vec<u8>, wire::WireError> {
+    let header = match wire::frame_len(frame, frame.len())? {
+        Some((h, _)) => h,
+        None => return Err(wire::WireError::Truncated("fixed header")),
+    };
+    let body = &frame[header..];
+    if b0 >> 4 == kind::SUBSCRIBE {
+        let sub = wire::subscription(body, true)?;
+        let granted: Vec<u8> = sub.filters.iter().map(|&(_, qos)| qos.min(1)).collect();
+        filters.extend(sub.filters.iter().map(|&(f, _)| f.to_owned()));
+        Ok(wire::suback(sub.packet_id, &granted))
+    } else {
+        let sub = wire::subscription(body, false)?;
+        for (f, _) in &sub.filters {
+            filters.remove(*f);
+        }
+        Ok(wire::unsuback(sub.packet_id).to_vec())
+    }
 }
 
 /// True for a PUBLISH (already checked by [`check_frame`]) to a punch topic.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! device ──TCP/TLS──> front (auth, topic rules) ──loopback──> rumqttd (own thread) ──local link──> ingest ──> PunchSink
-//!    ^                                                                                   |
-//!    └────────────── gw/v1/dev/{id}/ack <── rumqttd <── ack thread (LinkTx) <── outcome ─┘
+//!    ^                  |                                                                 |
+//!    └── gw/v1/dev/{id}/ack (QoS 0) <── front connection <── AckRoutes <──── outcome ─────┘
 //! ```
 //!
 //! - [`front`]: the listeners on `[mqtt].listen` (and `tls_listen`). It authenticates every CONNECT against the
@@ -16,7 +16,9 @@
 //!   `docs/architecture.md`).
 //! - The ingest task reads device publishes from a local link (`Broker::link`), parses them ([`payload`]), submits them
 //!   to the [`PunchSink`] in batches and answers each on `gw/v1/dev/{id}/ack` only after the sink says the punch is
-//!   durable. The broker's PUBACK means only "reached the broker".
+//!   durable. The broker's PUBACK means only "reached the broker". Acks do not go through the broker: the front
+//!   answers subscriptions itself and writes each ack straight to the device's connection ([`front::AckRoutes`]),
+//!   which keeps rumqttd's per-filter commit logs (about 1 MB per subscribed device) out of the gateway.
 //! - Presence: the front marks a device online when the broker accepted its CONNECT and offline when its last connection
 //!   ends; messages on `gw/v1/dev/{id}/status` (including the last will) are recorded as the device's status detail.
 
@@ -60,8 +62,6 @@ const JOB_QUEUE: usize = 8192;
 const SUBMIT_BATCH: usize = 1024;
 /// Most `submit_many` calls waiting for the store at once.
 const SUBMITS_IN_FLIGHT: usize = 64;
-/// Acks waiting to be published.
-const ACK_QUEUE: usize = 16384;
 /// The local link's client id: contains `:`, which device ids cannot, so no device can take over the session.
 const LINK_CLIENT_ID: &str = "gatewayd:ingest";
 
@@ -180,10 +180,11 @@ pub async fn start(
     };
 
     let token = random_token();
+    let device_count = devices.iter().filter(|d| d.driver == crate::config::DriverKind::Mqtt).count();
     let creds_for_broker = credentials.clone();
     let token_for_broker = token.clone();
     let (broker_addr, link_tx, link_rx) =
-        tokio::task::spawn_blocking(move || start_broker(token_for_broker, creds_for_broker))
+        tokio::task::spawn_blocking(move || start_broker(token_for_broker, creds_for_broker, device_count))
             .await
             .map_err(|e| MqttError::Broker(e.to_string()))??;
 
@@ -198,7 +199,7 @@ pub async fn start(
         windows.clone(),
     ));
     let sink = ctx.sink.for_driver(DRIVER);
-    spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes, windows);
+    spawn_ingest(link_tx, link_rx, sink, &ctx, settings.max_payload_bytes, windows, front.acks.clone());
     ctx.tasks.spawn(front::serve_plain(plain, front.clone(), ctx.cancel.clone(), ctx.tasks.clone()));
     let (tls_addr, tls) = match tls {
         Some((l, a, acceptor)) => {
@@ -217,12 +218,33 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The most connections the embedded broker takes: one per connected device (the front's), and the gateway's link.
+const MAX_CONNECTIONS: usize = 10_000;
+/// The segment size of the broker's commit logs.
+const PUNCH_LOG_SEGMENT: usize = 256 * 1024;
+
+/// How many segments the commit log of `gw/v1/dev/+/punch` keeps. rumqttd keeps a filter's publishes in memory and frees
+/// a segment only when the log is full (the oldest is dropped, read or not), so the log grows to its full size and
+/// stays there: this is most of the broker's memory. It must cover how far the ingest link can fall behind, which the
+/// front's windows bound to [`window::WINDOW`] punches per device: sized for the MQTT devices configured at start (at
+/// least 128) at 384 bytes per punch message, about twice the usual. Should it still overflow (far more devices added
+/// by reload, very large payloads), the punches dropped were never acknowledged as durable, and their devices re-send
+/// them.
+fn punch_log_segments(devices: usize) -> usize {
+    let bytes = devices.max(128) * window::WINDOW as usize * 384;
+    bytes.div_ceil(PUNCH_LOG_SEGMENT).max(2)
+}
+
 /// Starts rumqttd on its own thread with one internal loopback listener, and opens the ingest link.
 ///
 /// rumqttd binds its listener itself and cannot report the address, so a free loopback port is picked first (bind to
 /// port 0 and release). Should another process take the port in between, rumqttd's listener fails and its server
 /// thread ends; `start` notices that (the broker thread returns) and fails instead of talking to a stranger.
-fn start_broker(token: String, credentials: Credentials) -> Result<(SocketAddr, LinkTx, LinkRx), MqttError> {
+fn start_broker(
+    token: String,
+    credentials: Credentials,
+    devices: usize,
+) -> Result<(SocketAddr, LinkTx, LinkRx), MqttError> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| MqttError::Broker(format!("cannot pick a loopback port: {e}")))?
@@ -248,22 +270,18 @@ fn start_broker(token: String, credentials: Credentials) -> Result<(SocketAddr, 
         next_connection_delay_ms: 0,
         connections,
     };
+    let punch_log = punch_log_segments(devices);
     let router = rumqttd::RouterConfig {
-        max_connections: 100_000,
+        // rumqttd reserves its connection tables for this many connections up front.
+        max_connections: MAX_CONNECTIONS,
         max_outgoing_packet_count: 1024,
-        // The commit log of each filter (punches, acks): up to 8 segments of 1 MiB, the oldest dropped when full, even
-        // if a subscriber has not read it. The front's windows (`window::WINDOW` punches per device) bound how far the
-        // ingest link can fall behind: 32 punches of ~200 bytes per device fill 7 MiB only beyond 1,000 devices.
-        max_segment_size: 1 << 20,
-        max_segment_count: 8,
+        // The commit logs of the two filters the ingest link reads (see `punch_log_segments`); the status log uses
+        // the same sizes but fills only as fast as devices report status.
+        max_segment_size: PUNCH_LOG_SEGMENT,
+        max_segment_count: punch_log,
         custom_segment: None,
-        // Filters exist from the start, so the gateway's acks always have somewhere to go even before a device
-        // subscribed (rumqttd drops a publisher whose topic matches no filter).
-        initialized_filters: Some(vec![
-            format!("{TOPIC_PREFIX}+/punch"),
-            format!("{TOPIC_PREFIX}+/status"),
-            format!("{TOPIC_PREFIX}+/ack"),
-        ]),
+        // Filters exist from the start, so the link reads every device's punches and status.
+        initialized_filters: Some(vec![format!("{TOPIC_PREFIX}+/punch"), format!("{TOPIC_PREFIX}+/status")]),
         shared_subscriptions_strategy: Default::default(),
     };
     let config = rumqttd::Config {
@@ -317,9 +335,6 @@ struct Job {
     punch: DevicePunch,
 }
 
-/// An ack to publish: (device, payload).
-type AckMsg = (String, Vec<u8>);
-
 fn spawn_ingest(
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -327,41 +342,30 @@ fn spawn_ingest(
     ctx: &MqttContext,
     max_payload: usize,
     windows: window::Windows,
+    acks: Arc<front::AckRoutes>,
 ) {
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(JOB_QUEUE);
-    let (acks_tx, acks_rx) = mpsc::channel::<AckMsg>(ACK_QUEUE);
-
-    // Acks go out through the link's sending half, whose `publish` blocks on the router channel: a thread of its own.
-    let spawned = std::thread::Builder::new().name("mqtt-acks".into()).spawn(move || publish_acks(link_tx, acks_rx));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the mqtt ack thread: devices will not get acks");
-    }
     ctx.tasks.spawn(read_link(
+        link_tx,
         link_rx,
         jobs_tx,
-        acks_tx.clone(),
+        acks.clone(),
         sink.clone(),
         ctx.clone(),
         max_payload,
         windows.clone(),
     ));
-    ctx.tasks.spawn(submit_jobs(jobs_rx, acks_tx, sink, ctx.tasks.clone(), windows));
+    ctx.tasks.spawn(submit_jobs(jobs_rx, acks, sink, ctx.tasks.clone(), windows));
 }
 
-fn publish_acks(mut link_tx: LinkTx, mut acks: mpsc::Receiver<AckMsg>) {
-    while let Some((device, payload)) = acks.blocking_recv() {
-        if let Err(e) = link_tx.publish(format!("{TOPIC_PREFIX}{device}/ack"), payload) {
-            tracing::error!(error = %e, "mqtt broker link lost: acks cannot be published");
-            return;
-        }
-    }
-}
-
-/// Reads device publishes from the broker and turns them into jobs (or rejection acks).
+/// Reads device publishes from the broker and turns them into jobs (or rejection acks). Holds the link's sending half
+/// (its subscriptions live as long as it does).
+#[allow(clippy::too_many_arguments)]
 async fn read_link(
+    _link_tx: LinkTx,
     mut link_rx: LinkRx,
     jobs: mpsc::Sender<Job>,
-    acks: mpsc::Sender<AckMsg>,
+    acks: Arc<front::AckRoutes>,
     sink: PunchSink,
     ctx: MqttContext,
     max_payload: usize,
@@ -406,10 +410,7 @@ async fn read_link(
                         windows.answered(device, 1);
                         sink.count_unparsed(device, e.label);
                         tracing::debug!(device, reason = %e.reason, "mqtt punch rejected");
-                        let ack = Ack::rejected(e.seq, e.reason).to_json();
-                        if acks.send((device.to_owned(), ack)).await.is_err() {
-                            return;
-                        }
+                        acks.deliver(device, Ack::rejected(e.seq, e.reason).to_json());
                     }
                 }
             }
@@ -428,7 +429,7 @@ async fn read_link(
 /// (SPEC 3.1), whereas a `rejected` ack could make it discard a punch the gateway would store a minute later.
 async fn submit_jobs(
     mut jobs: mpsc::Receiver<Job>,
-    acks: mpsc::Sender<AckMsg>,
+    acks: Arc<front::AckRoutes>,
     sink: PunchSink,
     tasks: TaskTracker,
     windows: window::Windows,
@@ -459,9 +460,7 @@ async fn submit_jobs(
                         continue;
                     }
                 };
-                if acks.send((device, ack.to_json())).await.is_err() {
-                    return;
-                }
+                acks.deliver(&device, ack.to_json());
             }
         });
     }

@@ -295,29 +295,116 @@ pub fn publish_topic(first: u8, body: &[u8]) -> Result<&str, WireError> {
     Ok(topic)
 }
 
-/// The topic filters of a SUBSCRIBE (or UNSUBSCRIBE when `with_qos` is false) body.
-pub fn subscription_filters(body: &[u8], with_qos: bool) -> Result<Vec<&str>, WireError> {
+/// A parsed SUBSCRIBE or UNSUBSCRIBE body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subscription<'a> {
+    pub packet_id: u16,
+    /// Each topic filter with its requested QoS (0 for UNSUBSCRIBE).
+    pub filters: Vec<(&'a str, u8)>,
+}
+
+/// Parses a SUBSCRIBE (or UNSUBSCRIBE when `with_qos` is false) body.
+pub fn subscription(body: &[u8], with_qos: bool) -> Result<Subscription<'_>, WireError> {
     let mut r = Reader { buf: body };
-    r.u16("packet id")?;
+    let packet_id = r.u16("packet id")?;
     let mut filters = Vec::new();
     while !r.buf.is_empty() {
-        filters.push(r.str("topic filter")?);
+        let filter = r.str("topic filter")?;
+        let mut qos = 0;
         if with_qos {
-            let qos = r.u8("requested QoS")?;
+            qos = r.u8("requested QoS")?;
             if qos > 2 {
                 return Err(WireError::Protocol(format!("requested QoS {qos}")));
             }
         }
+        filters.push((filter, qos));
     }
     if filters.is_empty() {
         return Err(WireError::Protocol("subscription without a topic filter".into()));
     }
-    Ok(filters)
+    Ok(Subscription { packet_id, filters })
+}
+
+/// The topic filters of a SUBSCRIBE (or UNSUBSCRIBE when `with_qos` is false) body.
+pub fn subscription_filters(body: &[u8], with_qos: bool) -> Result<Vec<&str>, WireError> {
+    Ok(subscription(body, with_qos)?.filters.into_iter().map(|(f, _)| f).collect())
+}
+
+/// A SUBACK granting `granted` (one return code per filter, in order).
+pub fn suback(packet_id: u16, granted: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind::SUBACK << 4];
+    put_length(&mut out, 2 + granted.len());
+    out.extend_from_slice(&packet_id.to_be_bytes());
+    out.extend_from_slice(granted);
+    out
+}
+
+/// An UNSUBACK.
+pub fn unsuback(packet_id: u16) -> [u8; 4] {
+    let [hi, lo] = packet_id.to_be_bytes();
+    [kind::UNSUBACK << 4, 2, hi, lo]
+}
+
+/// A QoS 0 PUBLISH of `payload` to `topic`.
+pub fn publish_qos0(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let topic = &topic.as_bytes()[..topic.len().min(usize::from(u16::MAX))];
+    let mut out = Vec::with_capacity(5 + 2 + topic.len() + payload.len());
+    out.push(kind::PUBLISH << 4);
+    put_length(&mut out, 2 + topic.len() + payload.len());
+    put_bytes(&mut out, topic);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// True when the topic filter `filter` (with `+` and `#` wildcards) matches the topic `topic` (MQTT 3.1.1 §4.7).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscription_acks_and_publishes_encode_as_mqtt_3_1_1() {
+        // SUBSCRIBE body: packet id 10, "a/b" QoS 1, "c/#" QoS 0.
+        let body = [0, 10, 0, 3, b'a', b'/', b'b', 1, 0, 3, b'c', b'/', b'#', 0];
+        let sub = subscription(&body, true).unwrap();
+        assert_eq!(sub, Subscription { packet_id: 10, filters: vec![("a/b", 1), ("c/#", 0)] });
+        assert!(subscription(&[0, 10, 0, 1, b'a', 3], true).unwrap_err().to_string().contains("requested QoS 3"));
+        assert!(subscription(&[0, 10], true).is_err());
+        assert_eq!(suback(10, &[1, 0]), vec![0x90, 4, 0, 10, 1, 0]);
+        assert_eq!(unsuback(0x1234), [0xb0, 2, 0x12, 0x34]);
+        let p = publish_qos0("gw/v1/dev/a/ack", b"{}");
+        assert_eq!(&p[..4], &[0x30, 2 + 15 + 2, 0, 15]);
+        assert_eq!(publish_topic(p[0], &p[2..]).unwrap(), "gw/v1/dev/a/ack");
+        assert_eq!(frame_len(&p, 1024).unwrap(), Some((2, p.len() - 2)));
+        // A payload long enough for a two-byte remaining length.
+        let long = publish_qos0("t", &[7; 200]);
+        assert_eq!(frame_len(&long, 1024).unwrap(), Some((3, 203)));
+    }
+
+    #[test]
+    fn topic_filters_match_like_mqtt() {
+        let topic = "gw/v1/dev/a/ack";
+        for yes in
+            ["gw/v1/dev/a/ack", "gw/v1/dev/a/#", "gw/v1/dev/+/ack", "gw/#", "#", "gw/v1/dev/a/ack/#", "+/+/+/+/+"]
+        {
+            assert!(filter_matches(yes, topic), "{yes}");
+        }
+        for no in ["gw/v1/dev/a", "gw/v1/dev/b/ack", "gw/v1/dev/a/ack/x", "gw/v1/dev/+", "+/+/+/+", "gw/v1/dev/a/+/x"] {
+            assert!(!filter_matches(no, topic), "{no}");
+        }
+    }
 
     fn sample() -> Connect {
         Connect {
