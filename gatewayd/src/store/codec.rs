@@ -81,10 +81,10 @@ pub fn decode(bytes: &[u8]) -> Result<Punch, String> {
 pub const BLOCK_V1: u8 = 2;
 /// The most punches in one block.
 pub const BLOCK_MAX_PUNCHES: usize = 64;
-/// A block is closed once its punches take this many bytes. sled rewrites a whole leaf node (up to 17 values) as one
-/// log message and stores messages over 128 KiB (a quarter of its 512 KiB segment) as separate blob files; 6 KiB blocks
-/// keep a full leaf of blocks well below that.
-pub const BLOCK_MAX_BYTES: usize = 6 * 1024;
+/// The most bytes of punches in a block (a single larger punch makes a block of its own). sled rewrites a whole leaf
+/// node (up to 17 values) as one log message and stores messages over 128 KiB (a quarter of its 512 KiB segment) as
+/// separate blob files, which it never syncs; 4 KiB blocks keep a full leaf of blocks well below that.
+pub const BLOCK_MAX_BYTES: usize = 4 * 1024;
 
 /// Encodes a block of encoded punches (each as [`encode`] makes it): [`BLOCK_V1`], the count (u32 big-endian), each
 /// punch's length (u32 big-endian), then the punches.

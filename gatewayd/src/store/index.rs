@@ -5,7 +5,7 @@
 //! [`super`] for the key layout.
 //!
 //! Time, device and subject entries are *postings*: sled values per (group, time bucket, indexing round) holding the
-//! `(device_time, seq)` pairs of every punch of that round in that bucket (at most 1,024 per value). A round indexes every punch that became
+//! `(device_time, seq)` pairs of every punch of that round in that bucket (at most 256 per value). A round indexes every punch that became
 //! durable since the previous round, so under load one posting covers many punches and the index costs a fraction of a
 //! sled insert per punch; when the site is quiet a round holds one punch and the cost does not matter.
 
@@ -38,8 +38,9 @@ pub(super) const SUBJECT_BUCKET: i64 = 86_400_000;
 /// The encoding version byte of a posting value.
 const POSTING_V1: u8 = 1;
 const ENTRY_LEN: usize = 16;
-/// Postings stay small sled values (16 KiB at most), far below the size sled stores as separate blob files.
-const MAX_POSTING_ENTRIES: usize = 1024;
+/// Postings stay small sled values (4 KiB at most): sled rewrites a whole leaf (up to 17 values) as one log message and
+/// stores a message over 128 KiB as a separate blob file, which sled never syncs (see *Durability point* in [`super`]).
+const MAX_POSTING_ENTRIES: usize = 256;
 
 /// Unix milliseconds (or a bucket number) with the sign bit flipped, so that byte order is numeric order.
 pub(super) fn ordered(v: i64) -> [u8; 8] {

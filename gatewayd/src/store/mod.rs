@@ -28,7 +28,7 @@
 //!
 //! Times and time buckets (minute, hour, day numbers since the Unix epoch, of device time) have the sign bit flipped so
 //! byte order is time order. A *posting* is a version byte followed by `(device_time:i64be, seq:u64be)` pairs: the
-//! punches of one indexing round that fall in that bucket, at most 1,024 per value (`first` = its first sequence number).
+//! punches of one indexing round that fall in that bucket, at most 256 per value (`first` = its first sequence number).
 //! Punch ids of devices that number their punches (`{gateway}:{device}:{n}`) are indexed the same way under `N`, by
 //! `prefix` = `{gateway}:{device}` and `bucket` = n / 256, with `(n, seq)` pairs: one sled insert per device and round
 //! instead of one per punch. Other ids (hashed, see [`crate::punch::punch_id`]) have one `I` key each. The subject
@@ -49,7 +49,9 @@
 //! A punch is durable when the `flush` that follows the write holding it has returned ([`Store::flush`]): sled's
 //! `flush_async`, then an `fdatasync` of sled's log file. sled 0.34 makes its log stable with `sync_file_range`, which
 //! persists neither the file's size and extents nor the disk's write cache, so without the `fdatasync` an acknowledged
-//! punch could vanish in a power cut (docs/robustness.md has the experiment). The store directory and its parent are
+//! punch could vanish in a power cut (docs/robustness.md has the experiment). sled also never syncs the blob files it
+//! writes for log messages over 128 KiB; the store keeps its values small enough that sled needs none (blocks of 4 KiB,
+//! postings of 4 KiB: a leaf of 17 values stays well under), and the flush syncs any blob file there is before the log. The store directory and its parent are
 //! fsynced when the store is opened, so the files' directory entries survive a power cut too. The ingest
 //! writer ([`crate::ingest`]) answers callers only then, and publishes the highest durable sequence number on a watch
 //! channel, so later stages (the engine, the outbox) only ever read durable punches. sled's own background flush may make
@@ -79,7 +81,7 @@ pub mod codec;
 pub mod index;
 mod migrate;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +164,8 @@ struct Inner {
     max_lag: AtomicU64,
     /// The durable sequence number last written to the watermark file.
     watermark: AtomicU64,
+    /// The blob files already synced (see [`sync_blobs`]).
+    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
 }
 
 /// The punch store. Cheap to clone (shared state behind an `Arc`).
@@ -183,6 +187,42 @@ fn seq_from(bytes: &[u8]) -> Option<u64> {
 /// A lock that a panicking holder cannot poison for everyone else (the data it guards stays consistent per operation).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Syncs the blob files sled wrote since the last call, and then their directory. sled 0.34 stores a log message over a
+/// quarter of its segment size (128 KiB) as a file of its own under `blobs/` and syncs neither the file nor the
+/// directory, so without this a power cut could leave a durable log pointing to a blob that is not there. The store's
+/// values are kept small enough that sled should not need blobs at all (see [`codec::BLOCK_MAX_BYTES`]); this covers
+/// the exceptions (a single very large punch, other stages' trees).
+fn sync_blobs(dir: &Path, synced: &Mutex<HashSet<std::ffi::OsString>>) -> std::io::Result<()> {
+    let blobs = dir.join("blobs");
+    let entries = match std::fs::read_dir(&blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut synced = lock(synced);
+    let mut present = HashSet::new();
+    let mut new = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            match std::fs::File::open(entry.path()) {
+                Ok(f) => f.sync_data()?,
+                // Removed by sled in the meantime: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            new = true;
+        }
+        present.insert(name);
+    }
+    if new {
+        std::fs::File::open(&blobs)?.sync_all()?;
+    }
+    *synced = present;
+    Ok(())
 }
 
 /// The watermark of the store in `dir` (0 when there is no file yet).
@@ -319,6 +359,7 @@ impl Store {
                 indexing: Mutex::new(()),
                 max_lag: AtomicU64::new(MAX_INDEX_LAG),
                 watermark: AtomicU64::new(watermark),
+                synced_blobs: Mutex::default(),
             }),
         };
         // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
@@ -478,11 +519,15 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = self.inner.written.load(Ordering::Acquire);
         self.inner.db.flush_async().await?;
-        let file = self.inner.db_file.clone();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| StoreError::Flush(e.to_string()))?
-            .map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Blob files first: a log made durable must not point to a blob that is not.
+            sync_blobs(&inner.path, &inner.synced_blobs)
+                .map_err(|e| StoreError::Flush(format!("fsync of the blob files: {e}")))?;
+            inner.db_file.sync_data().map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))
+        })
+        .await
+        .map_err(|e| StoreError::Flush(e.to_string()))??;
         self.inner.durable.fetch_max(written, Ordering::AcqRel);
         Ok(())
     }
@@ -680,6 +725,10 @@ struct Block {
 impl Block {
     /// Adds the encoded punch `seq` (the one after the block's last), closing the block into `batch` when full.
     fn push(&mut self, seq: u64, encoded: Vec<u8>, batch: &mut sled::Batch) {
+        // A punch that would take the block past its size starts the next one (a block over the size holds one punch).
+        if !self.punches.is_empty() && self.bytes + encoded.len() > codec::BLOCK_MAX_BYTES {
+            self.close(batch);
+        }
         if self.punches.is_empty() {
             self.first = seq;
         }

@@ -264,11 +264,15 @@ fn a_group_commit_is_written_as_blocks_and_read_punch_by_punch() {
     let log = r.store.db().open_tree(LOG_TREE).unwrap();
     let firsts: Vec<u64> = log.iter().keys().map(|k| seq_from(&k.unwrap()).unwrap()).collect();
     drop(log);
-    // Small punches in blocks of BLOCK_MAX_PUNCHES; the block from 193 takes 8 small and 6 large punches (about 1 KiB
-    // each) before it reaches BLOCK_MAX_BYTES; then blocks of 6 large punches.
-    assert_eq!(&firsts[..5], &[1, 65, 129, 193, 207]);
-    assert!(firsts[4..].windows(2).all(|w| w[1] - w[0] == 6), "{firsts:?}");
-    assert_eq!(firsts.last(), Some(&297));
+    // Small punches in blocks of BLOCK_MAX_PUNCHES; the block from 193 takes 8 small and 3 large punches (about 1 KiB
+    // each): a fourth would take it past BLOCK_MAX_BYTES; then blocks of 3 large punches.
+    assert_eq!(&firsts[..5], &[1, 65, 129, 193, 204]);
+    assert!(firsts[4..].windows(2).all(|w| w[1] - w[0] == 3), "{firsts:?}");
+    assert_eq!(firsts.last(), Some(&300));
+    // No value is much over the limit, so no sled leaf of them reaches the size sled writes as a blob file.
+    for v in r.store.db().open_tree(LOG_TREE).unwrap().iter().values() {
+        assert!(v.unwrap().len() <= codec::BLOCK_MAX_BYTES + 5 + 4 * codec::BLOCK_MAX_PUNCHES);
+    }
     for seq in 1..=300 {
         assert_eq!(r.store.get(seq).unwrap().seq, seq);
     }
@@ -370,4 +374,19 @@ fn a_log_that_lost_its_tail_is_reported_as_damaged() {
     assert!(err.contains("does not hold a watermark"), "{err}");
     std::fs::write(dir.join(WATERMARK_FILE), format!("{WATERMARK_HEADER} 2\n")).unwrap();
     assert_eq!(reopen(&dir).unwrap().count().unwrap(), 2);
+}
+
+#[test]
+fn blob_files_are_synced_once_and_forgotten_when_sled_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let synced = Mutex::new(HashSet::new());
+    // No blobs directory yet: nothing to do.
+    sync_blobs(dir.path(), &synced).unwrap();
+    std::fs::create_dir(dir.path().join("blobs")).unwrap();
+    std::fs::write(dir.path().join("blobs").join("42"), b"blob").unwrap();
+    sync_blobs(dir.path(), &synced).unwrap();
+    assert_eq!(lock(&synced).iter().map(|n| n.to_string_lossy().into_owned()).collect::<Vec<_>>(), vec!["42"]);
+    std::fs::remove_file(dir.path().join("blobs").join("42")).unwrap();
+    sync_blobs(dir.path(), &synced).unwrap();
+    assert!(lock(&synced).is_empty());
 }
