@@ -569,6 +569,12 @@ impl Store {
                 unindexed.by_id.remove(&id);
             }
         }
+        // A burst grows the table up to MAX_INDEX_LAG ids; give the room back once the index caught up.
+        let len = unindexed.by_id.len();
+        if unindexed.by_id.capacity() > 4 * len + 4096 {
+            unindexed.by_id.shrink_to(2 * len);
+            unindexed.order.shrink_to(2 * len);
+        }
         Ok(to - from + 1)
     }
 

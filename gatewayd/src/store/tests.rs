@@ -390,3 +390,18 @@ fn blob_files_are_synced_once_and_forgotten_when_sled_removes_them() {
     sync_blobs(dir.path(), &synced).unwrap();
     assert!(lock(&synced).is_empty());
 }
+
+#[test]
+fn the_table_of_unindexed_ids_gives_its_room_back_after_a_burst() {
+    let mut r = Rig::new();
+    let burst: Vec<DevicePunch> = (1..=20_000).map(|i| punch("d1", i, "E1", i as i64)).collect();
+    r.insert(&burst);
+    assert!(lock(&r.store.inner.unindexed).by_id.capacity() >= 20_000);
+    r.flush();
+    while r.store.index_pending(INDEX_ROUND).unwrap() > 0 {}
+    let unindexed = lock(&r.store.inner.unindexed);
+    assert!(unindexed.by_id.is_empty() && unindexed.by_id.capacity() <= 4096, "{}", unindexed.by_id.capacity());
+    drop(unindexed);
+    // Still found (through the index) after the table let go of them.
+    assert!(r.insert(&[punch("d1", 19_999, "E1", 19_999)])[0].duplicate);
+}
