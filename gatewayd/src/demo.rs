@@ -114,6 +114,22 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
     options.set_keep_alive(Duration::from_secs(10));
     options.set_last_will(LastWill::new(format!("gw/v1/dev/{ID}/status"), "offline", QoS::AtLeastOnce, false));
     let (client, mut events) = AsyncClient::new(options, 64);
+    // The event loop runs in a task of its own: polling it inside the `select!` below would drop a connection attempt
+    // in progress every time the tick fires first (which it does at once), and the terminal would connect twice.
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
+    let event_loop = tokio::spawn(async move {
+        loop {
+            let event = events.poll().await;
+            let failed = event.is_err();
+            if events_tx.send(event).await.is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    let _stop_event_loop = AbortOnDrop(event_loop);
     let mut pending: BTreeMap<u64, (Instant, String)> = BTreeMap::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
@@ -136,7 +152,7 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
                     }
                 }
             }
-            event = events.poll() => match event {
+            Some(event) = events_rx.recv() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client.try_subscribe(format!("gw/v1/dev/{ID}/ack"), QoS::AtLeastOnce);
                     let _ = client.try_publish(format!("gw/v1/dev/{ID}/status"), QoS::AtLeastOnce, false, "online");
@@ -149,12 +165,18 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
                     println!("  ack    {ID:<12} mqtt  {}", String::from_utf8_lossy(&p.payload));
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    println!("  device {ID}: {e}; reconnecting");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                Err(e) => println!("  device {ID}: {e}; reconnecting"),
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

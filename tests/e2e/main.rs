@@ -12,6 +12,7 @@ mod api_files;
 mod api_roles;
 mod config_files;
 mod crash;
+mod demo;
 mod engine;
 mod lifecycle;
 mod mqtt;
