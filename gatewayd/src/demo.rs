@@ -117,7 +117,7 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
     // The event loop runs in a task of its own: polling it inside the `select!` below would drop a connection attempt
     // in progress every time the tick fires first (which it does at once), and the terminal would connect twice.
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(64);
-    let event_loop = tokio::spawn(async move {
+    let _event_loop = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         loop {
             let event = events.poll().await;
             let failed = event.is_err();
@@ -128,8 +128,7 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-    });
-    let _stop_event_loop = AbortOnDrop(event_loop);
+    }));
     let mut pending: BTreeMap<u64, (Instant, String)> = BTreeMap::new();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1500));
@@ -168,15 +167,6 @@ async fn simulated_face_terminal(addr: SocketAddr, stop: CancellationToken) {
                 Err(e) => println!("  device {ID}: {e}; reconnecting"),
             }
         }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
