@@ -473,7 +473,7 @@ where
                         return why;
                     }
                     if matches!(b0 >> 4, kind::SUBSCRIBE | kind::UNSUBSCRIBE) {
-                        subscription = Some(header + body);
+                        subscription = Some((header, body));
                         break;
                     }
                     if is_punch(b0, frame_body) {
@@ -493,14 +493,14 @@ where
                     }
                     buf.advance(ready);
                 }
-                if let Some(len) = subscription {
+                if let Some((header, body)) = subscription {
                     // Checked by `check_frame` already.
-                    let reply = match subscribe_locally(&mut filters, buf[0], &buf[..len]) {
+                    let reply = match subscribe_locally(&mut filters, buf[0], &buf[header..header + body]) {
                         Ok(reply) => reply,
                         Err(e) => return format!("protocol error: {e}"),
                     };
                     wants_acks.store(filters.iter().any(|f| wire::filter_matches(f, &ack_topic)), Ordering::Release);
-                    buf.advance(len);
+                    buf.advance(header + body);
                     if replies_tx.send(reply).await.is_err() {
                         return "device write ended".to_owned();
                     }
@@ -582,15 +582,10 @@ where
     why
 }
 
-/// Applies a SUBSCRIBE or UNSUBSCRIBE frame (`frame` = fixed header and body, already checked by [`check_frame`]) to
-/// the connection's `filters` and returns the SUBACK or UNSUBACK. Each filter is granted the QoS requested, at most 1;
-/// acks are sent at QoS 0, which the grant allows.
-fn subscribe_locally(filters: &mut HashSet<String>, b0: u8, frame: &[u8]) -> Result<Vec<u8>, wire::WireError> {
-    let header = match wire::frame_len(frame, frame.len())? {
-        Some((h, _)) => h,
-        None => return Err(wire::WireError::Truncated("fixed header")),
-    };
-    let body = &frame[header..];
+/// Applies a SUBSCRIBE or UNSUBSCRIBE (first byte `b0`, `body` after the fixed header, already checked by
+/// [`check_frame`]) to the connection's `filters` and returns the SUBACK or UNSUBACK. Each filter is granted the QoS
+/// requested, at most 1; acks are sent at QoS 0, which the grant allows.
+fn subscribe_locally(filters: &mut HashSet<String>, b0: u8, body: &[u8]) -> Result<Vec<u8>, wire::WireError> {
     if b0 >> 4 == kind::SUBSCRIBE {
         let sub = wire::subscription(body, true)?;
         let granted: Vec<u8> = sub.filters.iter().map(|&(_, qos)| qos.min(1)).collect();
