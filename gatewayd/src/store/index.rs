@@ -64,12 +64,18 @@ pub(super) fn numbered(punch_id: &str) -> Option<(&str, u64)> {
     Some((prefix, n))
 }
 
-/// The group and bucket part of a numbered id's key: `N` prefix 0x00 bucket:u64be (ids cannot contain 0x00).
-pub(super) fn numbered_group(prefix: &str, n: u64) -> Vec<u8> {
+/// The part of a numbered id's key shared by all of one prefix: `N` prefix 0x00 (ids cannot contain 0x00).
+pub(super) fn numbered_prefix(prefix: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 18);
     k.push(K_NUMBERED_ID);
     k.extend_from_slice(prefix.as_bytes());
     k.push(0);
+    k
+}
+
+/// The group and bucket part of a numbered id's key: [`numbered_prefix`] then bucket:u64be.
+pub(super) fn numbered_group(prefix: &str, n: u64) -> Vec<u8> {
+    let mut k = numbered_prefix(prefix);
     k.extend_from_slice(&(n >> NUMBER_BUCKET_BITS).to_be_bytes());
     k
 }

@@ -41,9 +41,10 @@
 //! block is its own version byte ([`codec::BLOCK_V1`]), the count and lengths of its punches, then the punches, each
 //! encoded as on its own (see [`codec::encode_block`]). A log value of a single punch is the punch itself, as the
 //! layout before blocks stored every punch, so those stores are read as they are. A posting starts with its own version
-//! byte. Every punch carries its sequence number, and reads check it against the place the log gives it. New fields may be added to the message; a new incompatible layout gets a new
-//! version byte, and readers reject versions they do not know with [`StoreError::Decode`] instead of guessing. A store
-//! of the first layout ([`FORMAT_V1`]: punches and indexes in one tree `punches`) is migrated when opened.
+//! byte. Every punch carries its sequence number, and reads check it against the place the log gives it. New fields
+//! may be added to the message; a new incompatible layout gets a new version byte, and readers reject versions they do
+//! not know with [`StoreError::Decode`] instead of guessing. A store of the first layout ([`FORMAT_V1`]: punches and
+//! indexes in one tree `punches`) is migrated when opened.
 //!
 //! # Durability point
 //! A punch is durable when the `flush` that follows the write holding it has returned ([`Store::flush`]): sled's
@@ -51,11 +52,11 @@
 //! persists neither the file's size and extents nor the disk's write cache, so without the `fdatasync` an acknowledged
 //! punch could vanish in a power cut (docs/robustness.md has the experiment). sled also never syncs the blob files it
 //! writes for log messages over 128 KiB; the store keeps its values small enough that sled needs none (blocks of 4 KiB,
-//! postings of 4 KiB: a leaf of 17 values stays well under), and the flush syncs any blob file there is before the log. The store directory and its parent are
-//! fsynced when the store is opened, so the files' directory entries survive a power cut too. The ingest
-//! writer ([`crate::ingest`]) answers callers only then, and publishes the highest durable sequence number on a watch
-//! channel, so later stages (the engine, the outbox) only ever read durable punches. sled's own background flush may make
-//! writes durable earlier; nothing relies on it.
+//! postings of 4 KiB: a leaf of 17 values stays well under), and the flush syncs any blob file there is before the
+//! log. The store directory and its parent are fsynced when the store is opened, so the files' directory entries
+//! survive a power cut too. The ingest writer ([`crate::ingest`]) answers callers only then, and publishes the highest
+//! durable sequence number on a watch channel, so later stages (the engine, the outbox) only ever read durable punches.
+//! sled's own background flush may make writes durable earlier; nothing relies on it.
 //!
 //! # Indexing
 //! Only the punch goes through the durable path. [`Store::index_pending`] (run by the ingest writer's index follower, and
@@ -182,6 +183,16 @@ impl std::fmt::Debug for Store {
 
 fn seq_from(bytes: &[u8]) -> Option<u64> {
     bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The sequence number of a `punch_log` key.
+fn log_key(k: &[u8]) -> Result<u64, StoreError> {
+    seq_from(k).ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })
+}
+
+/// The `(value, seq)` pairs of the posting stored under index key `k`.
+fn posting(k: &[u8], v: &[u8]) -> Result<Vec<(i64, u64)>, StoreError> {
+    index::decode_posting(v).map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })
 }
 
 /// A lock that a panicking holder cannot poison for everyone else (the data it guards stays consistent per operation).
@@ -316,8 +327,7 @@ impl Store {
         }
         let written = match log.last().map_err(open_error(&path))? {
             Some((k, v)) => {
-                let first = seq_from(&k)
-                    .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?;
+                let first = log_key(&k)?;
                 let punches = codec::split_log_value(&v)
                     .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
                 first + punches.len() as u64 - 1
@@ -402,9 +412,9 @@ impl Store {
 
     /// The highest number of the numbered ids with this prefix in the index.
     fn max_indexed_number(&self, prefix: &str) -> Result<Option<u64>, StoreError> {
-        let group = index::numbered_group(prefix, 0);
-        let prefix_len = group.len() - 8;
-        let Some(last) = self.inner.index.scan_prefix(&group[..prefix_len]).keys().next_back().transpose()? else {
+        let group = index::numbered_prefix(prefix);
+        let prefix_len = group.len();
+        let Some(last) = self.inner.index.scan_prefix(&group).keys().next_back().transpose()? else {
             return Ok(None);
         };
         // Every posting of the highest bucket (one per round that had numbers in it).
@@ -412,8 +422,7 @@ impl Store {
         let mut max = None;
         for r in self.inner.index.scan_prefix(bucket) {
             let (k, v) = r?;
-            let entries = index::decode_posting(&v)
-                .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
+            let entries = posting(&k, &v)?;
             max = max.max(entries.iter().map(|&(n, _)| n as u64).max());
         }
         Ok(max)
@@ -438,9 +447,7 @@ impl Store {
             }
             for r in self.inner.index.scan_prefix(index::numbered_group(prefix, n)) {
                 let (k, v) = r?;
-                let entries = index::decode_posting(&v)
-                    .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
-                if let Some(seq) = index::find_numbered(&entries, n) {
+                if let Some(seq) = index::find_numbered(&posting(&k, &v)?, n) {
                     return Ok(Some(seq));
                 }
             }
@@ -599,8 +606,7 @@ impl Store {
     fn value_holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
         match self.inner.log.range(..=seq.to_be_bytes()).next_back().transpose()? {
             Some((k, v)) => {
-                let first = seq_from(&k)
-                    .ok_or_else(|| StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() })?;
+                let first = log_key(&k)?;
                 Ok(Some((first, v)))
             }
             None => Ok(None),
@@ -658,9 +664,7 @@ impl Store {
         let mut found = Vec::new();
         for r in self.inner.index.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi))) {
             let (k, v) = r?;
-            let entries = index::decode_posting(&v)
-                .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?;
-            found.extend(entries.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
+            found.extend(posting(&k, &v)?.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
         }
         for p in self.after(cursor) {
             let p = p?;
@@ -782,8 +786,9 @@ impl Iterator for LogIter {
                 Ok(kv) => kv,
                 Err(e) => return Some(Err(e.into())),
             };
-            let Some(first) = seq_from(&k) else {
-                return Some(Err(StoreError::Decode { key: format!("{k:?}"), message: "bad sequence key".into() }));
+            let first = match log_key(&k) {
+                Ok(first) => first,
+                Err(e) => return Some(Err(e)),
             };
             match codec::decode_log_value(first, &v) {
                 Ok(punches) => {
