@@ -9,6 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::harness::{base_config, bin, http, Gateway};
 
 fn crash_tool(args: &[&str]) -> (bool, String) {
@@ -111,42 +114,33 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// xorshift64: the damage is reproducible from the case number.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// A number in `0..n` (0 when `n` is 0).
+fn below(rng: &mut StdRng, n: u64) -> u64 {
+    rng.random_range(0..n.max(1))
 }
 
 /// A random file of the store: the log (`db`) three times in four, else any other (`conf`, snapshots, blobs).
-fn pick(files: &[PathBuf], rng: &mut Rng) -> PathBuf {
+fn pick(files: &[PathBuf], rng: &mut StdRng) -> PathBuf {
     let db: Vec<&PathBuf> = files.iter().filter(|f| f.file_name().is_some_and(|n| n == "db")).collect();
-    if !db.is_empty() && rng.below(4) != 0 {
+    if !db.is_empty() && below(rng, 4) != 0 {
         return db[0].clone();
     }
-    files[rng.below(files.len() as u64) as usize].clone()
+    files[below(rng, files.len() as u64) as usize].clone()
 }
 
 /// Flips random bytes in, and/or truncates, random files of the store. Returns what was done.
 fn damage(store: &Path, case: u64) -> String {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1));
+    // Seeded by the case number: the damage is reproducible from it.
+    let mut rng = StdRng::seed_from_u64(case);
     let files = files(store);
     let mut done = Vec::new();
-    let kind = rng.below(3);
+    let kind = below(&mut rng, 3);
     if kind != 1 {
-        for _ in 0..1 + rng.below(16) {
+        for _ in 0..1 + below(&mut rng, 16) {
             let f = &pick(&files, &mut rng);
             let mut bytes = std::fs::read(f).unwrap();
-            let at = rng.below(bytes.len() as u64) as usize;
-            bytes[at] ^= 1 << rng.below(8);
+            let at = below(&mut rng, bytes.len() as u64) as usize;
+            bytes[at] ^= 1 << below(&mut rng, 8);
             std::fs::write(f, bytes).unwrap();
             done.push(format!("flip {}@{at}", f.file_name().unwrap().to_string_lossy()));
         }
@@ -154,7 +148,7 @@ fn damage(store: &Path, case: u64) -> String {
     if kind != 0 {
         let f = &pick(&files, &mut rng);
         let len = std::fs::metadata(f).unwrap().len();
-        let to = rng.below(len);
+        let to = below(&mut rng, len);
         std::fs::OpenOptions::new().write(true).open(f).unwrap().set_len(to).unwrap();
         done.push(format!("truncate {} {len}->{to}", f.file_name().unwrap().to_string_lossy()));
     }
