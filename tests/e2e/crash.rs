@@ -12,7 +12,7 @@ use std::process::Command;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{base_config, bin, http, Gateway};
+use crate::harness::{base_config, bin, upload_attlog, Gateway};
 
 fn crash_tool(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gatewayd-crash"))
@@ -66,14 +66,7 @@ fn upload(gw: &Gateway, from: u32, n: u32) {
     let lines: String = (from..from + n)
         .map(|i| format!("{}\t2026-11-22 08:{:02}:{:02}\t0\t15\n", 1000 + i % 40, (i / 60) % 60, i % 60))
         .collect();
-    let (status, body) = http(
-        "POST",
-        gw.addr("api"),
-        &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp={from}"),
-        &[],
-        Some(lines.into_bytes()),
-    );
-    assert_eq!((status, body), (200, format!("OK: {n}\n")));
+    upload_attlog(gw, SN, from, lines);
 }
 
 /// A data dir with a store the real daemon wrote (punches, engine state, outbox), stopped cleanly.

@@ -14,7 +14,7 @@ use crate::upstream::{number_after, Sink};
 /// reference receiver; the daemon is killed with SIGKILL between uploads and the receiver fails at first.
 #[test]
 fn the_daemon_delivers_device_punches_to_the_receiver_across_sigkill() {
-    use crate::harness::{base_config, http, Gateway};
+    use crate::harness::{base_config, upload_attlog, Gateway};
     const SN: &str = "UPSTREAM0001";
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
@@ -39,14 +39,7 @@ fn the_daemon_delivers_device_punches_to_the_receiver_across_sigkill() {
                 format!("{}\t2026-11-22 {:02}:{:02}:{:02}\t0\t15\n", 1000 + i % 40, 7 + i / 3600, (i / 60) % 60, i % 60)
             })
             .collect();
-        let (status, body) = http(
-            "POST",
-            gw.addr("api"),
-            &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp={from}"),
-            &[],
-            Some(lines.into_bytes()),
-        );
-        assert_eq!((status, body.as_str()), (200, "OK: 100\n"));
+        upload_attlog(gw, SN, from, lines);
     };
     upload(&gw, 0);
     sink.stdout.wait_for("punches", Duration::from_secs(60));

@@ -213,6 +213,20 @@ impl Drop for Gateway {
     }
 }
 
+/// Uploads ATTLOG `lines` (one record per line) as the ZKTeco terminal `sn` would, with `Stamp={stamp}`, and checks
+/// the answer is `OK: n` for all of them (that is, they are durable).
+pub fn upload_attlog(gw: &Gateway, sn: &str, stamp: u32, lines: String) {
+    let n = lines.lines().count();
+    let (status, body) = http(
+        "POST",
+        gw.addr("api"),
+        &format!("/iclock/cdata?SN={sn}&table=ATTLOG&Stamp={stamp}"),
+        &[],
+        Some(lines.into_bytes()),
+    );
+    assert_eq!((status, body), (200, format!("OK: {n}\n")));
+}
+
 /// A blocking HTTP/1.1 request through hyper on a throwaway runtime: (status, body).
 pub fn http(
     method: &str,
