@@ -32,9 +32,8 @@ impl Fence {
 
 /// One punch as the evaluation sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct DayPunch<'a> {
+pub struct DayPunch {
     pub time_ms: i64,
-    pub id: &'a str,
     pub method: Method,
     pub clock_skew: bool,
     pub fence: Fence,
@@ -114,7 +113,7 @@ fn minutes_down(ms: i64) -> i32 {
 
 /// Marks punches merged into an earlier kept punch of the same method: in time order, a punch within `window` of the
 /// last kept punch of its method is merged, otherwise kept. Punches must be sorted by time.
-pub fn merge_duplicates(punches: &[DayPunch<'_>], window_ms: i64) -> Vec<bool> {
+pub fn merge_duplicates(punches: &[DayPunch], window_ms: i64) -> Vec<bool> {
     let mut last_kept: Vec<(Method, i64)> = Vec::new();
     punches
         .iter()
@@ -140,9 +139,9 @@ struct Event {
 }
 
 /// Evaluates a record. `punches` must be sorted by (time, id) and are all the punches assigned to this record.
-pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch<'_>]) -> Evaluation {
+pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
     let merged = merge_duplicates(punches, ctx.dedupe_window_ms);
-    let counting: Vec<&DayPunch<'_>> =
+    let counting: Vec<&DayPunch> =
         punches.iter().zip(&merged).filter(|(p, m)| !**m && p.fence != Fence::Rejected).map(|(p, _)| p).collect();
     let mut statuses = Vec::new();
 
@@ -217,11 +216,7 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch<'_>]) -> Evaluation {
 /// punch of the other within the window before it (the event completes at the later punch). Clock-in is the earliest
 /// completed event; clock-out the latest event whose punches are all after the clock-in. Attempts that fail raise
 /// `single_factor` (one method only) or `dual_timeout` (both methods, too far apart).
-fn dual_events(
-    counting: &[&DayPunch<'_>],
-    v: Verification,
-    statuses: &mut Vec<Status>,
-) -> (Option<Event>, Option<Event>) {
+fn dual_events(counting: &[&DayPunch], v: Verification, statuses: &mut Vec<Status>) -> (Option<Event>, Option<Event>) {
     let [a, b] = v.methods;
     let times = |m: Method| -> Vec<i64> { counting.iter().filter(|p| p.method == m).map(|p| p.time_ms).collect() };
     let (ta, tb) = (times(a), times(b));

@@ -42,6 +42,7 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use super::day::{evaluate, DayContext, DayPunch, Fence};
+use super::punch_id::PunchId;
 use crate::changes::Change;
 use crate::proto::upstream;
 use crate::punch::Punch;
@@ -109,49 +110,52 @@ pub struct EngineSettings {
     pub tz: TimeZone,
 }
 
-/// A punch as the engine keeps it.
+/// A punch as the engine keeps it: 48 bytes, with no allocation of its own (subject and device are interned).
 #[derive(Clone, Debug)]
 struct Fact {
     subject: Arc<str>,
-    credential: bool,
     device: Arc<str>,
-    method: Method,
-    realtime: bool,
     received_ms: i64,
-    score: Option<f32>,
+    /// The match score; NaN when the punch has none.
+    score: f32,
+    method: Method,
+    credential: bool,
+    realtime: bool,
 }
 
-type Key = (i64, Arc<str>);
+impl Fact {
+    fn score(&self) -> Option<f32> {
+        (!self.score.is_nan()).then_some(self.score)
+    }
+}
+
+/// A kept punch's place: its time and id. 32 bytes: numbered ids share their head ([`PunchId`]).
+type Key = (i64, PunchId);
+
+// The sizes the memory figures of docs/benchmarks.md rest on.
+const _: () = assert!(std::mem::size_of::<Key>() == 32 && std::mem::size_of::<Fact>() == 48);
 
 /// One employee's punches, sorted by (time, id), with the employee's roster department. Punches arrive roughly in
-/// time order, so inserts land at or near the end. The times are kept in their own array so the binary searches touch
-/// few cache lines (the engine holds a month of punches for thousands of employees).
+/// time order, so inserts land at or near the end.
+///
+/// Memory: the engine holds every punch of its horizon (a month of a site, or the whole of a load test), 80 bytes
+/// each here, so the array grows by a quarter when full rather than doubling: at most a fifth of it is unused.
 #[derive(Debug, Default)]
 struct Punches {
     department: Arc<str>,
-    times: Vec<i64>,
     entries: Vec<(Key, Fact)>,
 }
 
 impl Punches {
     fn new(department: Arc<str>) -> Punches {
-        Punches { department, times: Vec::with_capacity(16), entries: Vec::with_capacity(16) }
+        Punches { department, entries: Vec::with_capacity(4) }
     }
 
     fn position(&self, key: &Key) -> Result<usize, usize> {
-        let t = key.0;
-        if self.times.last().is_none_or(|&last| last < t) {
-            return Err(self.times.len());
+        if self.entries.last().is_none_or(|(last, _)| *last < *key) {
+            return Err(self.entries.len());
         }
-        let mut i = self.times.partition_point(|&x| x < t);
-        while i < self.times.len() && self.times[i] == t {
-            match self.entries[i].0 .1.cmp(&key.1) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Equal => return Ok(i),
-                std::cmp::Ordering::Greater => break,
-            }
-        }
-        Err(i)
+        self.entries.binary_search_by(|(k, _)| k.cmp(key))
     }
 
     /// Inserts a punch; returns the old one if the key was there (then nothing changes).
@@ -159,7 +163,10 @@ impl Punches {
         match self.position(&key) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, fact)),
             Err(i) => {
-                self.times.insert(i, key.0);
+                let len = self.entries.len();
+                if len == self.entries.capacity() {
+                    self.entries.reserve_exact(len / 4 + 4);
+                }
                 self.entries.insert(i, (key, fact));
                 None
             }
@@ -175,10 +182,7 @@ impl Punches {
     }
 
     fn remove(&mut self, key: &Key) -> Option<Fact> {
-        self.position(key).ok().map(|i| {
-            self.times.remove(i);
-            self.entries.remove(i).1
-        })
+        self.position(key).ok().map(|i| self.entries.remove(i).1)
     }
 
     fn keys(&self) -> impl Iterator<Item = &Key> + '_ {
@@ -195,16 +199,19 @@ impl Punches {
 
     /// Punches with time in `[from, to]`.
     fn between(&self, from: i64, to: i64) -> impl Iterator<Item = (&Key, &Fact)> + '_ {
-        let lo = self.times.partition_point(|&t| t < from);
-        let hi = self.times.partition_point(|&t| t <= to).max(lo);
+        let lo = self.entries.partition_point(|((t, _), _)| *t < from);
+        let hi = self.entries.partition_point(|((t, _), _)| *t <= to).max(lo);
         self.entries[lo..hi].iter().map(|(k, f)| (k, f))
     }
 
     /// Removes and returns the punches before `cut`.
     fn drain_before(&mut self, cut: i64) -> Vec<(Key, Fact)> {
-        let n = self.times.partition_point(|&t| t < cut);
-        self.times.drain(..n);
-        self.entries.drain(..n).collect()
+        let n = self.entries.partition_point(|((t, _), _)| *t < cut);
+        let out = self.entries.drain(..n).collect();
+        if self.entries.len() < self.entries.capacity() / 2 {
+            self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
+        }
+        out
     }
 }
 
@@ -241,8 +248,8 @@ pub struct Engine {
     strings: Set<Arc<str>>,
     by_employee: Map<Arc<str>, Punches>,
     unresolved: BTreeMap<Key, Fact>,
-    geo: Map<Arc<str>, (GeoPoint, i64)>,
-    decisions: Map<Arc<str>, bool>,
+    geo: Map<PunchId, (GeoPoint, i64)>,
+    decisions: Map<PunchId, bool>,
     records: Map<(Arc<str>, Date), Vec<RecState>>,
     closing: BTreeMap<(i64, Date), Set<Arc<str>>>,
     pending_days: BTreeSet<Date>,
@@ -251,12 +258,12 @@ pub struct Engine {
     // Per batch.
     dirty: BTreeMap<Date, Set<Arc<str>>>,
     fresh: Vec<(Owner, Key)>,
-    fresh_set: Set<Arc<str>>,
+    fresh_set: Set<PunchId>,
     fresh_unkept: Vec<upstream::Punch>,
-    notes: Map<Arc<str>, Notes>,
+    notes: Map<PunchId, Notes>,
     touched_closed: BTreeSet<Date>,
     requests: Vec<FenceRequest>,
-    requested: Set<Arc<str>>,
+    requested: Set<PunchId>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -459,7 +466,7 @@ impl Engine {
 
     /// Tells the engine a request already exists for this punch (after a restart).
     pub fn mark_requested(&mut self, punch_id: &str) {
-        let id: Arc<str> = Arc::from(punch_id);
+        let id = self.punch_id(punch_id);
         self.requested.insert(id);
     }
 
@@ -510,6 +517,19 @@ impl Engine {
         let a: Arc<str> = Arc::from(s);
         self.strings.insert(a.clone());
         a
+    }
+
+    /// A punch id as the engine keeps it: a numbered id shares its interned head.
+    fn punch_id(&mut self, text: &str) -> PunchId {
+        let strings = &mut self.strings;
+        PunchId::new(text, |head| match strings.get(head) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(head);
+                strings.insert(a.clone());
+                a
+            }
+        })
     }
 
     fn version_for(&self, date: Date) -> u32 {
@@ -642,8 +662,7 @@ impl Engine {
     }
 
     fn ingest(&mut self, p: Punch, fresh: bool) {
-        // Punch ids are unique: not interned.
-        let id: Arc<str> = Arc::from(p.punch_id.as_str());
+        let id = self.punch_id(&p.punch_id);
         if self.too_old(p.device_time_ms) {
             if fresh && self.fresh_set.insert(id) {
                 let employee = match &p.subject {
@@ -681,12 +700,12 @@ impl Engine {
         };
         let fact = Fact {
             subject,
-            credential,
             device: self.intern(&p.device_id),
-            method: p.method,
-            realtime: p.realtime,
             received_ms: p.received_time_ms,
-            score: p.score,
+            score: p.score.unwrap_or(f32::NAN),
+            method: p.method,
+            credential,
+            realtime: p.realtime,
         };
         let key: Key = (p.device_time_ms, id.clone());
         let employee = self.resolve(&fact);
@@ -831,7 +850,7 @@ impl Engine {
     }
 
     fn decide(&mut self, punch_id: &str, approved: bool) {
-        let id: Arc<str> = Arc::from(punch_id);
+        let id = self.punch_id(punch_id);
         if self.decisions.insert(id.clone(), approved) == Some(approved) {
             return;
         }
@@ -851,7 +870,7 @@ impl Engine {
         self.evicted_before = Some(start);
         let keep_from = days_before(start, 3);
         let cut = local_ms(keep_from, 0, &self.settings.tz);
-        let empty: Arc<str> = Arc::from("");
+        let empty = PunchId::empty();
         for punches in self.by_employee.values_mut() {
             for ((_, id), _) in punches.drain_before(cut) {
                 self.geo.remove(&id);
@@ -998,7 +1017,7 @@ impl Engine {
             flags,
             lat: geo.map(|g| g.lat),
             lng: geo.map(|g| g.lng),
-            score: fact.score,
+            score: fact.score(),
             credential: if fact.credential { fact.subject.to_string() } else { String::new() },
         })
     }
@@ -1032,7 +1051,7 @@ impl Engine {
             if !mine.is_empty() || (plan.workday && closed) {
                 let group = &rules.groups[g];
                 let shift = &rules.shifts[plan.shift];
-                let day_punches: Vec<DayPunch<'_>> = mine
+                let day_punches: Vec<DayPunch> = mine
                     .iter()
                     .map(|((t, id), method, skew)| {
                         let fence = match (self.geo.get(id), &group.geofence) {
@@ -1049,7 +1068,7 @@ impl Engine {
                             }
                             _ => Fence::NotApplicable,
                         };
-                        DayPunch { time_ms: *t, id, method: *method, clock_skew: *skew, fence }
+                        DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence }
                     })
                     .collect();
                 let ctx = DayContext {
@@ -1063,15 +1082,15 @@ impl Engine {
                 let ev = evaluate(&ctx, &day_punches);
                 let mut requests = Vec::new();
                 for ((p, merged), ((_, id), _, _)) in day_punches.iter().zip(&ev.merged).zip(&mine) {
-                    if self.fresh_set.contains(p.id) {
+                    if self.fresh_set.contains(id) {
                         self.notes.insert(
                             id.clone(),
                             Notes { merged: *merged, outside: p.fence.outside(), skew: p.clock_skew },
                         );
                     }
-                    if p.fence == Fence::Pending && !self.requested.contains(p.id) {
+                    if p.fence == Fence::Pending && !self.requested.contains(id) {
                         requests.push(FenceRequest {
-                            punch_id: p.id.to_owned(),
+                            punch_id: id.to_string(),
                             employee: employee.to_string(),
                             department: department.to_owned(),
                             time_ms: p.time_ms,
@@ -1096,7 +1115,7 @@ impl Engine {
                     rules_version: version,
                 };
                 for r in requests {
-                    let id: Arc<str> = Arc::from(r.punch_id.as_str());
+                    let id = self.punch_id(&r.punch_id);
                     self.requested.insert(id);
                     self.requests.push(r);
                 }

@@ -13,6 +13,7 @@
 
 pub mod day;
 pub mod engine;
+mod punch_id;
 pub mod records;
 pub mod stage;
 pub use day::Status;
