@@ -8,6 +8,8 @@ use gatewayd::{app, config, demo, telemetry};
 
 /// jemalloc instead of glibc's allocator: with 100 devices at 20,000 punches/s, ack p99 26 ms instead of 33 ms and peak
 /// RSS 220 MB instead of 243 MB (docs/benchmarks.md). glibc spent a fifth of the daemon's CPU in malloc and free.
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
