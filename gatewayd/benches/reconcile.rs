@@ -13,6 +13,10 @@
 // Benchmark set-up from constants: a failure is a bug in the benchmark, so `expect` is the right tool here.
 #![allow(clippy::expect_used)]
 
+/// The daemon's allocator (see `src/main.rs`), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

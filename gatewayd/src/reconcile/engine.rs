@@ -139,7 +139,11 @@ const _: () = assert!(std::mem::size_of::<Key>() == 32 && std::mem::size_of::<Fa
 /// time order, so inserts land at or near the end.
 ///
 /// Memory: the engine holds every punch of its horizon (a month of a site, or the whole of a load test), 80 bytes
-/// each here, so the array grows by a quarter when full rather than doubling: at most a fifth of it is unused.
+/// each here. Past [`DOUBLING_UP_TO`] punches an array grows by a quarter when full rather than doubling, so at most a
+/// fifth of a large one is unused; smaller ones double (fewer reallocations where it costs little memory).
+/// See [`Punches`].
+const DOUBLING_UP_TO: usize = 256;
+
 #[derive(Debug, Default)]
 struct Punches {
     department: Arc<str>,
@@ -164,8 +168,8 @@ impl Punches {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, fact)),
             Err(i) => {
                 let len = self.entries.len();
-                if len == self.entries.capacity() {
-                    self.entries.reserve_exact(len / 4 + 4);
+                if len == self.entries.capacity() && len >= DOUBLING_UP_TO {
+                    self.entries.reserve_exact(len / 4);
                 }
                 self.entries.insert(i, (key, fact));
                 None
@@ -1008,7 +1012,7 @@ impl Engine {
         }
         let geo = self.geo.get(id).map(|(g, _)| *g);
         Some(upstream::Punch {
-            punch_id: id.to_string(),
+            punch_id: id.text(),
             device_id: fact.device.to_string(),
             employee_id: employee.map(|e| e.to_string()).unwrap_or_default(),
             method: fact.method.as_str().to_owned(),
@@ -1090,7 +1094,7 @@ impl Engine {
                     }
                     if p.fence == Fence::Pending && !self.requested.contains(id) {
                         requests.push(FenceRequest {
-                            punch_id: id.to_string(),
+                            punch_id: id.text(),
                             employee: employee.to_string(),
                             department: department.to_owned(),
                             time_ms: p.time_ms,
@@ -1110,7 +1114,7 @@ impl Engine {
                     early_leave_minutes: ev.early_leave_minutes,
                     worked_minutes: ev.worked_minutes,
                     overtime_minutes: ev.overtime_minutes,
-                    punch_ids: mine.iter().map(|((_, id), _, _)| id.to_string()).collect(),
+                    punch_ids: mine.iter().map(|((_, id), _, _)| id.text()).collect(),
                     closed,
                     rules_version: version,
                 };

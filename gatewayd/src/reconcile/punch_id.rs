@@ -71,6 +71,18 @@ impl PunchId {
         PunchId { head: Arc::from(""), n: WHOLE }
     }
 
+    /// The id's text (what `to_string` gives, without the formatting machinery: the engine writes every id of a record
+    /// into each of its revisions).
+    pub fn text(&self) -> String {
+        let digits = self.digits();
+        let tail = digits.as_ref().map_or(&[][..], Digits::as_bytes);
+        let mut out = String::with_capacity(self.head.len() + tail.len());
+        out.push_str(&self.head);
+        // Digits are ASCII.
+        out.extend(tail.iter().map(|&b| char::from(b)));
+        out
+    }
+
     fn digits(&self) -> Option<Digits> {
         (self.n != WHOLE).then(|| Digits::of(self.n))
     }
@@ -173,6 +185,7 @@ mod tests {
             let make = |s: &str| PunchId::new(s, |h| if shared && h == &*head { head.clone() } else { Arc::from(h) });
             let (pa, pb) = (make(&a), make(&b));
             prop_assert_eq!(pa.to_string(), a.clone());
+            prop_assert_eq!(pa.text(), a.clone());
             prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
             prop_assert_eq!(pa == pb, a == b);
         }
