@@ -20,15 +20,11 @@ pub struct PunchId {
     n: u64,
 }
 
-/// Splits an id into its head (up to and including the last `:`) and its number, when what follows the last `:` is a
-/// decimal number as `u64` prints it (no sign, no leading zero), below `u64::MAX`.
+/// Splits an id into its head (up to and including the last `:`) and its number: a numbered id as the store's index
+/// reads it ([`crate::store::index::numbered`]: canonical decimal only), below `u64::MAX`.
 pub fn split(id: &str) -> Option<(&str, u64)> {
-    let cut = id.rfind(':')? + 1;
-    let digits = &id[cut..];
-    let canonical =
-        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
-    let n: u64 = if canonical { digits.parse().ok()? } else { return None };
-    (n != WHOLE).then_some((&id[..cut], n))
+    let (prefix, n) = crate::store::index::numbered(id)?;
+    (n != WHOLE).then_some((&id[..prefix.len() + 1], n))
 }
 
 /// The decimal digits of `n`, most significant first, in a fixed buffer.

@@ -56,7 +56,7 @@ pub(super) fn id_key(punch_id: &str) -> Vec<u8> {
 
 /// A punch id of the form `{gateway}:{device}:{n}` (a device that numbers its punches, see [`crate::punch::punch_id`]),
 /// split into `{gateway}:{device}` and `n`. Only the canonical decimal form counts, so one number has one id.
-pub(super) fn numbered(punch_id: &str) -> Option<(&str, u64)> {
+pub(crate) fn numbered(punch_id: &str) -> Option<(&str, u64)> {
     let (prefix, last) = punch_id.rsplit_once(':')?;
     let canonical =
         !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) && (last == "0" || !last.starts_with('0'));
