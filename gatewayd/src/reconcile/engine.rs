@@ -135,15 +135,15 @@ type Key = (i64, PunchId);
 // The sizes the memory figures of docs/benchmarks.md rest on.
 const _: () = assert!(std::mem::size_of::<Key>() == 32 && std::mem::size_of::<Fact>() == 48);
 
+/// Up to this many punches an employee's array doubles when full; past it, it grows by a quarter (see [`Punches`]).
+const DOUBLING_UP_TO: usize = 256;
+
 /// One employee's punches, sorted by (time, id), with the employee's roster department. Punches arrive roughly in
 /// time order, so inserts land at or near the end.
 ///
 /// Memory: the engine holds every punch of its horizon (a month of a site, or the whole of a load test), 80 bytes
 /// each here. Past [`DOUBLING_UP_TO`] punches an array grows by a quarter when full rather than doubling, so at most a
 /// fifth of a large one is unused; smaller ones double (fewer reallocations where it costs little memory).
-/// See [`Punches`].
-const DOUBLING_UP_TO: usize = 256;
-
 #[derive(Debug, Default)]
 struct Punches {
     department: Arc<str>,
@@ -217,6 +217,16 @@ impl Punches {
         }
         out
     }
+}
+
+/// The interned copy of `s` in `strings` (added when missing).
+fn intern_in(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
+    if let Some(a) = strings.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    strings.insert(a.clone());
+    a
 }
 
 /// Hash maps keyed by ids: foldhash (fast, seeded per process) instead of SipHash; the engine hashes ids per punch.
@@ -515,25 +525,13 @@ impl Engine {
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(a.clone());
-        a
+        intern_in(&mut self.strings, s)
     }
 
     /// A punch id as the engine keeps it: a numbered id shares its interned head.
     fn punch_id(&mut self, text: &str) -> PunchId {
         let strings = &mut self.strings;
-        PunchId::new(text, |head| match strings.get(head) {
-            Some(a) => a.clone(),
-            None => {
-                let a: Arc<str> = Arc::from(head);
-                strings.insert(a.clone());
-                a
-            }
-        })
+        PunchId::new(text, |head| intern_in(strings, head))
     }
 
     fn version_for(&self, date: Date) -> u32 {
@@ -1093,12 +1091,15 @@ impl Engine {
                         );
                     }
                     if p.fence == Fence::Pending && !self.requested.contains(id) {
-                        requests.push(FenceRequest {
-                            punch_id: id.text(),
-                            employee: employee.to_string(),
-                            department: department.to_owned(),
-                            time_ms: p.time_ms,
-                        });
+                        requests.push((
+                            id.clone(),
+                            FenceRequest {
+                                punch_id: id.text(),
+                                employee: employee.to_string(),
+                                department: department.to_owned(),
+                                time_ms: p.time_ms,
+                            },
+                        ));
                     }
                 }
                 let record = upstream::AttendanceRecord {
@@ -1118,8 +1119,7 @@ impl Engine {
                     closed,
                     rules_version: version,
                 };
-                for r in requests {
-                    let id = self.punch_id(&r.punch_id);
+                for (id, r) in requests {
                     self.requested.insert(id);
                     self.requests.push(r);
                 }
