@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::day::{evaluate, DayContext, DayPunch, Fence};
 use super::punch_id::PunchId;
+use super::punches::{mark_fact, Dict, Fact, Key, Punches};
 use crate::changes::Change;
 use crate::proto::upstream;
 use crate::punch::Punch;
@@ -110,115 +111,6 @@ pub struct EngineSettings {
     pub tz: TimeZone,
 }
 
-/// A punch as the engine keeps it: 48 bytes, with no allocation of its own (subject and device are interned).
-#[derive(Clone, Debug)]
-struct Fact {
-    subject: Arc<str>,
-    device: Arc<str>,
-    received_ms: i64,
-    /// The match score; NaN when the punch has none.
-    score: f32,
-    method: Method,
-    credential: bool,
-    realtime: bool,
-}
-
-impl Fact {
-    fn score(&self) -> Option<f32> {
-        (!self.score.is_nan()).then_some(self.score)
-    }
-}
-
-/// A kept punch's place: its time and id. 32 bytes: numbered ids share their head ([`PunchId`]).
-type Key = (i64, PunchId);
-
-// The sizes the memory figures of docs/benchmarks.md rest on.
-const _: () = assert!(std::mem::size_of::<Key>() == 32 && std::mem::size_of::<Fact>() == 48);
-
-/// Up to this many punches an employee's array doubles when full; past it, it grows by a quarter (see [`Punches`]).
-const DOUBLING_UP_TO: usize = 256;
-
-/// One employee's punches, sorted by (time, id), with the employee's roster department. Punches arrive roughly in
-/// time order, so inserts land at or near the end.
-///
-/// Memory: the engine holds every punch of its horizon (a month of a site, or the whole of a load test), 80 bytes
-/// each here. Past [`DOUBLING_UP_TO`] punches an array grows by a quarter when full rather than doubling, so at most a
-/// fifth of a large one is unused; smaller ones double (fewer reallocations where it costs little memory).
-#[derive(Debug, Default)]
-struct Punches {
-    department: Arc<str>,
-    entries: Vec<(Key, Fact)>,
-}
-
-impl Punches {
-    fn new(department: Arc<str>) -> Punches {
-        Punches { department, entries: Vec::with_capacity(4) }
-    }
-
-    fn position(&self, key: &Key) -> Result<usize, usize> {
-        if self.entries.last().is_none_or(|(last, _)| *last < *key) {
-            return Err(self.entries.len());
-        }
-        self.entries.binary_search_by(|(k, _)| k.cmp(key))
-    }
-
-    /// Inserts a punch; returns the old one if the key was there (then nothing changes).
-    fn insert(&mut self, key: Key, fact: Fact) -> Option<Fact> {
-        match self.position(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, fact)),
-            Err(i) => {
-                let len = self.entries.len();
-                if len == self.entries.capacity() && len >= DOUBLING_UP_TO {
-                    self.entries.reserve_exact(len / 4);
-                }
-                self.entries.insert(i, (key, fact));
-                None
-            }
-        }
-    }
-
-    fn get(&self, key: &Key) -> Option<&Fact> {
-        self.position(key).ok().map(|i| &self.entries[i].1)
-    }
-
-    fn contains_key(&self, key: &Key) -> bool {
-        self.position(key).is_ok()
-    }
-
-    fn remove(&mut self, key: &Key) -> Option<Fact> {
-        self.position(key).ok().map(|i| self.entries.remove(i).1)
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Key> + '_ {
-        self.entries.iter().map(|(k, _)| k)
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Punches with time in `[from, to]`.
-    fn between(&self, from: i64, to: i64) -> impl Iterator<Item = (&Key, &Fact)> + '_ {
-        let lo = self.entries.partition_point(|((t, _), _)| *t < from);
-        let hi = self.entries.partition_point(|((t, _), _)| *t <= to).max(lo);
-        self.entries[lo..hi].iter().map(|(k, f)| (k, f))
-    }
-
-    /// Removes and returns the punches before `cut`.
-    fn drain_before(&mut self, cut: i64) -> Vec<(Key, Fact)> {
-        let n = self.entries.partition_point(|((t, _), _)| *t < cut);
-        let out = self.entries.drain(..n).collect();
-        if self.entries.len() < self.entries.capacity() / 2 {
-            self.entries.shrink_to(self.entries.len() + self.entries.len() / 4);
-        }
-        out
-    }
-}
-
 /// The interned copy of `s` in `strings` (added when missing).
 fn intern_in(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
     if let Some(a) = strings.get(s) {
@@ -230,7 +122,7 @@ fn intern_in(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
 }
 
 /// Hash maps keyed by ids: foldhash (fast, seeded per process) instead of SipHash; the engine hashes ids per punch.
-type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 #[derive(Clone, Debug)]
@@ -260,6 +152,8 @@ pub struct Engine {
     roster: Arc<Roster>,
     marks: Watermarks,
     strings: Set<Arc<str>>,
+    /// Devices, subjects and id heads of kept punches, by number.
+    dict: Dict,
     by_employee: Map<Arc<str>, Punches>,
     unresolved: BTreeMap<Key, Fact>,
     geo: Map<PunchId, (GeoPoint, i64)>,
@@ -420,6 +314,7 @@ impl Engine {
             roster,
             marks,
             strings: Set::default(),
+            dict: Dict::default(),
             by_employee: Map::default(),
             unresolved: BTreeMap::new(),
             geo: Map::default(),
@@ -530,8 +425,8 @@ impl Engine {
 
     /// A punch id as the engine keeps it: a numbered id shares its interned head.
     fn punch_id(&mut self, text: &str) -> PunchId {
-        let strings = &mut self.strings;
-        PunchId::new(text, |head| intern_in(strings, head))
+        let dict = &mut self.dict;
+        PunchId::new(text, |head| dict.intern(head).1)
     }
 
     fn version_for(&self, date: Date) -> u32 {
@@ -556,15 +451,11 @@ impl Engine {
     }
 
     fn resolve(&mut self, fact: &Fact) -> Option<Arc<str>> {
+        let subject = self.dict.get(fact.subject);
         let found = if fact.credential {
-            self.roster.resolve(&fact.subject, &fact.device, fact.method).map(|e| e.id.clone())
+            self.roster.resolve(subject, self.dict.get(fact.device), fact.method).map(|e| e.id.clone())
         } else {
-            Some(
-                self.roster
-                    .resolve_employee(&fact.subject)
-                    .map(|e| e.id.clone())
-                    .unwrap_or_else(|| fact.subject.to_string()),
-            )
+            Some(self.roster.resolve_employee(subject).map(|e| e.id.clone()).unwrap_or_else(|| subject.to_owned()))
         };
         found.map(|id| self.intern(&id))
     }
@@ -609,12 +500,23 @@ impl Engine {
         pick(windows.as_slice(), t)
     }
 
-    /// The punches of an employee (created with the employee's roster department).
-    fn punches_for(&mut self, employee: &Arc<str>) -> &mut Punches {
+    /// Keeps a punch with its owner's punches (an employee's are created with the employee's roster department);
+    /// returns the old facts if it was kept already.
+    fn keep(&mut self, owner: &Owner, key: Key, fact: Fact) -> Option<Fact> {
+        let Some(employee) = owner else { return self.unresolved.insert(key, fact) };
         let roster = &self.roster;
         self.by_employee
             .entry(employee.clone())
             .or_insert_with(|| Punches::new(Arc::from(department_of(roster, employee))))
+            .insert(key, fact, &mut self.dict)
+    }
+
+    /// The facts of a kept punch.
+    fn fact(&self, owner: &Owner, key: &Key) -> Option<Fact> {
+        match owner {
+            Some(e) => self.by_employee.get(e)?.get(key, &self.dict),
+            None => self.unresolved.get(key).copied(),
+        }
     }
 
     /// The roster department of an employee, from the engine's copy when it has punches of them.
@@ -697,12 +599,12 @@ impl Engine {
             return;
         }
         let (subject, credential) = match &p.subject {
-            Subject::Employee(e) => (self.intern(e), false),
-            Subject::Credential(c) => (self.intern(c), true),
+            Subject::Employee(e) => (self.dict.number(e), false),
+            Subject::Credential(c) => (self.dict.number(c), true),
         };
         let fact = Fact {
             subject,
-            device: self.intern(&p.device_id),
+            device: self.dict.number(&p.device_id),
             received_ms: p.received_time_ms,
             score: p.score.unwrap_or(f32::NAN),
             method: p.method,
@@ -711,11 +613,7 @@ impl Engine {
         };
         let key: Key = (p.device_time_ms, id.clone());
         let employee = self.resolve(&fact);
-        let new = match &employee {
-            Some(e) => self.punches_for(e).insert(key.clone(), fact).is_none(),
-            None => self.unresolved.insert(key.clone(), fact).is_none(),
-        };
-        if !new {
+        if self.keep(&employee, key.clone(), fact).is_some() {
             return;
         }
         if let Some(g) = p.geo {
@@ -746,8 +644,8 @@ impl Engine {
     /// Every kept punch, for re-marking after rules or roster changes.
     fn all_keys(&self) -> Vec<(Owner, Key)> {
         let mut out: Vec<(Owner, Key)> = Vec::with_capacity(self.punches_kept());
-        for (e, map) in &self.by_employee {
-            out.extend(map.keys().map(|k| (Some(e.clone()), k.clone())));
+        for (e, punches) in &self.by_employee {
+            out.extend(punches.iter(&self.dict).map(|(k, _)| (Some(e.clone()), k)));
         }
         out.extend(self.unresolved.keys().map(|k| (None, k.clone())));
         out
@@ -794,31 +692,20 @@ impl Engine {
         // Re-resolve every punch: credentials learned since resolve earlier unknown punches.
         let mut moved: Vec<(Owner, Owner, Key)> = Vec::new();
         for (old, key) in self.all_keys() {
-            let fact = match &old {
-                Some(e) => self.by_employee.get(e).and_then(|m| m.get(&key)).cloned(),
-                None => self.unresolved.get(&key).cloned(),
-            };
-            let Some(fact) = fact else { continue };
+            let Some(fact) = self.fact(&old, &key) else { continue };
             let new = self.resolve(&fact);
             if new != old {
                 match &old {
                     Some(e) => {
                         if let Some(m) = self.by_employee.get_mut(e) {
-                            m.remove(&key);
+                            m.remove(&key, &mut self.dict);
                         }
                     }
                     None => {
                         self.unresolved.remove(&key);
                     }
                 }
-                match &new {
-                    Some(e) => {
-                        self.punches_for(e).insert(key.clone(), fact);
-                    }
-                    None => {
-                        self.unresolved.insert(key.clone(), fact);
-                    }
-                }
+                self.keep(&new, key.clone(), fact);
                 moved.push((old, new, key));
             }
         }
@@ -858,7 +745,7 @@ impl Engine {
         }
         let Some(&(_, t)) = self.geo.get(&id) else { return };
         let key: Key = (t, id);
-        let owner = self.by_employee.iter().find(|(_, m)| m.contains_key(&key)).map(|(e, _)| e.clone());
+        let owner = self.by_employee.iter().find(|(_, m)| m.contains_key(&key, &self.dict)).map(|(e, _)| e.clone());
         if let Some(e) = owner {
             self.mark(&e, t);
         }
@@ -874,7 +761,7 @@ impl Engine {
         let cut = local_ms(keep_from, 0, &self.settings.tz);
         let empty = PunchId::empty();
         for punches in self.by_employee.values_mut() {
-            for ((_, id), _) in punches.drain_before(cut) {
+            for ((_, id), _) in punches.drain_before(cut, &mut self.dict) {
                 self.geo.remove(&id);
                 self.decisions.remove(&id);
             }
@@ -882,6 +769,21 @@ impl Engine {
         self.by_employee.retain(|_, m| !m.is_empty());
         let kept = self.unresolved.split_off(&(cut, empty));
         self.unresolved = kept;
+        // Free the numbers of devices, subjects and heads no kept punch refers to any more.
+        let mut used = self.dict.unused_marks();
+        for punches in self.by_employee.values() {
+            punches.mark_used(&mut used);
+        }
+        for (key, fact) in &self.unresolved {
+            mark_fact(fact, &mut used);
+            if let Ok((head, _)) = key.1.parts() {
+                let n = self.dict.number(head);
+                if let Some(u) = used.get_mut(n as usize) {
+                    *u = true;
+                }
+            }
+        }
+        self.dict.sweep(&used);
         self.records.retain(|(_, d), _| *d >= keep_from);
         self.spans.retain(|(_, _, d), _| *d >= keep_from);
         self.pending_days.retain(|d| *d >= keep_from);
@@ -988,10 +890,7 @@ impl Engine {
     }
 
     fn punch_change(&self, employee: Owner, key: &Key) -> Option<upstream::Punch> {
-        let fact = match &employee {
-            None => self.unresolved.get(key)?,
-            Some(e) => self.by_employee.get(e)?.get(key)?,
-        };
+        let fact = self.fact(&employee, key)?;
         let (t, id) = key;
         let notes = self.notes.get(id).copied().unwrap_or_default();
         let mut flags = Vec::new();
@@ -1011,7 +910,7 @@ impl Engine {
         let geo = self.geo.get(id).map(|(g, _)| *g);
         Some(upstream::Punch {
             punch_id: id.text(),
-            device_id: fact.device.to_string(),
+            device_id: self.dict.get(fact.device).to_owned(),
             employee_id: employee.map(|e| e.to_string()).unwrap_or_default(),
             method: fact.method.as_str().to_owned(),
             device_time_ms: *t,
@@ -1020,7 +919,7 @@ impl Engine {
             lat: geo.map(|g| g.lat),
             lng: geo.map(|g| g.lng),
             score: fact.score(),
-            credential: if fact.credential { fact.subject.to_string() } else { String::new() },
+            credential: if fact.credential { self.dict.get(fact.subject).to_owned() } else { String::new() },
         })
     }
 
@@ -1041,11 +940,11 @@ impl Engine {
                 .by_employee
                 .get(employee)
                 .map(|m| {
-                    m.between(span.open_ms, span.close_ms)
+                    m.between(span.open_ms, span.close_ms, &self.dict)
                         .filter(|(k, _)| pick(windows.as_slice(), k.0) == Some(date))
                         .map(|(k, f)| {
                             let skew = f.realtime && (k.0 - f.received_ms).abs() > rules.max_clock_skew_ms;
-                            (k.clone(), f.method, skew)
+                            (k, f.method, skew)
                         })
                         .collect()
                 })

@@ -14,6 +14,7 @@
 pub mod day;
 pub mod engine;
 mod punch_id;
+mod punches;
 pub mod records;
 pub mod stage;
 pub use day::Status;

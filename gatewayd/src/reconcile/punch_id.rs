@@ -62,6 +62,20 @@ impl PunchId {
         }
     }
 
+    /// A numbered id from its head and number, as [`PunchId::parts`] gave them.
+    pub fn from_head(head: Arc<str>, n: u64) -> PunchId {
+        PunchId { head, n }
+    }
+
+    /// The head and number of a numbered id, or the text of an id kept whole.
+    pub fn parts(&self) -> Result<(&Arc<str>, u64), &str> {
+        if self.n == WHOLE {
+            Err(&self.head)
+        } else {
+            Ok((&self.head, self.n))
+        }
+    }
+
     /// An empty id: sorts before every other.
     pub fn empty() -> PunchId {
         PunchId { head: Arc::from(""), n: WHOLE }
