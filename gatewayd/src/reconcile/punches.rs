@@ -13,10 +13,12 @@
 //! | arrival time | zigzag varint of arrival − device time |
 //! | score | f32, little endian, when the tag says so |
 //!
-//! A typical entry is about 11 bytes. Punches arrive nearly in time order, so most inserts append to the last block;
-//! one that lands inside a block re-encodes that block (splitting it past [`BLOCK`] entries). Reads decode a block
-//! front to back; a block is never more than [`BLOCK`] entries. The encoding lives only in memory (nothing here is
-//! stored), so it carries no version.
+//! A typical entry is about 11 bytes, and a block's header (72 bytes) adds 4.5 a punch: about 16 bytes a punch in
+//! all. Punches arrive nearly in time order, so most inserts append to the last block; one that lands inside a block
+//! re-encodes that block (splitting it past [`BLOCK`] entries). Reads decode a block front to back, so the block size
+//! trades memory for time: the engine's month benchmark took 8.1 s with blocks of 64, 7.4 s with 32, 6.9 s with 16
+//! (the uncompressed engine: 6.6 s). The encoding lives only in memory (nothing here is stored), so it carries no
+//! version.
 
 use std::sync::Arc;
 
@@ -30,7 +32,7 @@ use super::punch_id::PunchId;
 pub(super) type Key = (i64, PunchId);
 
 /// Most entries in one block.
-const BLOCK: usize = 64;
+const BLOCK: usize = 16;
 
 const TAG_METHOD: u8 = 0x0f;
 const TAG_CREDENTIAL: u8 = 0x10;
@@ -527,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn a_typical_punch_takes_about_a_dozen_bytes() {
+    fn a_typical_punch_takes_about_16_bytes() {
         // The load tool's shape: 100 devices numbering their punches, one employee, 25 ms apart, arrival a few ms
         // later.
         let mut dict = Dict::default();
@@ -549,7 +551,7 @@ mod tests {
             p.insert(k, f, &mut dict);
         }
         let per_punch = p.heap_bytes() as f64 / p.len() as f64;
-        assert!(per_punch < 16.0, "{per_punch} bytes per punch");
+        assert!(per_punch < 17.0, "{per_punch} bytes per punch");
     }
 
     #[test]
