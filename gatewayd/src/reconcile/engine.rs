@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::day::{evaluate, DayContext, DayPunch, Fence};
 use super::punch_id::PunchId;
-use super::punches::{mark_fact, Dict, Fact, Key, Punches};
+use super::punches::{mark_punch, Dict, Fact, Key, Punches};
 use crate::changes::Change;
 use crate::proto::upstream;
 use crate::punch::Punch;
@@ -775,13 +775,7 @@ impl Engine {
             punches.mark_used(&mut used);
         }
         for (key, fact) in &self.unresolved {
-            mark_fact(fact, &mut used);
-            if let Ok((head, _)) = key.1.parts() {
-                let n = self.dict.number(head);
-                if let Some(u) = used.get_mut(n as usize) {
-                    *u = true;
-                }
-            }
+            mark_punch(key, fact, &self.dict, &mut used);
         }
         self.dict.sweep(&used);
         self.records.retain(|(_, d), _| *d >= keep_from);

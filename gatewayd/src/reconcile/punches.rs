@@ -93,6 +93,11 @@ impl Dict {
         self.intern(s).0
     }
 
+    /// The number of `s`, if it has one (a lookup that adds nothing).
+    pub fn number_of(&self, s: &str) -> Option<u32> {
+        self.numbers.get(s).copied()
+    }
+
     /// The string of number `n` ("" for a number not in use, which kept punches never hold).
     pub fn get(&self, n: u32) -> &str {
         self.strings.get(n as usize).and_then(Option::as_deref).unwrap_or("")
@@ -129,12 +134,19 @@ impl Dict {
     }
 }
 
-/// Marks the strings a fact refers to.
-pub(super) fn mark_fact(fact: &Fact, used: &mut [bool]) {
-    for n in [fact.subject, fact.device] {
-        if let Some(u) = used.get_mut(n as usize) {
-            *u = true;
-        }
+/// Marks string number `n` as in use.
+fn mark(used: &mut [bool], n: u32) {
+    if let Some(u) = used.get_mut(n as usize) {
+        *u = true;
+    }
+}
+
+/// Marks the strings a kept punch refers to: its subject, its device and (a numbered id) its head.
+pub(super) fn mark_punch(key: &Key, fact: &Fact, dict: &Dict, used: &mut [bool]) {
+    mark(used, fact.subject);
+    mark(used, fact.device);
+    if let Some(head) = key.1.parts().ok().and_then(|(head, _)| dict.number_of(head)) {
+        mark(used, head);
     }
 }
 
@@ -456,11 +468,10 @@ impl Punches {
     /// Marks the strings these punches refer to.
     pub fn mark_used(&self, used: &mut [bool]) {
         for r in self.blocks.iter().flat_map(|b| b.raw()) {
-            mark_fact(&r.fact, used);
+            mark(used, r.fact.subject);
+            mark(used, r.fact.device);
             if let RawId::Numbered { head, .. } = r.id {
-                if let Some(u) = used.get_mut(head as usize) {
-                    *u = true;
-                }
+                mark(used, head);
             }
         }
     }

@@ -656,6 +656,38 @@ fn unknown_credentials_are_forwarded_then_resolved_when_the_roster_learns_them()
 }
 
 #[test]
+fn unknown_credentials_keep_their_strings_across_evictions() {
+    // The engine keeps devices, subjects and id heads as numbers and frees the unused ones when the horizon moves: an
+    // unresolved punch kept across that must still say who and where when the roster learns its card.
+    let from = |seq: u64, who: &str, device: &str, local: &str| {
+        let mut p = punch(seq, who, Method::Card, local);
+        p.device_id = device.into();
+        p.punch_id = format!("gw:{device}:{seq}");
+        p
+    };
+    let mut e = engine();
+    e.apply(Input::Tick(at("2026-11-23T00:00")));
+    e.apply(Input::Punch(from(1, "OLDCARD", "old-dev", "2026-11-23T09:00")));
+    e.apply(Input::Tick(at("2026-12-20T00:00")));
+    e.apply(Input::Punch(from(2, "DEADBEEF", "dev2", "2026-12-20T09:00")));
+    // The 23 November punch leaves the horizon, and its strings are freed...
+    e.apply(Input::Tick(at("2027-01-01T00:00")));
+    assert_eq!(e.punches_kept(), 1);
+    // ...and numbered again for new ones.
+    let c = e.apply(Input::Punch(from(3, "FRESHCARD", "dev3", "2027-01-01T09:00")));
+    assert_eq!((punches_out(&c)[0].device_id.as_str(), punches_out(&c)[0].credential.as_str()), ("dev3", "FRESHCARD"));
+    let learned = format!("{ROSTER}E-NEW,New Hire,D-DAY,DEADBEEF,,,,\n");
+    let c = e.apply(Input::Roster(roster(&learned)));
+    let resent = punches_out(&c);
+    assert_eq!(resent.len(), 1);
+    let p = &resent[0];
+    assert_eq!(
+        (p.punch_id.as_str(), p.device_id.as_str(), p.credential.as_str(), p.employee_id.as_str()),
+        ("gw:dev2:2", "dev2", "DEADBEEF", "E-NEW")
+    );
+}
+
+#[test]
 fn ads_pins_resolve_to_employees() {
     let mut e = engine();
     e.apply(Input::Tick(at("2026-11-23T00:00")));
