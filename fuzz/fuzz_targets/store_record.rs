@@ -1,5 +1,5 @@
 //! Stored records (each one version byte, then protobuf) as the daemon reads them back from disk: punches and punch-log
-//! values, single punches or blocks (`store::codec`), change-log entries (`changes`), attendance records (`reconcile::records`) and outbox items. The
+//! values, single punches or blocks (`store::codec`), change-log entries and chunks (`changes`), attendance records (`reconcile::records`) and outbox items. The
 //! first byte picks the decoder, the rest is the stored value. Arbitrary bytes decode to a value or an error, never a
 //! panic; a decoded value re-encodes to bytes that decode and re-encode to the same bytes.
 #![no_main]
@@ -18,7 +18,7 @@ fn stable<T, E: std::fmt::Debug>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, value)) = data.split_first() else { return };
-    match which % 5 {
+    match which % 6 {
         0 => stable(value, gatewayd::store::codec::decode, gatewayd::store::codec::encode),
         4 => stable(
             value,
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
             },
         ),
         1 => stable(value, gatewayd::changes::decode, gatewayd::changes::encode),
+        5 => stable(value, gatewayd::changes::decode_chunk, |changes| gatewayd::changes::encode_chunk(changes)),
         2 => stable(value, gatewayd::reconcile::records::decode, gatewayd::reconcile::records::encode),
         _ => stable(value, gatewayd::outbox::Item::decode, |(item, enqueued)| item.encode(*enqueued)),
     }

@@ -258,7 +258,7 @@ impl RecordStore {
         marks: &Watermarks,
     ) -> Result<u64, StoreError> {
         let first = log.last_seq()? + 1;
-        let encoded: Vec<Vec<u8>> = changes.iter().map(changes::encode).collect();
+        let chunks = changes::encode_chunks(first, changes);
         let records: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = changes
             .iter()
             .filter_map(|c| match c {
@@ -273,8 +273,8 @@ impl RecordStore {
         let marks_json = serde_json::to_vec(marks).unwrap_or_default();
         let result: Result<(), TransactionError<()>> = (log.tree(), &self.records, &self.by_employee, &self.meta)
             .transaction(|(c, r, e, m)| {
-                for (i, value) in encoded.iter().enumerate() {
-                    c.insert(&(first + i as u64).to_be_bytes(), value.as_slice())?;
+                for (key, value) in &chunks {
+                    c.insert(key, value.as_slice())?;
                 }
                 for (rk, ek, value) in &records {
                     r.insert(rk.as_slice(), value.as_slice())?;
@@ -285,7 +285,7 @@ impl RecordStore {
                 Ok::<(), ConflictableTransactionError<()>>(())
             });
         match result {
-            Ok(()) => Ok(first + encoded.len() as u64 - 1),
+            Ok(()) => Ok(first + changes.len() as u64 - 1),
             Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
             Err(TransactionError::Abort(())) => {
                 Err(StoreError::Decode { key: "engine batch".into(), message: "transaction aborted".into() })
