@@ -154,9 +154,9 @@ pub fn decode_chunk(value: &[u8]) -> Result<Vec<Change>, String> {
     for i in 0..count {
         let len = rest.get(..4).ok_or_else(|| format!("change {i} of {count}: value ends before its length"))?;
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let body = rest.get(4..4 + len).ok_or_else(|| format!("change {i} of {count}: value ends inside it"))?;
+        let body = rest[4..].get(..len).ok_or_else(|| format!("change {i} of {count}: value ends inside it"))?;
         out.push(decode(body).map_err(|e| format!("change {i} of {count}: {e}"))?);
-        rest = &rest[4 + len..];
+        rest = &rest[4 + body.len()..];
     }
     if !rest.is_empty() {
         return Err(format!("{} bytes after the last of {count} changes", rest.len()));
