@@ -4,8 +4,9 @@
 //! sled tree `changes`. Every change has a sequence number (starting at 1, never reused). A key is the sequence number
 //! (u64 big-endian) of the first change its value holds, and a value is either
 //! - a *chunk* ([`CHUNK_V2`]): the version byte, the number of changes (u32 big-endian), then each change as its length
-//!   (u32 big-endian) and its single-change encoding: consecutive changes of one engine batch, at most [`CHUNK_MAX`]
-//!   and about [`CHUNK_BYTES`] bytes (some 25 punches), numbered on from the key; or
+//!   (u32 big-endian) and its single-change encoding ([`crate::chunk`], as the outbox's queue): consecutive changes of
+//!   one engine batch, at most [`CHUNK_MAX`] and about [`CHUNK_BYTES`] bytes (some 25 punches), numbered on from the
+//!   key; or
 //! - a single change ([`ENCODING_V1`] followed by the protobuf `gatewayd.store.v1.ChangeEntry`: a punch as it goes
 //!   upstream, a record revision, or "this work date closed"), the layout before chunks, still read.
 //!
@@ -26,6 +27,7 @@
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::chunk;
 use crate::proto::store::{change_entry::Kind, ChangeEntry};
 use crate::proto::upstream::{AttendanceRecord, Punch};
 use crate::store::StoreError;
@@ -91,14 +93,7 @@ pub fn encode_chunk(changes: &[Change]) -> Vec<u8> {
 }
 
 fn chunk_of(encoded: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + encoded.iter().map(|e| 4 + e.len()).sum::<usize>());
-    out.push(CHUNK_V2);
-    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    for e in encoded {
-        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
-        out.extend_from_slice(e);
-    }
-    out
+    chunk::encode(CHUNK_V2, encoded.iter().map(Vec::as_slice))
 }
 
 /// The keys and values that store `changes` numbered from `first` on: chunks of at most [`CHUNK_MAX`] changes and
@@ -130,8 +125,7 @@ pub fn chunk_len(value: &[u8]) -> Result<u64, String> {
     match value.first() {
         Some(&ENCODING_V1) => Ok(1),
         Some(&CHUNK_V2) => {
-            let count = value.get(1..5).ok_or("chunk shorter than its header")?;
-            let count = u32::from_be_bytes(count.try_into().map_err(|_| "chunk header")?);
+            let count = chunk::count(value)?;
             if count == 0 {
                 return Err("empty chunk".into());
             }
@@ -148,20 +142,11 @@ pub fn decode_chunk(value: &[u8]) -> Result<Vec<Change>, String> {
     if value[0] == ENCODING_V1 {
         return Ok(vec![decode(value)?]);
     }
-    let mut rest = &value[5..];
-    // Each change takes at least 5 bytes, which bounds the allocation by the value's size.
-    let mut out = Vec::with_capacity((count as usize).min(rest.len() / 5));
-    for i in 0..count {
-        let len = rest.get(..4).ok_or_else(|| format!("change {i} of {count}: value ends before its length"))?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let body = rest[4..].get(..len).ok_or_else(|| format!("change {i} of {count}: value ends inside it"))?;
-        out.push(decode(body).map_err(|e| format!("change {i} of {count}: {e}"))?);
-        rest = &rest[4 + body.len()..];
-    }
-    if !rest.is_empty() {
-        return Err(format!("{} bytes after the last of {count} changes", rest.len()));
-    }
-    Ok(out)
+    chunk::items(value)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| decode(body).map_err(|e| format!("change {i} of {count}: {e}")))
+        .collect()
 }
 
 /// The change log. Cheap to clone.
@@ -248,7 +233,7 @@ impl ChangeLog {
                             .filter(|(seq, _)| *seq >= from)
                             .map(Ok)
                             .collect(),
-                        Err(message) => vec![Err(StoreError::Decode { key: format!("change {first}"), message })],
+                        Err(message) => vec![Err(damaged(first)(message))],
                     }
                 }
             };
@@ -264,8 +249,7 @@ impl ChangeLog {
         for r in self.tree.range(..=seq.to_be_bytes()) {
             let (k, v) = r?;
             let first = seq_of(&k);
-            let len =
-                chunk_len(&v).map_err(|message| StoreError::Decode { key: format!("change {first}"), message })?;
+            let len = chunk_len(&v).map_err(damaged(first))?;
             if first.saturating_add(len - 1) > seq {
                 break;
             }
@@ -277,14 +261,18 @@ impl ChangeLog {
     }
 }
 
+/// The error for a stored value under key `first` that does not decode.
+fn damaged(first: u64) -> impl FnOnce(String) -> StoreError {
+    move |message| StoreError::Decode { key: format!("change {first}"), message }
+}
+
 /// The sequence number of the last change in `tree` (0 when empty).
 fn last_in(tree: &sled::Tree) -> Result<u64, StoreError> {
     match tree.last()? {
         None => Ok(0),
         Some((k, v)) => {
             let first = seq_of(&k);
-            let len =
-                chunk_len(&v).map_err(|message| StoreError::Decode { key: format!("change {first}"), message })?;
+            let len = chunk_len(&v).map_err(damaged(first))?;
             Ok(first.saturating_add(len - 1))
         }
     }

@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod atomic_file;
 pub mod certs;
 pub mod changes;
+pub mod chunk;
 pub mod config;
 pub mod control;
 pub mod daemon;

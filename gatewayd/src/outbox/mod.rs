@@ -23,7 +23,7 @@
 //! the site time zone: a punch's date is the local date of its device time, a record's its `work_date`.
 //!
 //! A `Q` value is a *chunk*: consecutive items from the key's item number on, at most [`CHUNK_MAX_ITEMS`] items and
-//! about [`CHUNK_MAX_BYTES`] bytes: [`CHUNK_V1`], the item count (u32be), then each item as length (u32be) and bytes. A
+//! about [`CHUNK_MAX_BYTES`] bytes: [`CHUNK_V1`], the item count (u32be), then each item as length (u32be) and bytes ([`crate::chunk`]). A
 //! value that starts with [`ITEM_V1`] is a single item (the layout before chunks; still read). Chunks keep the queue
 //! tree small: sled 0.34 splits a leaf above 16 keys and keeps per-page bookkeeping in memory for every page, so one key
 //! per item meant a page per ~10 items and 5,000 key removals per acknowledged batch; with chunks a batch of 5,000
@@ -84,7 +84,6 @@ pub const CHUNK_MAX_ITEMS: usize = 32;
 /// A chunk is sealed once it holds this many bytes (a leaf of 17 chunks then stays well below sled's 128 KiB inline
 /// limit, so nothing goes to blob files).
 pub const CHUNK_MAX_BYTES: usize = 4096;
-const CHUNK_HEADER: usize = 5;
 
 const K_QUEUE: u8 = b'Q';
 const K_OPEN: u8 = b'O';
@@ -264,48 +263,18 @@ fn item_of(key: &[u8]) -> u64 {
 pub fn chunk_items(first: u64, value: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
     match value.first() {
         Some(&ITEM_V1) => Ok(vec![(first, value)]),
-        Some(&CHUNK_V1) => {
-            let count = value
-                .get(1..CHUNK_HEADER)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-                .ok_or("chunk shorter than its header")?;
-            let mut items = Vec::with_capacity((count as usize).min(CHUNK_MAX_ITEMS * 4));
-            let mut at = CHUNK_HEADER;
-            for i in 0..u64::from(count) {
-                let len = value
-                    .get(at..at + 4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u32::from_be_bytes)
-                    .ok_or_else(|| format!("chunk item {i} of {count}: length cut off"))?
-                    as usize;
-                let item = value
-                    .get(at + 4..at + 4 + len)
-                    .ok_or_else(|| format!("chunk item {i} of {count}: {len} bytes announced, fewer present"))?;
-                let n = first.checked_add(i).ok_or("chunk item numbers overflow")?;
-                items.push((n, item));
-                at += 4 + len;
-            }
-            if at != value.len() {
-                return Err(format!("{} bytes after the chunk's {count} items", value.len() - at));
-            }
-            Ok(items)
-        }
+        Some(&CHUNK_V1) => (0..)
+            .zip(crate::chunk::items(value)?)
+            .map(|(i, item)| Ok((first.checked_add(i).ok_or("chunk item numbers overflow")?, item)))
+            .collect(),
         Some(v) => Err(format!("unknown queue value version {v}")),
         None => Err("empty queue value".into()),
     }
 }
 
 /// Encodes items as one chunk value.
-fn encode_chunk<'a>(items: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CHUNK_MAX_BYTES + 256);
-    out.push(CHUNK_V1);
-    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
-    for item in items {
-        out.extend_from_slice(&(item.len() as u32).to_be_bytes());
-        out.extend_from_slice(item);
-    }
-    out
+fn encode_chunk<'a>(items: impl ExactSizeIterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    crate::chunk::encode(CHUNK_V1, items)
 }
 
 fn decode_err(key: &[u8]) -> impl FnOnce(String) -> OutboxError + '_ {
