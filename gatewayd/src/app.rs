@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, HealthState, Readiness};
 use crate::changes::ChangeLog;
+use crate::config::reload::{Appliers, Updates};
 use crate::config::{Config, Problem};
 use crate::daemon::{self, Backoff, Notifier, Signal, Signals};
 use crate::ingest::{self, IngestSettings};
@@ -31,6 +32,13 @@ use crate::telemetry::Metrics;
 
 /// How long a graceful stop may take before the daemon exits anyway (SIGTERM must end within 10 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
+
+/// How long a reload waits for the tasks that apply it before it reports `READY=1` anyway (the engine stage applies
+/// a reload between batches: behind a large backlog it can take longer, and the reload is logged as not yet in effect).
+pub const RELOAD_LIMIT: Duration = Duration::from_secs(10);
+
+/// A reload in progress: resolves to the tasks that had not applied it within [`RELOAD_LIMIT`].
+type Reloading = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<&'static str>> + Send>>;
 
 /// The file in the data dir that names the bound listener addresses (useful when a config asks for port 0).
 pub const LISTENERS_FILE: &str = "listeners.json";
@@ -109,6 +117,8 @@ pub struct Running {
     /// The attendance engine's handle, records, roster and approvals (for the API).
     pub attendance: crate::reconcile::Attendance,
     config_tx: watch::Sender<Arc<Config>>,
+    /// The tasks a reload waits for before it reports `READY=1`.
+    appliers: Appliers,
     /// The TLS listeners whose certificates SIGHUP reloads.
     certificates: Certificates,
     readiness: Arc<Readiness>,
@@ -186,6 +196,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     ));
 
     let (config_tx, _) = watch::channel(config.clone());
+    let mut appliers = Appliers::default();
 
     // The attendance engine: follows the durable punches, writes the change log the outbox delivers (runs with or
     // without a rules file: punches are forwarded either way).
@@ -196,7 +207,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         &sink,
         &metrics,
         durable.clone(),
-        config_tx.subscribe(),
+        appliers.add("engine", &config_tx),
     )?;
     back_tasks.spawn(engine_stage.run(back.clone()));
 
@@ -245,7 +256,13 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes)
             .persist_stamps(config.gateway.data_dir.join(drivers::adms::STAMP_FILE));
     adms.spawn_presence(front.clone(), &front_tasks);
-    spawn_device_tables(config_tx.subscribe(), mqtt.clone(), adms.clone(), front.clone(), &front_tasks);
+    spawn_device_tables(
+        appliers.add("device tables", &config_tx),
+        mqtt.clone(),
+        adms.clone(),
+        front.clone(),
+        &front_tasks,
+    );
 
     // HTTP API.
     let api_listener = bind("api", &config.api.listen).await?;
@@ -296,7 +313,15 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     write_listeners(&config.gateway.data_dir, &listeners);
 
     // Devices the gateway drives itself, each under a supervisor.
-    spawn_device_manager(&config, &config_tx, &sink, &metrics, &status, &front, &front_tasks);
+    spawn_device_manager(
+        &config,
+        appliers.add("device drivers", &config_tx),
+        &sink,
+        &metrics,
+        &status,
+        &front,
+        &front_tasks,
+    );
 
     if let Some(user) = &drop_to {
         crate::privileges::drop_to(user, &config.gateway.data_dir)?;
@@ -335,6 +360,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         disk_budget,
         attendance,
         config_tx,
+        appliers,
         certificates,
         readiness,
         notifier,
@@ -370,7 +396,7 @@ fn mqtt_settings(config: &Config) -> drivers::mqtt::MqttSettings {
 /// Feeds configuration reloads to the MQTT credentials and the ADMS serial-number table, so devices added or removed
 /// by SIGHUP take effect without a restart.
 fn spawn_device_tables(
-    mut updates: watch::Receiver<Arc<Config>>,
+    mut updates: Updates,
     mqtt: drivers::mqtt::MqttService,
     adms: drivers::adms::Adms,
     cancel: CancellationToken,
@@ -382,9 +408,10 @@ fn spawn_device_tables(
                 changed = updates.changed() => if changed.is_err() { break },
                 _ = cancel.cancelled() => break,
             }
-            let config = updates.borrow_and_update().clone();
+            let config = updates.latest();
             mqtt.update_devices(&config.devices);
             adms.update_devices(&config.devices);
+            updates.applied(&config);
         }
     });
 }
@@ -402,7 +429,7 @@ fn write_listeners(data_dir: &Path, listeners: &Listeners) {
 /// new ones started; unchanged ones keep running (their connections are not dropped).
 fn spawn_device_manager(
     config: &Arc<Config>,
-    config_tx: &watch::Sender<Arc<Config>>,
+    mut updates: Updates,
     sink: &PunchSink,
     metrics: &Metrics,
     status: &StatusBoard,
@@ -410,7 +437,6 @@ fn spawn_device_manager(
     tracker: &TaskTracker,
 ) {
     let status = status.clone();
-    let mut updates = config_tx.subscribe();
     let sink = sink.clone();
     let metrics = metrics.clone();
     let cancel = cancel.clone();
@@ -419,7 +445,7 @@ fn spawn_device_manager(
     tracker.spawn(async move {
         let mut running: Vec<(DeviceConfig, CancellationToken)> = Vec::new();
         loop {
-            let current = updates.borrow_and_update().clone();
+            let current = updates.latest();
             let wanted: Vec<&DeviceConfig> =
                 current.devices.iter().filter(|d| drivers::driver::is_task_driver(d.driver)).collect();
             running.retain(|(dev, token)| {
@@ -450,6 +476,7 @@ fn spawn_device_manager(
                 tracing::info!(device = %dev.id, driver, "driver started");
                 running.push((dev.clone(), token));
             }
+            updates.applied(&current);
             tokio::select! {
                 changed = updates.changed() => if changed.is_err() { break },
                 _ = cancel.cancelled() => break,
@@ -506,6 +533,8 @@ impl Running {
 
     /// Serves until SIGTERM/SIGINT (or the root token is cancelled); reloads on SIGHUP. Then stops gracefully.
     pub async fn run_until_signalled(mut self) -> Result<(), AppError> {
+        // A reload waiting for the tasks that apply it (a newer SIGHUP replaces it; SIGTERM does not wait for it).
+        let mut reloading: Option<Reloading> = None;
         loop {
             tokio::select! {
                 sig = self.signals.next() => match sig {
@@ -513,8 +542,32 @@ impl Running {
                         tracing::info!("stop requested");
                         break;
                     }
-                    Signal::Reload => self.reload(),
+                    Signal::Reload => match self.begin_reload() {
+                        Some(wait) => reloading = Some(wait),
+                        // A bad file while a good reload is still being applied: that one reports READY=1.
+                        None if reloading.is_some() => {}
+                        None => self.notifier.notify("READY=1"),
+                    },
                 },
+                late = async {
+                    match reloading.as_mut() {
+                        Some(wait) => wait.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    reloading = None;
+                    if late.is_empty() {
+                        tracing::info!(path = %self.config_path.display(), "configuration reloaded");
+                    } else {
+                        tracing::warn!(
+                            path = %self.config_path.display(),
+                            waiting_for = ?late,
+                            limit = ?RELOAD_LIMIT,
+                            "configuration reloaded; not yet in effect everywhere, it will be"
+                        );
+                    }
+                    self.notifier.notify("READY=1");
+                }
                 _ = self.root.cancelled() => break,
             }
         }
@@ -522,34 +575,37 @@ impl Running {
         Ok(())
     }
 
-    /// Re-reads the configuration file; on success every stage gets the new configuration, on failure the old one stays.
-    pub fn reload(&self) {
+    /// Re-reads the configuration file (after `RELOADING=1`). A good one goes to every stage, and the result waits for
+    /// the tasks that act on it (at most [`RELOAD_LIMIT`]) and names those that had not applied it; after it the reload
+    /// is reported done. A file with problems is logged, the old configuration stays, and the result is `None`.
+    fn begin_reload(&self) -> Option<Reloading> {
         self.notifier.notify("RELOADING=1");
-        match Config::load(&self.config_path) {
-            Ok((new, _)) => {
-                let old = self.config_tx.borrow().clone();
-                for (what, changed) in [
-                    ("gateway.id", old.gateway.id != new.gateway.id),
-                    ("gateway.data_dir", old.gateway.data_dir != new.gateway.data_dir),
-                    ("api.listen", old.api.listen != new.api.listen),
-                    ("mqtt.listen", old.mqtt.listen != new.mqtt.listen),
-                ] {
-                    if changed {
-                        tracing::warn!(key = what, "changed in the configuration file; takes effect after a restart");
-                    }
-                }
-                // Before READY=1: once the reload is reported done, new connections get the new certificates.
-                self.certificates.reload(&new);
-                self.config_tx.send_replace(Arc::new(new));
-                tracing::info!(path = %self.config_path.display(), "configuration reloaded");
-            }
+        let new = match Config::load(&self.config_path) {
+            Ok((new, _)) => new,
             Err(problems) => {
                 for p in &problems {
                     tracing::error!(problem = %p, "configuration not reloaded");
                 }
+                return None;
+            }
+        };
+        let old = self.config_tx.borrow().clone();
+        for (what, changed) in [
+            ("gateway.id", old.gateway.id != new.gateway.id),
+            ("gateway.data_dir", old.gateway.data_dir != new.gateway.data_dir),
+            ("api.listen", old.api.listen != new.api.listen),
+            ("mqtt.listen", old.mqtt.listen != new.mqtt.listen),
+        ] {
+            if changed {
+                tracing::warn!(key = what, "changed in the configuration file; takes effect after a restart");
             }
         }
-        self.notifier.notify("READY=1");
+        // Before READY=1: once the reload is reported done, new connections get the new certificates.
+        self.certificates.reload(&new);
+        let new = Arc::new(new);
+        self.config_tx.send_replace(new.clone());
+        let appliers = self.appliers.clone();
+        Some(Box::pin(async move { appliers.wait(&new, RELOAD_LIMIT).await }))
     }
 
     /// Stops in pipeline order within [`SHUTDOWN_GRACE`].

@@ -4,6 +4,7 @@
 //! Relative paths are relative to the directory of the configuration file; [`Config::load`] resolves them. Problems are
 //! reported as `FILE:LINE: key: problem` (see [`source`]).
 
+pub mod reload;
 pub mod source;
 
 use std::collections::HashSet;

@@ -41,6 +41,7 @@ use super::engine::{Engine, EngineSettings, Input};
 use super::records::RecordStore;
 use crate::approvals::{ApprovalError, Approvals};
 use crate::changes::{Change, ChangeLog};
+use crate::config::reload::Updates;
 use crate::config::Config;
 use crate::roster::{Roster, RosterError, RosterStore};
 use crate::rules::{local_date, local_ms, Rules};
@@ -122,7 +123,7 @@ pub struct Stage {
     roster_store: RosterStore,
     approvals: Approvals,
     durable: watch::Receiver<u64>,
-    config: watch::Receiver<Arc<Config>>,
+    config: Updates,
     commands: mpsc::Receiver<Command>,
     metrics: Metrics,
     applied: u64,
@@ -136,7 +137,7 @@ pub fn open(
     sink: &PunchSink,
     metrics: &Metrics,
     durable: watch::Receiver<u64>,
-    config_updates: watch::Receiver<Arc<Config>>,
+    config_updates: Updates,
 ) -> Result<(Attendance, Stage), StageError> {
     let db = store.db();
     let records = RecordStore::open(db)?;
@@ -250,11 +251,13 @@ impl Stage {
                 }
                 changed = self.config.changed() => {
                     if changed.is_ok() {
-                        let config = self.config.borrow_and_update().clone();
+                        let config = self.config.latest();
                         let inputs = self.reload(&config, engine.as_ref());
                         if !inputs.is_empty() {
                             engine = self.step(engine.take(), inputs, false).await;
                         }
+                        // The roster and rules files are read and stored: a failed step rebuilds from the store.
+                        self.config.applied(&config);
                     }
                 }
                 _ = tick.tick() => {
@@ -302,7 +305,7 @@ impl Stage {
     /// Rebuilds the engine from the store (see the module documentation).
     async fn recover(&mut self) -> Result<Engine, StageError> {
         let started = std::time::Instant::now();
-        let config = self.config.borrow().clone();
+        let config = self.config.current();
         // Make-up punches approved but not stored (a crash in between) are submitted again.
         let resubmitted = self.approvals.resubmit_approved(&self.store).await?;
         if resubmitted > 0 {
@@ -398,11 +401,14 @@ impl Stage {
         let revisions = changes.iter().filter(|c| matches!(c, Change::Record(_))).count();
         events::engine_recovered(&self.metrics, replayed, revisions, started.elapsed());
         // Then the present: the clock, the files' rules and roster.
-        let config = self.config.borrow().clone();
+        let config = self.config.latest();
         let mut inputs = vec![Input::Tick(now_ms())];
         inputs.extend(self.reload(&config, Some(&engine)));
         let engine = self.step(Some(engine), inputs, false).await;
-        engine.ok_or_else(|| StageError::Task("the first engine batch after the restart failed".into()))
+        let engine =
+            engine.ok_or_else(|| StageError::Task("the first engine batch after the restart failed".into()))?;
+        self.config.applied(&config);
+        Ok(engine)
     }
 
     /// One engine batch: `inputs`, plus the next durable punches when `punches` is set. Returns the engine, or `None`

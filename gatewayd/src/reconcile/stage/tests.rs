@@ -7,6 +7,7 @@ use drivers::{DevicePunch, Method};
 
 use super::*;
 use crate::approvals::{Decider, Kind, State};
+use crate::config::reload::Appliers;
 use crate::ingest::{self, IngestSettings};
 
 const RULES: &str = r#"
@@ -39,6 +40,8 @@ M1,Manager,D-ADM,,,,,D-OFF|D-GEO\n";
 struct Gateway {
     dir: tempfile::TempDir,
     config: Arc<Config>,
+    /// Reloads (kept open: a stage whose sender is gone sees no more).
+    config_tx: watch::Sender<Arc<Config>>,
     store: Store,
     log: ChangeLog,
     sink: PunchSink,
@@ -77,11 +80,20 @@ impl Gateway {
             metrics.clone(),
             ingest_cancel.clone(),
         ));
-        Gateway { dir, config, store, log, sink: sink.for_driver("test"), durable, ingest_cancel, metrics }
+        let (config_tx, _) = watch::channel(config.clone());
+        Gateway { dir, config, config_tx, store, log, sink: sink.for_driver("test"), durable, ingest_cancel, metrics }
     }
 
     fn start_stage(&self) -> (Attendance, CancellationToken, tokio::task::JoinHandle<()>) {
-        let (_tx, updates) = watch::channel(self.config.clone());
+        self.start_stage_with(&mut Appliers::default())
+    }
+
+    /// Starts the stage as one of `appliers`, which a reload waits for.
+    fn start_stage_with(
+        &self,
+        appliers: &mut Appliers,
+    ) -> (Attendance, CancellationToken, tokio::task::JoinHandle<()>) {
+        let updates = appliers.add("engine", &self.config_tx);
         let (attendance, stage) =
             open(&self.config, &self.store, &self.log, &self.sink, &self.metrics, self.durable.clone(), updates)
                 .unwrap();
@@ -260,4 +272,39 @@ async fn makeup_and_fence_approvals_revise_records() {
     cancel.cancel();
     task.await.unwrap();
     gw.ingest_cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_is_reported_applied_once_its_roster_and_rules_are_in_force() {
+    let gw = Gateway::open(tempfile::tempdir().unwrap());
+    let mut appliers = Appliers::default();
+    let (attendance, cancel, task) = gw.start_stage_with(&mut appliers);
+    let wait = |config: &Arc<Config>| {
+        let (appliers, config) = (appliers.clone(), config.clone());
+        async move { appliers.wait(&config, Duration::from_secs(20)).await }
+    };
+    // Two reloads in a row, the second before the first is applied: waiting for the second is enough, and once it
+    // is applied the roster store and the rules in force are the second's, with nothing left to poll for.
+    std::fs::write(gw.dir.path().join("roster.csv"), format!("{ROSTER}E3,Three,D-OFF,,,,,\n")).unwrap();
+    let first = Arc::new(config_in_place(gw.dir.path()));
+    gw.config_tx.send_replace(first.clone());
+    std::fs::write(gw.dir.path().join("roster.csv"), format!("{ROSTER}E4,Four,D-OFF,,,,,\n")).unwrap();
+    std::fs::write(gw.dir.path().join("rules.toml"), RULES.replace("D-OFF", "D-OFFICE")).unwrap();
+    let second = Arc::new(config_in_place(gw.dir.path()));
+    gw.config_tx.send_replace(second.clone());
+    assert!(wait(&second).await.is_empty(), "the engine did not apply the reload");
+    let roster = attendance.roster.load().unwrap();
+    assert!(roster.get("E4").is_some() && roster.get("E3").is_none(), "{:?}", roster.employees());
+    assert_eq!(attendance.records.current_rules().unwrap(), 2, "the second rules file is in force");
+    // The first configuration was replaced before the engine applied it: a wait for it runs into its limit.
+    let late = appliers.wait(&first, Duration::from_millis(200)).await;
+    assert_eq!(late, ["engine"]);
+    cancel.cancel();
+    task.await.unwrap();
+    gw.ingest_cancel.cancel();
+}
+
+/// The configuration file of `dir` loaded again (a new value, as a SIGHUP makes).
+fn config_in_place(dir: &std::path::Path) -> Config {
+    Config::load(&dir.join("gatewayd.toml")).unwrap_or_else(|p| panic!("{p:?}")).0
 }
