@@ -18,10 +18,10 @@
 //! # Restart
 //! The engine's memory is rebuilt from the store: the stored rules version and roster in force, the latest revision of
 //! every record in the horizon, decided out-of-fence approvals, then every stored punch up to `applied_seq` replayed as
-//! [`Input::Restore`] in ONE batch, with the persisted `now`. That re-derives exactly the stored content, so only what a
-//! crash lost (a batch whose transaction did not commit) comes out as changes. Then the clock, the files' rules and
-//! roster, and the punches after `applied_seq` are applied as usual. A failed commit or a panic in the engine drops the
-//! in-memory engine and rebuilds it this way.
+//! [`Input::Restore`] in ONE batch (streamed from the store, not collected first), with the persisted `now`. That
+//! re-derives exactly the stored content, so only what a crash lost (a batch whose transaction did not commit) comes out
+//! as changes. Then the clock, the files' rules and roster, and the punches after `applied_seq` are applied as usual. A
+//! failed commit or a panic in the engine drops the in-memory engine and rebuilds it this way.
 //!
 //! # Shutdown
 //! The stage runs in the delivery stage of the shutdown tree: it is cancelled after the ingest writer has flushed, and
@@ -362,7 +362,7 @@ impl Stage {
             for id in approvals.fence_punches()? {
                 engine.mark_requested(&id);
             }
-            let mut inputs: Vec<Input> = approvals
+            let inputs: Vec<Input> = approvals
                 .fence_decisions()?
                 .into_iter()
                 .map(|(punch_id, approved)| Input::FenceDecision { punch_id, approved })
@@ -370,23 +370,19 @@ impl Stage {
             let from_ms = local_ms(from_date, 0, &settings.tz);
             let mut replayed = 0usize;
             let mut failed: Option<StoreError> = None;
-            for p in store.by_time(from_ms, i64::MAX) {
-                match p {
-                    Ok(p) if p.seq <= applied => {
-                        replayed += 1;
-                        inputs.push(Input::Restore(p));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
+            // Streamed from the store into the one batch: a month of a large site is hundreds of thousands of punches,
+            // and holding them all as inputs first made a restart's memory peak several times the running daemon's.
+            let restores = store
+                .by_time(from_ms, i64::MAX)
+                .map_while(|p| p.map_err(|e| failed = Some(e)).ok())
+                .filter(|p| p.seq <= applied)
+                .inspect(|_| replayed += 1)
+                .map(Input::Restore);
+            let changes = engine.apply_batch(inputs.into_iter().chain(restores));
             if let Some(e) = failed {
+                // The engine restored only part of the store: it is dropped, and the next attempt starts over.
                 return Err(e.into());
             }
-            let changes = engine.apply_batch(inputs);
             if !changes.is_empty() {
                 records.commit(&log, &changes, applied, engine.watermarks())?;
             }
