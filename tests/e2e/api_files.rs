@@ -41,7 +41,8 @@ fn call(gw: &Gateway, method: &str, path: &str, token: &str, body: Option<&str>)
     http(method, gw.addr("api"), path, &headers, body.map(|b| b.as_bytes().to_vec()))
 }
 
-/// Polls `f` until it is true: the engine stage applies a reload after the daemon reports it (READY=1).
+/// Polls `f` until it is true: after a start the engine stage puts the files in force after READY=1 (a reload is in
+/// force by its READY=1).
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + LIMIT;
     while !f() {

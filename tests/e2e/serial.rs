@@ -11,7 +11,7 @@ use drivers::sim::{serve_tcp, Fault};
 use gatewayd::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{base_config, Gateway};
+use crate::harness::{base_config, http, run_cli, Gateway};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -195,7 +195,19 @@ fn an_unreachable_bluetooth_device_is_a_clear_error_not_a_crash() {
     let mut gw = Gateway::start(&config);
     assert_eq!(gw.get("/healthz").0, 200);
     assert_eq!(metric(&gw, "gatewayd_device_online", "pn532", "bt-nfc"), 0.0);
-    // The driver logs why the link is down once it has tried; the daemon keeps serving meanwhile.
+    // The driver reports why the link is down once it has tried (the device list's last error, then the log); the
+    // daemon keeps serving meanwhile.
+    let (code, token, err) =
+        run_cli(&["token", "create", "--role", "admin", "--config", gw.config_path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let auth = format!("Bearer {}", token.trim());
+    until("the driver to report the link down", || {
+        let (status, body) = http("GET", gw.addr("api"), "/api/v1/devices", &[("authorization", auth.as_str())], None);
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        list["devices"][0]["status"]["last_error"].as_str().is_some_and(|e| !e.is_empty())
+    });
+    assert_eq!(gw.get("/healthz").0, 200);
     let (status, _) = gw.stop();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr);
     assert!(gw.stderr.contains("rfcomm://00:11:22:33:44:55/1"), "{}", gw.stderr);
