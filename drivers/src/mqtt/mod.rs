@@ -235,22 +235,51 @@ fn punch_log_segments(devices: usize) -> usize {
     bytes.div_ceil(PUNCH_LOG_SEGMENT).max(2)
 }
 
+/// How many loopback ports [`start_broker`] tries before it gives up.
+const BROKER_ATTEMPTS: u32 = 5;
+/// The identity of the start-up probe on the internal listener (not a device id: device ids cannot contain ':').
+const PROBE_ID: &str = "gatewayd:probe";
+
 /// Starts rumqttd on its own thread with one internal loopback listener, and opens the ingest link.
 ///
 /// rumqttd binds its listener itself and cannot report the address, so a free loopback port is picked first (bind to
-/// port 0 and release). Should another process take the port in between, rumqttd's listener fails and its server
-/// thread ends; `start` notices that (the broker thread returns) and fails instead of talking to a stranger.
+/// port 0 and release). Another program can take the port in between (the kernel also hands such ports out for
+/// outgoing connections). So the broker counts as started only when its listener accepts an MQTT CONNECT carrying the
+/// internal token, which no other program knows; otherwise the attempt is abandoned and another port is tried, up to
+/// [`BROKER_ATTEMPTS`] times. An abandoned attempt leaves rumqttd's router thread behind (rumqttd has no shutdown).
 fn start_broker(
     token: String,
     credentials: Credentials,
     devices: usize,
 ) -> Result<(SocketAddr, LinkTx, LinkRx), MqttError> {
+    let mut attempt = 1;
+    loop {
+        match start_broker_once(token.clone(), credentials.clone(), devices) {
+            Ok(started) => return Ok(started),
+            Err((internal, reason)) if attempt < BROKER_ATTEMPTS => {
+                tracing::warn!(%internal, reason, attempt, "embedded mqtt broker did not start; trying another port");
+            }
+            Err((internal, reason)) => {
+                return Err(MqttError::Broker(format!("failed to start on {internal}: {reason}")));
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// One attempt of [`start_broker`]: the error names the address tried and why it failed.
+fn start_broker_once(
+    token: String,
+    credentials: Credentials,
+    devices: usize,
+) -> Result<(SocketAddr, LinkTx, LinkRx), (String, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .map_err(|e| MqttError::Broker(format!("cannot pick a loopback port: {e}")))?
+        .map_err(|e| ("127.0.0.1:0".to_owned(), format!("cannot pick a loopback port: {e}")))?
         .port();
     let internal = SocketAddr::from(([127, 0, 0, 1], port));
-
+    let failed = |reason: String| (internal.to_string(), reason);
+    let probe_token = token.clone();
     let mut connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: FRAME_LIMIT,
@@ -260,7 +289,9 @@ fn start_broker(
         dynamic_filters: false,
     };
     connections.set_auth_handler(move |client_id: String, user: String, pass: String| {
-        let ok = client_id == user && bool::from(pass.as_bytes().ct_eq(token.as_bytes())) && credentials.knows(&user);
+        let ok = client_id == user
+            && bool::from(pass.as_bytes().ct_eq(token.as_bytes()))
+            && (credentials.knows(&user) || user == PROBE_ID);
         async move { ok }
     });
     let server = rumqttd::ServerSettings {
@@ -291,11 +322,9 @@ fn start_broker(
         ..Default::default()
     };
     let mut broker = rumqttd::Broker::new(config);
-    let (mut link_tx, link_rx) = broker.link(LINK_CLIENT_ID).map_err(|e| MqttError::Broker(e.to_string()))?;
+    let (mut link_tx, link_rx) = broker.link(LINK_CLIENT_ID).map_err(|e| failed(e.to_string()))?;
     for leaf in ["punch", "status"] {
-        link_tx
-            .subscribe(format!("{TOPIC_PREFIX}+/{leaf}"))
-            .map_err(|e| MqttError::Broker(format!("subscribe: {e}")))?;
+        link_tx.subscribe(format!("{TOPIC_PREFIX}+/{leaf}")).map_err(|e| failed(format!("subscribe: {e}")))?;
     }
     let (done_tx, done_rx) = std::sync::mpsc::channel::<String>();
     std::thread::Builder::new()
@@ -309,23 +338,68 @@ fn start_broker(
             tracing::error!(reason = %outcome, "embedded mqtt broker stopped: mqtt devices cannot connect");
             let _ = done_tx.send(outcome);
         })
-        .map_err(|e| MqttError::Broker(format!("cannot start the broker thread: {e}")))?;
+        .map_err(|e| failed(format!("cannot start the broker thread: {e}")))?;
 
-    // Wait (bounded) until the internal listener accepts.
+    // Wait (bounded) until the internal listener answers as this broker.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(reason) = done_rx.try_recv() {
-            return Err(MqttError::Broker(format!("failed to start on {internal}: {reason}")));
+            return Err(failed(reason));
         }
-        if StdTcpStream::connect_timeout(&internal, Duration::from_millis(200)).is_ok() {
-            break;
+        match probe(internal, &probe_token) {
+            Probe::Ours => break,
+            Probe::NotListening => {}
+            Probe::Stranger(what) => return Err(failed(format!("another program listens there ({what})"))),
         }
         if Instant::now() > deadline {
-            return Err(MqttError::Broker(format!("internal listener {internal} did not come up")));
+            return Err(failed("the internal listener did not come up".to_owned()));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok((internal, link_tx, link_rx))
+}
+
+/// What answers on the internal listener's address.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// The broker, accepting the internal token.
+    Ours,
+    /// Nothing yet (connection refused).
+    NotListening,
+    /// Something that does not accept the token, or does not speak MQTT.
+    Stranger(String),
+}
+
+/// Connects to `addr`, sends an MQTT CONNECT as [`PROBE_ID`] with `token`, and reads the answer; a clean DISCONNECT
+/// follows an accepted one.
+fn probe(addr: SocketAddr, token: &str) -> Probe {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return Probe::NotListening;
+    };
+    let connect = wire::Connect {
+        level: 4,
+        clean_session: true,
+        keep_alive: 10,
+        client_id: PROBE_ID.to_owned(),
+        will: None,
+        username: Some(PROBE_ID.to_owned()),
+        password: Some(token.as_bytes().to_vec()),
+    };
+    let mut answer = [0u8; 4];
+    let exchanged = stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|()| stream.write_all(&wire::encode_connect(&connect)))
+        .and_then(|()| stream.read_exact(&mut answer));
+    match exchanged.map(|()| wire::connack_code(&answer)) {
+        Ok(Some(0)) => {
+            let _ = stream.write_all(&[wire::kind::DISCONNECT << 4, 0]);
+            Probe::Ours
+        }
+        Ok(Some(code)) => Probe::Stranger(format!("CONNACK {code}")),
+        Ok(None) => Probe::Stranger(format!("answered {answer:02x?}")),
+        Err(e) => Probe::Stranger(e.to_string()),
+    }
 }
 
 /// One parsed punch waiting for the store.
@@ -483,5 +557,49 @@ fn answer_windows(windows: &window::Windows, meta: &[(String, u64)]) {
     }
     if let Some((d, n)) = run {
         windows.answered(d, n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// A listener on a free loopback port that answers every connection with `reply` after reading a little.
+    fn answering(reply: &'static [u8]) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let mut buf = [0u8; 16];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(reply);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn the_probe_tells_the_broker_from_strangers() {
+        // Nothing listening.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert_eq!(probe(free, "t"), Probe::NotListening);
+        // An MQTT broker that does not know the token, a program that is not MQTT, one that closes at once.
+        assert_eq!(probe(answering(&[0x20, 2, 0, 5]), "t"), Probe::Stranger("CONNACK 5".into()));
+        assert!(
+            matches!(probe(answering(b"HTTP/1.1 400 Bad Request\r\n"), "t"), Probe::Stranger(w) if w.starts_with("answered"))
+        );
+        assert!(matches!(probe(answering(b""), "t"), Probe::Stranger(_)));
+
+        // The broker itself accepts the token, and the probe is not a device: a device connection with the token still
+        // needs a configured device id.
+        let token = random_token();
+        let credentials = Credentials::default();
+        let (addr, _tx, _rx) = start_broker(token.clone(), credentials, 0).unwrap();
+        assert_eq!(probe(addr, &token), Probe::Ours);
+        // rumqttd closes a connection it refuses without a CONNACK.
+        assert!(matches!(probe(addr, "wrong"), Probe::Stranger(_)));
     }
 }
