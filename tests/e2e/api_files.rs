@@ -25,16 +25,6 @@ const API_ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,man
                           API1,From Api,DEPTA,04AA0001,,,,\n\
                           API2,Also Api,DEPTB,04AA0002,,,,\n";
 
-fn token(gw: &Gateway, args: &[&str]) -> String {
-    let config = gw.config_path.to_str().unwrap();
-    let mut all = vec!["token", "create"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--config", config]);
-    let (code, out, err) = run_cli(&all, &[]);
-    assert_eq!(code, 0, "token create {args:?}: {err}");
-    out.trim().to_owned()
-}
-
 fn call(gw: &Gateway, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
@@ -68,7 +58,7 @@ fn rules_view(gw: &Gateway, admin: &str) -> serde_json::Value {
 #[test]
 fn api_rules_put_lands_in_the_data_dir_and_survives_sighup_and_restart() {
     let mut gw = start_with_files();
-    let admin = token(&gw, &["--role", "admin"]);
+    let admin = gw.token(&["--role", "admin"]);
     let before = rules_view(&gw, &admin);
     assert_eq!(before["source"], "config", "{before}");
     assert!(before["text"].as_str().unwrap().contains("late_grace = \"10m\""));
@@ -126,7 +116,7 @@ fn employee_ids(gw: &Gateway, admin: &str) -> Vec<String> {
 #[test]
 fn api_roster_import_is_the_roster_after_sighup_and_restart() {
     let mut gw = start_with_files();
-    let admin = token(&gw, &["--role", "admin"]);
+    let admin = gw.token(&["--role", "admin"]);
     assert_eq!(employee_ids(&gw, &admin), ["FILE1"]);
 
     let (status, body) = call(&gw, "POST", "/api/v1/employees/import", &admin, Some(API_ROSTER));
@@ -288,7 +278,7 @@ fn api_client_certificates_map_to_roles_and_the_certificate_rotates_on_sighup() 
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("not mapped"), "{body}");
     // A bearer token decides when sent, whatever the certificate.
-    let manager_b = token(&gw, &["--role", "manager", "--department", "DEPTB"]);
+    let manager_b = gw.token(&["--role", "manager", "--department", "DEPTB"]);
     let (status, body, _) =
         https(addr, as_client("hr-office-pc"), "GET", "/api/v1/employees", Some(&manager_b)).unwrap();
     assert_eq!(status, 200);

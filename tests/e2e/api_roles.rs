@@ -47,18 +47,6 @@ impl Api {
     }
 }
 
-fn token(gw: &Gateway, args: &[&str]) -> String {
-    let config = gw.config_path.to_str().unwrap();
-    let mut all = vec!["token", "create"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--config", config]);
-    let (code, out, err) = run_cli(&all, &[]);
-    assert_eq!(code, 0, "token create {args:?}: {err}");
-    let t = out.trim().to_owned();
-    assert!(t.starts_with("gw_"), "{out}");
-    t
-}
-
 /// Asserts the status and that none of `hidden` appears in the body; returns the body.
 #[track_caller]
 fn expect(got: (u16, String), status: u16, hidden: &[&str]) -> String {
@@ -91,11 +79,11 @@ fn role_matrix() {
     let api = Api { addr: gw.addr("api") };
 
     // Tokens, created while the daemon holds the store: through the control socket.
-    let admin = token(&gw, &["--role", "admin"]);
-    let mgr_a = token(&gw, &["--role", "manager", "--department", "DEPTA", "--employee", "MGRA"]);
-    let mgr_b = token(&gw, &["--role", "manager", "--department", "DEPTB"]);
-    let emp_a = token(&gw, &["--role", "employee", "--employee", "INA1"]);
-    let emp_b = token(&gw, &["--role", "employee", "--employee", "OUTB1"]);
+    let admin = gw.token(&["--role", "admin"]);
+    let mgr_a = gw.token(&["--role", "manager", "--department", "DEPTA", "--employee", "MGRA"]);
+    let mgr_b = gw.token(&["--role", "manager", "--department", "DEPTB"]);
+    let emp_a = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let emp_b = gw.token(&["--role", "employee", "--employee", "OUTB1"]);
     let (code, _, err) =
         run_cli(&["token", "create", "--role", "manager", "--config", gw.config_path.to_str().unwrap()], &[]);
     assert_eq!(code, 64, "a manager without departments is a usage error: {err}");
@@ -291,7 +279,7 @@ fn role_matrix() {
     // With the daemon stopped, the CLI opens the store itself; the token works once the daemon is back.
     gw.stop();
     assert!(!gw.data_dir().join("control.sock").exists(), "the socket is removed on stop");
-    let offline = token(&gw, &["--role", "admin"]);
+    let offline = gw.token(&["--role", "admin"]);
     gw.spawn();
     let api = Api { addr: gw.addr("api") };
     let log = expect(api.get("/api/v1/audit", &offline), 200, &[]);
@@ -339,7 +327,7 @@ fn api_over_mutual_tls() {
     let config = base_config("gw-api-tls")
         + "[api.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n";
     let gw = Gateway::start_in(dir, &config);
-    let admin = token(&gw, &["--role", "admin"]);
+    let admin = gw.token(&["--role", "admin"]);
     let addr = gw.addr("api");
     let with_cert = gatewayd::upstream::tls::client_config(
         &certs.join("ca.pem"),

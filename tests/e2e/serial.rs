@@ -11,7 +11,7 @@ use drivers::sim::{serve_tcp, Fault};
 use gatewayd::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{base_config, http, run_cli, Gateway};
+use crate::harness::{base_config, http, Gateway};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -197,10 +197,7 @@ fn an_unreachable_bluetooth_device_is_a_clear_error_not_a_crash() {
     assert_eq!(metric(&gw, "gatewayd_device_online", "pn532", "bt-nfc"), 0.0);
     // The driver reports why the link is down once it has tried (the device list's last error, then the log); the
     // daemon keeps serving meanwhile.
-    let (code, token, err) =
-        run_cli(&["token", "create", "--role", "admin", "--config", gw.config_path.to_str().unwrap()], &[]);
-    assert_eq!(code, 0, "{err}");
-    let auth = format!("Bearer {}", token.trim());
+    let auth = format!("Bearer {}", gw.token(&["--role", "admin"]));
     until("the driver to report the link down", || {
         let (status, body) = http("GET", gw.addr("api"), "/api/v1/devices", &[("authorization", auth.as_str())], None);
         assert_eq!(status, 200, "{body}");

@@ -192,6 +192,19 @@ impl Gateway {
         self.wait_exit(Duration::from_secs(10));
     }
 
+    /// A new API token (`gatewayd token create ARGS --config …`), e.g. `&["--role", "admin"]`.
+    pub fn token(&self, args: &[&str]) -> String {
+        let config = self.config_path.to_str().unwrap();
+        let mut all = vec!["token", "create"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", config]);
+        let (code, out, err) = run_cli(&all, &[]);
+        assert_eq!(code, 0, "token create {args:?}: {err}");
+        let t = out.trim().to_owned();
+        assert!(t.starts_with("gw_"), "{out}");
+        t
+    }
+
     /// GET `path` on the API listener: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         http("GET", self.addr("api"), path, &[], None)
