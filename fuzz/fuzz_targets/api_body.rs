@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(body) {
-                let _ = gatewayd::rules::Rules::parse(std::path::Path::new("rules.toml"), text);
+                let _ = gatewayd::reconcile::rules::Rules::parse(std::path::Path::new("rules.toml"), text);
             }
         }
     }

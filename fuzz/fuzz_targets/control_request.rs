@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = gatewayd::control::parse_request(data);
+    let _ = gatewayd::app::control::parse_request(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = gatewayd::tokens::token_id(text);
     }

@@ -6,8 +6,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(roster) = gatewayd::roster::Roster::parse_csv(text) {
-            let again = gatewayd::roster::Roster::parse_csv(&roster.to_csv());
+        if let Ok(roster) = gatewayd::reconcile::roster::Roster::parse_csv(text) {
+            let again = gatewayd::reconcile::roster::Roster::parse_csv(&roster.to_csv());
             assert_eq!(again.ok().as_ref(), Some(&roster));
         }
     }

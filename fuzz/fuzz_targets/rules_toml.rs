@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = gatewayd::rules::Rules::parse(std::path::Path::new("rules.toml"), text);
+        let _ = gatewayd::reconcile::rules::Rules::parse(std::path::Path::new("rules.toml"), text);
     }
 });

@@ -28,8 +28,8 @@ fuzz_target!(|data: &[u8]| {
                 gatewayd::store::codec::encode_block(&encoded)
             },
         ),
-        1 => stable(value, gatewayd::changes::decode, gatewayd::changes::encode),
-        5 => stable(value, gatewayd::changes::decode_chunk, |changes| gatewayd::changes::encode_chunk(changes)),
+        1 => stable(value, gatewayd::reconcile::changes::decode, gatewayd::reconcile::changes::encode),
+        5 => stable(value, gatewayd::reconcile::changes::decode_chunk, |changes| gatewayd::reconcile::changes::encode_chunk(changes)),
         2 => stable(value, gatewayd::reconcile::records::decode, gatewayd::reconcile::records::encode),
         _ => stable(value, gatewayd::outbox::Item::decode, |(item, enqueued)| item.encode(*enqueued)),
     }

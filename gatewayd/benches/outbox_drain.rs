@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatewayd::changes::{Change, ChangeLog};
 use gatewayd::config::Config;
 use gatewayd::outbox::{feeder, Outbox};
 use gatewayd::proto::upstream::Punch;
+use gatewayd::reconcile::changes::{Change, ChangeLog};
 use gatewayd::store::Store;
 
 type Error = Box<dyn std::error::Error>;
@@ -39,7 +39,7 @@ fn items() -> u64 {
 }
 
 fn load_config(dir: &Path) -> Result<Config, Error> {
-    Config::load(&dir.join("gatewayd.toml"))
+    gatewayd::app::load::load(&dir.join("gatewayd.toml"))
         .map(|(c, _)| c)
         .map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ").into())
 }
@@ -53,7 +53,7 @@ fn fill(dir: &Path) -> Result<(), Error> {
         let store = Store::open(&dir.join("data").join("store"), config.store.cache_mb)?;
         let log = ChangeLog::open(store.db())?;
         let outbox = Outbox::open(store.db(), config.timezone())?;
-        let metrics = gatewayd::telemetry::Metrics::new();
+        let metrics = gatewayd::app::metrics();
         let feeder = feeder::Feeder { outbox: outbox.clone(), changes: log.clone(), store: store.clone(), metrics };
         let started = Instant::now();
         let t0 = 1_795_305_600_000i64;
@@ -160,7 +160,7 @@ fn main() -> Result<(), Error> {
             opened.elapsed().as_secs_f64(),
             rss_open as f64 / 1024.0
         );
-        let metrics = gatewayd::telemetry::Metrics::new();
+        let metrics = gatewayd::app::metrics();
         let (config_tx, _) = tokio::sync::watch::channel(Arc::new(config));
         let (resend_tx, _resend_rx) = tokio::sync::mpsc::channel(feeder::RESEND_QUEUE);
         let cancel = tokio_util::sync::CancellationToken::new();

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use drivers::sink::Subject;
 use drivers::Method;
-use gatewayd::changes::Change;
 use gatewayd::punch::Punch;
+use gatewayd::reconcile::changes::Change;
+use gatewayd::reconcile::roster::Roster;
+use gatewayd::reconcile::rules::Rules;
 use gatewayd::reconcile::{Engine, EngineSettings, Input, Watermarks};
-use gatewayd::roster::Roster;
-use gatewayd::rules::Rules;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 

@@ -49,7 +49,7 @@ fn rig(rt: &tokio::runtime::Runtime) -> Rig {
     let (durable, _) = tokio::sync::watch::channel(0);
     let cancel = CancellationToken::new();
     let settings = IngestSettings { gateway_id: "bench-gw".into(), max_batch: 4096 };
-    let writer = rt.spawn(run_writer(store.clone(), settings, rx, durable, Metrics::new(), cancel.clone()));
+    let writer = rt.spawn(run_writer(store.clone(), settings, rx, durable, gatewayd::app::metrics(), cancel.clone()));
     Rig { _dir: dir, store, sink: sink.for_driver("mqtt"), cancel, writer }
 }
 

@@ -13,7 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
-use crate::config::Config;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +68,7 @@ pub async fn run() -> Result<(), DemoError> {
     let config_text = config_text + &upstream;
     std::fs::write(&config_path, config_text)
         .map_err(|e| DemoError::Setup(format!("{}: {e}", config_path.display())))?;
-    let config = Config::load(&config_path).map(|(c, _)| c).map_err(|problems| {
+    let config = crate::app::load::load(&config_path).map(|(c, _)| c).map_err(|problems| {
         DemoError::Setup(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     })?;
 
@@ -291,8 +290,8 @@ fn attendance_files(dir: &Path) -> Result<String, DemoError> {
 }
 
 /// Prints each record revision and each closed work date as the engine decides them.
-async fn print_records(changes: crate::changes::ChangeLog, stop: CancellationToken) {
-    use crate::changes::Change;
+async fn print_records(changes: crate::reconcile::changes::ChangeLog, stop: CancellationToken) {
+    use crate::reconcile::changes::Change;
     let mut durable = changes.subscribe();
     let mut printed = *durable.borrow();
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or(jiff::tz::TimeZone::UTC);

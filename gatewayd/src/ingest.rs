@@ -26,10 +26,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::budget::DiskBudget;
 use crate::punch;
+use crate::store::budget::DiskBudget;
 use crate::store::{Inserted, Store, StoreError};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::Metrics;
 
 /// Settings of the ingest writer.
 #[derive(Clone, Debug)]
@@ -286,15 +286,15 @@ fn answer(w: Written, flushed: &Result<(), StoreError>, durable: &watch::Sender<
             if w.last_seq > *durable.borrow() {
                 durable.send_replace(w.last_seq);
             }
-            telemetry::events::group_committed(metrics, inserted.len(), w.started.elapsed());
+            crate::store::metrics::events::group_committed(metrics, inserted.len(), w.started.elapsed());
             Ok(inserted)
         }
         (Err(e), _) => {
-            telemetry::events::store_write_failed(metrics, &e);
+            crate::store::metrics::events::store_write_failed(metrics, &e);
             Err(e.to_string())
         }
         (Ok(_), Err(e)) => {
-            telemetry::events::store_write_failed(metrics, e);
+            crate::store::metrics::events::store_write_failed(metrics, e);
             Err(e.to_string())
         }
     };

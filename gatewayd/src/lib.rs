@@ -8,24 +8,17 @@
 
 pub mod api;
 pub mod app;
-pub mod approvals;
 pub mod atomic_file;
 pub mod certs;
-pub mod changes;
 pub mod chunk;
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod ingest;
 pub mod outbox;
-pub mod privileges;
 pub mod proto;
 pub mod punch;
-pub mod quarantine;
 pub mod reconcile;
-pub mod roster;
-pub mod rules;
 pub mod sink;
 pub mod store;
 pub mod telemetry;

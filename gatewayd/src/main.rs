@@ -156,7 +156,7 @@ fn main() -> ExitCode {
 }
 
 fn token(cmd: TokenCommand) -> ExitCode {
-    use gatewayd::control::Request;
+    use gatewayd::app::control::Request;
     let (config_arg, req) = match cmd {
         TokenCommand::Create { role, departments, employee, config } => {
             let new = gatewayd::tokens::NewToken { role, departments, employee };
@@ -177,7 +177,7 @@ fn token(cmd: TokenCommand) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let resp = match gatewayd::control::run_cli(&config.gateway.data_dir, config.store.cache_mb, req.clone()) {
+    let resp = match gatewayd::app::control::run_cli(&config.gateway.data_dir, config.store.cache_mb, req.clone()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gatewayd token: {e}");

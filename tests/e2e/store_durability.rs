@@ -8,7 +8,6 @@ use drivers::telemetry::DriverMetrics;
 use drivers::{DevicePunch, Method, Outcome, PunchSink};
 use gatewayd::ingest::{run_writer, IngestSettings};
 use gatewayd::store::Store;
-use gatewayd::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
 const DIR_ENV: &str = "GATEWAYD_DURABILITY_DIR";
@@ -36,7 +35,8 @@ fn start(dir: &std::path::Path) -> (Store, PunchSink, CancellationToken, tokio::
     let (durable, _) = tokio::sync::watch::channel(0);
     let cancel = CancellationToken::new();
     let settings = IngestSettings { gateway_id: "gw".into(), max_batch: 256 };
-    let writer = tokio::spawn(run_writer(store.clone(), settings, rx, durable, Metrics::new(), cancel.clone()));
+    let writer =
+        tokio::spawn(run_writer(store.clone(), settings, rx, durable, gatewayd::app::metrics(), cancel.clone()));
     (store, sink.for_driver("mqtt"), cancel, writer)
 }
 

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gatewayd::changes::{Change, ChangeLog};
 use gatewayd::outbox::{feeder, Outbox};
 use gatewayd::proto::upstream::{AttendanceRecord, Punch};
+use gatewayd::reconcile::changes::{Change, ChangeLog};
 use gatewayd::store::Store;
 
 use crate::harness::{bin, run_cli};
@@ -193,7 +193,7 @@ async fn child_gateway() {
     let Ok(dir) = std::env::var(ENV_DIR) else { return };
     gatewayd::telemetry::init_logging();
     let dir = PathBuf::from(dir);
-    let (config, _) = gatewayd::config::Config::load(&dir.join("gatewayd.toml")).unwrap();
+    let (config, _) = gatewayd::app::load::load(&dir.join("gatewayd.toml")).unwrap();
     let store = Store::open(&dir.join("data").join("store"), 8).unwrap();
     let log = ChangeLog::open(store.db()).unwrap();
     let outbox = Outbox::open(store.db(), config.timezone()).unwrap();
@@ -204,7 +204,7 @@ async fn child_gateway() {
     } else {
         println!("RESTARTED at cursor {}", outbox.cursor().unwrap());
     }
-    let metrics = gatewayd::telemetry::Metrics::new();
+    let metrics = gatewayd::app::metrics();
     let (config_tx, _) = tokio::sync::watch::channel(std::sync::Arc::new(config));
     let (resend_tx, resend_rx) = tokio::sync::mpsc::channel(feeder::RESEND_QUEUE);
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -16,11 +16,13 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::audit::Actor;
-use super::v1::{ApiError, ApiState};
-use crate::config::ClientCertRole;
-use crate::roster::Roster;
-use crate::tokens::{Role, TokenRecord, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
+use tokio::sync::watch;
+
+use super::audit::{Actor, AuditLog};
+use super::error::ApiError;
+use crate::config::{ClientCertRole, Config};
+use crate::reconcile::roster::Roster;
+use crate::tokens::{Role, TokenRecord, TokenStore, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
 
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
 const MAX_BUCKETS: usize = 10_000;
@@ -151,8 +153,17 @@ fn certificate_scope(common_name: &str, map: &ClientCertRole) -> TokenRecord {
     }
 }
 
+/// What the authentication middleware reads: the configuration in force, the tokens, the audit log, the limiter.
+#[derive(Clone)]
+pub struct AuthState {
+    pub config: watch::Receiver<Arc<Config>>,
+    pub tokens: TokenStore,
+    pub audit: AuditLog,
+    pub limiter: Arc<RateLimiter>,
+}
+
 /// The middleware: authenticate, rate-limit, time out, audit writes.
-pub async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next: Next) -> Response {
     let tls = req.extensions().get::<ConnectInfo<super::tls::TlsPeer>>().map(|ConnectInfo(p)| p.clone());
     let peer = req
         .extensions()

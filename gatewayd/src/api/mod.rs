@@ -2,16 +2,18 @@
 //! are merged in as further routers.
 //!
 //! The API writes files only in the data dir (the service's StateDirectory, the one place the hardened unit may write):
-//! rules ([`crate::rules::API_FILE`]) and roster ([`crate::roster::API_FILE`]), which then win over the configured files
-//! (see [`crate::rules::file_in_force`], [`crate::roster::file_in_force`]).
+//! rules ([`crate::reconcile::rules::API_FILE`]) and roster ([`crate::reconcile::roster::API_FILE`]), which then win over the configured files
+//! (see [`crate::reconcile::rules::file_in_force`], [`crate::reconcile::roster::file_in_force`]).
 
 pub mod audit;
 pub mod auth;
+pub mod error;
 pub mod tls;
 pub mod v1;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -21,6 +23,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{check_addr, check_tls, Config, Problems, Seg};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -97,8 +100,7 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
     let store = state.store.clone();
     let counts = tokio::task::spawn_blocking(move || (store.size_on_disk(), store.count().unwrap_or(0))).await;
     if let Ok((size, count)) = counts {
-        state.metrics.store.size_bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
-        state.metrics.store.punches.set(i64::try_from(count).unwrap_or(i64::MAX));
+        crate::store::metrics::events::store_size(&state.metrics, size, count);
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
 }
@@ -108,4 +110,37 @@ pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationTo
     axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
+}
+
+/// Checks `[api]` (called by the configuration loader, [`crate::app::load_config`]).
+pub fn check_config(config: &Config, out: &mut Problems<'_>) {
+    let section = &config.api;
+    check_addr(out, "api", "listen", Some(&section.listen));
+    if let Some(tls) = &section.tls {
+        check_tls(out, "api", tls);
+    }
+    let has_client_ca = section.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    for (i, problem) in auth::check_client_certs(&section.client_certs, has_client_ca) {
+        out.add(&[Seg::Key("api"), Seg::Key("client_cert"), Seg::Index(i)], "api.client_cert", problem);
+    }
+    if section.max_body_bytes < 1024 || section.max_body_bytes > 64 << 20 {
+        out.add(
+            &[Seg::Key("api"), Seg::Key("max_body_bytes")],
+            "api.max_body_bytes",
+            "must be between 1024 and 67108864".into(),
+        );
+    }
+    if !(1..=10_000).contains(&section.rate_per_sec) {
+        out.add(&[Seg::Key("api"), Seg::Key("rate_per_sec")], "api.rate_per_sec", "must be 1 to 10000".into());
+    }
+    if !(1..=100_000).contains(&section.rate_burst) {
+        out.add(&[Seg::Key("api"), Seg::Key("rate_burst")], "api.rate_burst", "must be 1 to 100000".into());
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&section.request_timeout()) {
+        out.add(
+            &[Seg::Key("api"), Seg::Key("request_timeout")],
+            "api.request_timeout",
+            "must be between 1s and 10m".into(),
+        );
+    }
 }

@@ -303,24 +303,21 @@ pub fn default_retention_days() -> u32 {
 }
 
 impl Config {
-    /// Reads, parses, resolves relative paths and validates. Every problem found is returned, each with its line.
-    pub fn load(path: &Path) -> Result<(Config, TomlSource), Vec<Problem>> {
+    /// Reads the file, parses it (unknown keys are errors) and resolves relative paths. Nothing is checked beyond the
+    /// syntax and the types: the full check is [`crate::app::load_config`], which runs [`Config::check`] and each
+    /// stage's check of its own section.
+    pub fn parse(path: &Path) -> Result<(Config, TomlSource), Vec<Problem>> {
         let source = TomlSource::read(path).map_err(|p| vec![p])?;
-        Config::from_source(path, source)
+        Config::parse_source(path, source)
     }
 
-    /// [`Config::load`] after the read: `source` is the text of the file at `path` (relative paths in it are resolved
-    /// against `path`'s directory). Public so the fuzz target runs exactly what `gatewayd validate` runs.
-    pub fn from_source(path: &Path, source: TomlSource) -> Result<(Config, TomlSource), Vec<Problem>> {
+    /// [`Config::parse`] after the read: `source` is the text of the file at `path` (relative paths in it are resolved
+    /// against `path`'s directory).
+    pub fn parse_source(path: &Path, source: TomlSource) -> Result<(Config, TomlSource), Vec<Problem>> {
         let mut config: Config = source.deserialize().map_err(|p| vec![p])?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
-        let problems = config.validate(&source);
-        if problems.is_empty() {
-            Ok((config, source))
-        } else {
-            Err(problems)
-        }
+        Ok((config, source))
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -360,10 +357,9 @@ impl Config {
         self.mqtt.listen.parse().ok()
     }
 
-    /// Checks every field and every referenced file.
-    pub fn validate(&self, source: &TomlSource) -> Vec<Problem> {
-        let mut out = Problems { source, list: Vec::new() };
-
+    /// Checks what no stage owns: `[gateway]`, `[mqtt]` (the drivers' listener), the devices and the listener
+    /// addresses together. Each stage checks its own section (see [`crate::app::load_config`]).
+    pub fn check(&self, out: &mut Problems<'_>) {
         let gw = &self.gateway;
         if let Err(e) = drivers::config::valid_device_id(&gw.id) {
             out.add(&[Seg::Key("gateway"), Seg::Key("id")], "gateway.id", e);
@@ -383,37 +379,8 @@ impl Config {
             );
         }
 
-        check_addr(&mut out, "api", "listen", Some(&self.api.listen));
-        if let Some(tls) = &self.api.tls {
-            check_tls(&mut out, "api", tls);
-        }
-        let has_client_ca = self.api.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        for (i, problem) in crate::api::auth::check_client_certs(&self.api.client_certs, has_client_ca) {
-            out.add(&[Seg::Key("api"), Seg::Key("client_cert"), Seg::Index(i)], "api.client_cert", problem);
-        }
-        if self.api.max_body_bytes < 1024 || self.api.max_body_bytes > 64 << 20 {
-            out.add(
-                &[Seg::Key("api"), Seg::Key("max_body_bytes")],
-                "api.max_body_bytes",
-                "must be between 1024 and 67108864".into(),
-            );
-        }
-        if !(1..=10_000).contains(&self.api.rate_per_sec) {
-            out.add(&[Seg::Key("api"), Seg::Key("rate_per_sec")], "api.rate_per_sec", "must be 1 to 10000".into());
-        }
-        if !(1..=100_000).contains(&self.api.rate_burst) {
-            out.add(&[Seg::Key("api"), Seg::Key("rate_burst")], "api.rate_burst", "must be 1 to 100000".into());
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.api.request_timeout()) {
-            out.add(
-                &[Seg::Key("api"), Seg::Key("request_timeout")],
-                "api.request_timeout",
-                "must be between 1s and 10m".into(),
-            );
-        }
-
-        check_addr(&mut out, "mqtt", "listen", Some(&self.mqtt.listen));
-        check_addr(&mut out, "mqtt", "tls_listen", self.mqtt.tls_listen.as_ref());
+        check_addr(out, "mqtt", "listen", Some(&self.mqtt.listen));
+        check_addr(out, "mqtt", "tls_listen", self.mqtt.tls_listen.as_ref());
         match (&self.mqtt.tls_listen, &self.mqtt.tls) {
             (Some(_), None) => out.add(
                 &[Seg::Key("mqtt"), Seg::Key("tls_listen")],
@@ -425,7 +392,7 @@ impl Config {
                 "mqtt.tls_listen",
                 "missing: tls is set but tls_listen is not".into(),
             ),
-            (Some(_), Some(tls)) => check_tls(&mut out, "mqtt", tls),
+            (Some(_), Some(tls)) => check_tls(out, "mqtt", tls),
             (None, None) => {}
         }
         if self.mqtt.max_payload_bytes < 256 || self.mqtt.max_payload_bytes > 1 << 20 {
@@ -445,24 +412,6 @@ impl Config {
                     format!("{addr} is used by two listeners"),
                 );
             }
-        }
-
-        if self.store.max_batch == 0 || self.store.max_batch > 65536 {
-            out.add(
-                &[Seg::Key("store"), Seg::Key("max_batch")],
-                "store.max_batch",
-                "must be between 1 and 65536".into(),
-            );
-        }
-        if self.store.queue == 0 || self.store.queue > 1 << 20 {
-            out.add(&[Seg::Key("store"), Seg::Key("queue")], "store.queue", "must be between 1 and 1048576".into());
-        }
-        if !(50..=99).contains(&self.store.disk_alarm_percent) {
-            out.add(
-                &[Seg::Key("store"), Seg::Key("disk_alarm_percent")],
-                "store.disk_alarm_percent",
-                "must be between 50 and 99".into(),
-            );
         }
 
         let mut ids = HashSet::new();
@@ -503,66 +452,6 @@ impl Config {
                 );
             }
         }
-
-        for (section, file) in [("roster", &self.roster), ("rules", &self.rules)] {
-            if let Some(f) = file {
-                let before = out.list.len();
-                check_file(&mut out, &[Seg::Key(section), Seg::Key("file")], &format!("{section}.file"), &f.file);
-                // The file's own contents, reported with its own FILE:LINE.
-                if out.list.len() == before {
-                    let problems = match section {
-                        "rules" => crate::rules::Rules::load(&f.file).err(),
-                        _ => crate::roster::Roster::load(&f.file).err(),
-                    };
-                    out.list.extend(problems.unwrap_or_default());
-                }
-            }
-        }
-        // Rules and roster the API wrote to the data dir win over the files above: check them too.
-        let written = [crate::rules::API_FILE, crate::roster::API_FILE].map(|f| self.gateway.data_dir.join(f));
-        if written[0].is_file() {
-            out.list.extend(crate::rules::Rules::load(&written[0]).err().unwrap_or_default());
-        }
-        if written[1].is_file() {
-            out.list.extend(crate::roster::Roster::load(&written[1]).err().unwrap_or_default());
-        }
-
-        if let Some(up) = &self.upstream {
-            let at = |k: &'static str| vec![Seg::Key("upstream"), Seg::Key(k)];
-            let before = out.list.len();
-            match up.url.strip_prefix("https://") {
-                Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
-                _ => out.add(&at("url"), "upstream.url", format!("`{}` must be an https:// URL with a host", up.url)),
-            }
-            check_file(&mut out, &at("ca"), "upstream.ca", &up.ca);
-            check_file(&mut out, &at("cert"), "upstream.cert", &up.cert);
-            check_file(&mut out, &at("key"), "upstream.key", &up.key);
-            if up.timeout() < Duration::from_secs(1) || up.timeout() > Duration::from_secs(600) {
-                out.add(&at("timeout"), "upstream.timeout", "must be between 1s and 10m".into());
-            }
-            if up.batch_max_items == 0 || up.batch_max_items > 100_000 {
-                out.add(&at("batch_max_items"), "upstream.batch_max_items", "must be between 1 and 100000".into());
-            }
-            if up.batch_max_bytes < 4096 || up.batch_max_bytes > 64 << 20 {
-                out.add(&at("batch_max_bytes"), "upstream.batch_max_bytes", "must be between 4096 and 67108864".into());
-            }
-            if up.linger() > Duration::from_secs(10) {
-                out.add(&at("linger"), "upstream.linger", "must be at most 10s".into());
-            }
-            if up.max_backoff() < Duration::from_secs(1) || up.max_backoff() > Duration::from_secs(3600) {
-                out.add(&at("max_backoff"), "upstream.max_backoff", "must be between 1s and 1h".into());
-            }
-            if up.retention_days == 0 || up.retention_days > 3650 {
-                out.add(&at("retention_days"), "upstream.retention_days", "must be between 1 and 3650".into());
-            }
-            if out.list.len() == before {
-                // The files exist and the values are in range: check that they load as TLS material.
-                for (key, problem) in crate::upstream::check_section(up) {
-                    out.add(&at(key), &format!("upstream.{key}"), problem);
-                }
-            }
-        }
-        out.list
     }
 }
 
@@ -583,7 +472,29 @@ impl<'a> Problems<'a> {
     }
 }
 
-fn check_addr(out: &mut Problems<'_>, section: &'static str, key: &'static str, value: Option<&String>) {
+/// Checks a file a stage reads (`[roster].file`, `[rules].file`): that it exists and is readable, then its contents
+/// with `load`, which reports problems with the file's own `FILE:LINE`. `written` is the copy the API wrote to the
+/// data dir, which wins over the configured file when it exists: it is checked too.
+pub fn check_stage_file<T>(
+    out: &mut Problems<'_>,
+    section: &'static str,
+    file: Option<&FileSection>,
+    written: &Path,
+    load: impl Fn(&Path) -> Result<T, Vec<Problem>>,
+) {
+    if let Some(f) = file {
+        let before = out.list.len();
+        check_file(out, &[Seg::Key(section), Seg::Key("file")], &format!("{section}.file"), &f.file);
+        if out.list.len() == before {
+            out.list.extend(load(&f.file).err().unwrap_or_default());
+        }
+    }
+    if written.is_file() {
+        out.list.extend(load(written).err().unwrap_or_default());
+    }
+}
+
+pub fn check_addr(out: &mut Problems<'_>, section: &'static str, key: &'static str, value: Option<&String>) {
     if let Some(v) = value {
         if v.parse::<SocketAddr>().is_err() {
             out.add(
@@ -595,7 +506,7 @@ fn check_addr(out: &mut Problems<'_>, section: &'static str, key: &'static str, 
     }
 }
 
-fn check_tls(out: &mut Problems<'_>, section: &'static str, tls: &TlsFiles) {
+pub fn check_tls(out: &mut Problems<'_>, section: &'static str, tls: &TlsFiles) {
     let files = [("cert", Some(&tls.cert)), ("key", Some(&tls.key)), ("client_ca", tls.client_ca.as_ref())];
     for (key, path) in files {
         if let Some(path) = path {
@@ -604,7 +515,7 @@ fn check_tls(out: &mut Problems<'_>, section: &'static str, tls: &TlsFiles) {
     }
 }
 
-fn check_file(out: &mut Problems<'_>, at: &[Seg<'_>], key: &str, path: &Path) {
+pub fn check_file(out: &mut Problems<'_>, at: &[Seg<'_>], key: &str, path: &Path) {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => {
             if let Err(e) = std::fs::File::open(path) {

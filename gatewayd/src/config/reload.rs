@@ -80,7 +80,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatewayd.toml");
         std::fs::write(&path, format!("[gateway]\nid = \"{id}\"\ndata_dir = \"data\"\ntimezone = \"UTC\"\n")).unwrap();
-        Arc::new(Config::load(&path).unwrap_or_else(|p| panic!("{p:?}")).0)
+        Arc::new(crate::app::load::load(&path).unwrap_or_else(|p| panic!("{p:?}")).0)
     }
 
     #[tokio::test(start_paused = true)]

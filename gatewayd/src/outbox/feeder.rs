@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{trim_point, Outbox, OutboxError, FILL_CHUNK};
-use crate::changes::ChangeLog;
 use crate::config::Config;
 use crate::daemon::Backoff;
+use crate::reconcile::changes::ChangeLog;
 use crate::store::Store;
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::Metrics;
 
 /// Requests to enqueue work dates again (from `UploadAck.resend_dates`); bounded.
 pub const RESEND_QUEUE: usize = 64;
@@ -58,7 +58,7 @@ impl Feeder {
             // Harmless: the entries are consumed (the cursor says so); the next pass trims them.
             tracing::warn!(error = %e, "outbox: cannot trim the change log");
         }
-        telemetry::events::outbox_filled(&self.metrics, &filled);
+        crate::outbox::metrics::events::outbox_filled(&self.metrics, &filled);
         self.update_stats();
         Ok(filled.changes)
     }
@@ -71,7 +71,7 @@ impl Feeder {
             for date in &dates {
                 match me.outbox.resend_date(date, &me.store, now_ms()) {
                     Ok(n) => {
-                        telemetry::events::resend_date(&me.metrics, date, n);
+                        crate::outbox::metrics::events::resend_date(&me.metrics, date, n);
                         total += n;
                     }
                     Err(OutboxError::Date(e)) => {
@@ -101,14 +101,14 @@ impl Feeder {
         let removed = tokio::task::spawn_blocking(move || me.outbox.compact(&cutoff))
             .await
             .map_err(|e| OutboxError::Date(format!("compaction task: {e}")))??;
-        telemetry::events::outbox_compacted(&self.metrics, removed, retention_days);
+        crate::outbox::metrics::events::outbox_compacted(&self.metrics, removed, retention_days);
         Ok(removed)
     }
 
     /// Publishes queue depth and the age of the oldest undelivered item.
     pub fn update_stats(&self) {
         match self.outbox.stats() {
-            Ok(stats) => telemetry::events::outbox_stats(&self.metrics, &stats, now_ms()),
+            Ok(stats) => crate::outbox::metrics::events::outbox_stats(&self.metrics, &stats, now_ms()),
             Err(e) => tracing::warn!(error = %e, "outbox: cannot read queue statistics"),
         }
     }
@@ -140,7 +140,7 @@ pub async fn run(
                 Err(e) => {
                     let delay = backoff.delay(failures);
                     failures = failures.saturating_add(1);
-                    telemetry::events::outbox_failed(&e, delay);
+                    crate::outbox::metrics::events::outbox_failed(&e, delay);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = cancel.cancelled() => break,
@@ -156,7 +156,7 @@ pub async fn run(
             changed = durable.changed() => if changed.is_err() { break },
             dates = resend.recv() => match dates {
                 Some(dates) => if let Err(e) = feeder.resend(dates).await {
-                    telemetry::events::outbox_failed(&e, Duration::ZERO);
+                    crate::outbox::metrics::events::outbox_failed(&e, Duration::ZERO);
                 },
                 None => break,
             },
@@ -164,7 +164,7 @@ pub async fn run(
                 let days = config.borrow().upstream.as_ref().map_or(crate::config::default_retention_days(),
                     |u| u.retention_days);
                 if let Err(e) = feeder.compact(days).await {
-                    telemetry::events::outbox_failed(&e, Duration::ZERO);
+                    crate::outbox::metrics::events::outbox_failed(&e, Duration::ZERO);
                 }
             }
             _ = stats_tick.tick() => feeder.update_stats(),

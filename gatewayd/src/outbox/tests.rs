@@ -360,7 +360,7 @@ async fn feeder_pass_flushes_trims_the_log_and_wakes_the_sender() {
         outbox: f.outbox.clone(),
         changes: f.changes.clone(),
         store: f.store.clone(),
-        metrics: crate::telemetry::Metrics::new(),
+        metrics: crate::app::metrics(),
     };
     let mut woken = f.outbox.subscribe();
     assert_eq!(feeder.pass(3).await.unwrap(), 3);

@@ -8,7 +8,7 @@
 
 use drivers::Method;
 
-use crate::rules::{Shift, ShiftSpan, Verification};
+use crate::reconcile::rules::{Shift, ShiftSpan, Verification};
 
 /// Where a punch stands with the geofence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

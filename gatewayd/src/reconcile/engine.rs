@@ -43,12 +43,13 @@ use serde::{Deserialize, Serialize};
 
 use super::day::{evaluate, DayContext, DayPunch, Fence};
 use super::punch_id::PunchId;
-use super::punches::{mark_punch, Dict, Fact, Key, Punches};
-use crate::changes::Change;
+use super::punches::{mark_punch, Dict, Fact, Key, Map, Punches};
 use crate::proto::upstream;
 use crate::punch::Punch;
-use crate::roster::Roster;
-use crate::rules::{local_date, local_ms, DayPlan, Rules, ShiftSpan};
+use crate::reconcile::approvals::FenceRequest;
+use crate::reconcile::changes::Change;
+use crate::reconcile::roster::Roster;
+use crate::reconcile::rules::{local_date, local_ms, DayPlan, Rules, ShiftSpan};
 
 /// Flags on punches as they go upstream.
 pub mod flags {
@@ -93,15 +94,6 @@ pub struct Watermarks {
     pub announced: BTreeSet<Date>,
 }
 
-/// An out-of-fence punch that needs a manager's decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FenceRequest {
-    pub punch_id: String,
-    pub employee: String,
-    pub department: String,
-    pub time_ms: i64,
-}
-
 /// Fixed settings of an engine.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -121,8 +113,7 @@ fn intern_in(strings: &mut Set<Arc<str>>, s: &str) -> Arc<str> {
     a
 }
 
-/// Hash maps keyed by ids: foldhash (fast, seeded per process) instead of SipHash; the engine hashes ids per punch.
-pub(super) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// Hash sets keyed by ids: foldhash, like [`Map`].
 type Set<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 #[derive(Clone, Debug)]

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use drivers::Method;
 use prost::encoding::{decode_varint, encode_varint};
 
-use super::engine::Map;
+/// Hash maps keyed by ids: foldhash (fast, seeded per process) instead of SipHash; the engine hashes ids per punch.
+pub(super) type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use super::punch_id::PunchId;
 
 /// A kept punch's place: its time and id.

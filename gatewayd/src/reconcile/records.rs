@@ -14,7 +14,7 @@
 //! [`RecordStore::commit`] writes one engine batch — its changes into the change log, the record revisions, the applied
 //! sequence number and the watermarks — in ONE sled transaction over the four trees. After a crash either all of a
 //! batch is there or none of it: a restart re-derives records from punches, compares with these revisions and finds
-//! exactly what was not yet committed. Durability comes with the following [`crate::changes::ChangeLog::flush`].
+//! exactly what was not yet committed. Durability comes with the following [`crate::reconcile::changes::ChangeLog::flush`].
 
 use std::collections::BTreeMap;
 
@@ -24,9 +24,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::engine::Watermarks;
-use crate::changes::{self, Change, ChangeLog};
 use crate::proto::upstream::AttendanceRecord;
-use crate::roster::Roster;
+use crate::reconcile::changes::{self, Change, ChangeLog};
+use crate::reconcile::roster::Roster;
 use crate::store::StoreError;
 
 /// The encoding version byte of stored records.

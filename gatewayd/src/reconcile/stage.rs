@@ -39,14 +39,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineSettings, Input};
 use super::records::RecordStore;
-use crate::approvals::{ApprovalError, Approvals};
-use crate::changes::{Change, ChangeLog};
 use crate::config::reload::Updates;
 use crate::config::Config;
-use crate::roster::{Roster, RosterError, RosterStore};
-use crate::rules::{local_date, local_ms, Rules};
+use crate::reconcile::approvals::{ApprovalError, Approvals, FenceListener};
+use crate::reconcile::changes::{Change, ChangeLog};
+use crate::reconcile::metrics::events;
+use crate::reconcile::roster::{Roster, RosterError, RosterStore};
+use crate::reconcile::rules::{local_date, local_ms, Rules};
 use crate::store::{Store, StoreError};
-use crate::telemetry::{events, Metrics};
+use crate::telemetry::Metrics;
 
 /// Most punches applied in one engine batch (one sled transaction).
 pub const BATCH: usize = 4096;
@@ -143,7 +144,14 @@ pub fn open(
     let records = RecordStore::open(db)?;
     let roster_store = RosterStore::open(db)?;
     let (engine, commands) = EngineHandle::channel();
-    let approvals = Approvals::open(db, &config.gateway.id, sink.clone(), engine.clone())?;
+    let listener: FenceListener = {
+        let engine = engine.clone();
+        Arc::new(move |punch_id, approved| {
+            let engine = engine.clone();
+            Box::pin(async move { engine.fence_decided(punch_id, approved).await })
+        })
+    };
+    let approvals = Approvals::open(db, &config.gateway.id, sink.clone(), listener)?;
     let attendance =
         Attendance { engine, records: records.clone(), roster: roster_store.clone(), approvals: approvals.clone() };
     let stage = Stage {
@@ -167,9 +175,9 @@ fn now_ms() -> i64 {
 }
 
 /// The rules text in force for a configuration ("" when there is no rules file), or the problems. The file is the one
-/// [`crate::rules::file_in_force`] names (what the API wrote wins over `[rules].file`).
+/// [`crate::reconcile::rules::file_in_force`] names (what the API wrote wins over `[rules].file`).
 fn read_rules(config: &Config) -> Result<(Rules, String), Vec<String>> {
-    match crate::rules::file_in_force(config) {
+    match crate::reconcile::rules::file_in_force(config) {
         None => Ok((Rules::none(), String::new())),
         Some(f) => Rules::load(&f).map_err(|ps| ps.iter().map(ToString::to_string).collect()),
     }
@@ -287,7 +295,7 @@ impl Stage {
             },
             Err(problems) => events::rules_rejected(&problems),
         }
-        if let Some(f) = crate::roster::file_in_force(config) {
+        if let Some(f) = crate::reconcile::roster::file_in_force(config) {
             match Roster::load(&f) {
                 Ok(roster) => match self.roster_store.replace(&roster) {
                     Ok(_) => {
@@ -339,7 +347,7 @@ impl Stage {
             let mut roster = roster_store.load()?;
             if roster.is_empty() {
                 // First start: import the roster file before anything is reconciled.
-                if let Some(f) = crate::roster::file_in_force(&config) {
+                if let Some(f) = crate::reconcile::roster::file_in_force(&config) {
                     if let Ok(r) = Roster::load(&f) {
                         roster_store.replace(&r)?;
                         roster = r;

@@ -10,11 +10,11 @@ use jiff::tz::TimeZone;
 use proptest::prelude::*;
 
 use super::engine::{Engine, EngineSettings, Input, Watermarks};
-use crate::changes::Change;
 use crate::proto::upstream::{AttendanceRecord, Punch as UpPunch};
 use crate::punch::Punch;
-use crate::roster::Roster;
-use crate::rules::Rules;
+use crate::reconcile::changes::Change;
+use crate::reconcile::roster::Roster;
+use crate::reconcile::rules::Rules;
 
 const RULES: &str = r#"
 dedupe_window = "5m"

@@ -78,9 +78,15 @@
 //! Opening or decoding never panics: a locked, corrupt or foreign database is a [`StoreError`] naming the path and what to
 //! do.
 
+pub mod budget;
 pub mod codec;
 pub mod index;
+pub mod metrics;
 mod migrate;
+mod open;
+mod read;
+
+use open::sync_blobs;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -200,187 +206,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Syncs the blob files sled wrote since the last call, and then their directory. sled 0.34 stores a log message over a
-/// quarter of its segment size (128 KiB) as a file of its own under `blobs/` and syncs neither the file nor the
-/// directory, so without this a power cut could leave a durable log pointing to a blob that is not there. The store's
-/// values are kept small enough that sled should not need blobs at all (see [`codec::BLOCK_MAX_BYTES`]); this covers
-/// the exceptions (a single very large punch, other stages' trees).
-fn sync_blobs(dir: &Path, synced: &Mutex<HashSet<std::ffi::OsString>>) -> std::io::Result<()> {
-    let blobs = dir.join("blobs");
-    let entries = match std::fs::read_dir(&blobs) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut synced = lock(synced);
-    let mut present = HashSet::new();
-    let mut new = false;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        if !synced.contains(&name) {
-            match std::fs::File::open(entry.path()) {
-                Ok(f) => f.sync_data()?,
-                // Removed by sled in the meantime: nothing to keep.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            new = true;
-        }
-        present.insert(name);
-    }
-    if new {
-        std::fs::File::open(&blobs)?.sync_all()?;
-    }
-    *synced = present;
-    Ok(())
-}
-
-/// The watermark of the store in `dir` (0 when there is no file yet).
-fn read_watermark(dir: &Path) -> Result<u64, StoreError> {
-    let file = dir.join(WATERMARK_FILE);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(StoreError::Open { path: dir.to_owned(), message: format!("{}: {e}", file.display()) }),
-    };
-    text.trim_end().strip_prefix(WATERMARK_HEADER).and_then(|rest| rest.trim().parse::<u64>().ok()).ok_or_else(|| {
-        StoreError::Open {
-            path: dir.to_owned(),
-            message: format!("damaged database: {} does not hold a watermark", file.display()),
-        }
-    })
-}
-
-fn open_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
-    move |e| StoreError::Open { path: path.to_owned(), message: e.to_string() }
-}
-
 impl Store {
-    /// Opens (or creates) the store in `dir`, migrating an older layout and indexing what the last run left unindexed.
-    /// Never panics on a damaged or foreign directory.
-    pub fn open(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
-        let path = dir.to_owned();
-        // sled treats a log it cannot parse as empty. If the files were there before, an empty result means damage,
-        // not a new store: remember what existed so that case is reported instead of silently starting over.
-        let existed = std::fs::metadata(dir.join("db")).map(|m| m.len() > 0).unwrap_or(false);
-        let config =
-            sled::Config::new().path(dir).cache_capacity(cache_mb.max(1) * 1024 * 1024).flush_every_ms(Some(500));
-        // sled 0.34 may panic on some kinds of damage instead of returning an error; contain that here.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-            {
-                return Err(StoreError::Locked { path })
-            }
-            Ok(Err(e)) => return Err(StoreError::Open { path, message: e.to_string() }),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "the database files are damaged".into());
-                return Err(StoreError::Open { path, message: format!("damaged database ({message})") });
-            }
-        };
-        let io_error =
-            |what: &str, e: std::io::Error| StoreError::Open { path: path.clone(), message: format!("{what}: {e}") };
-        let db_file =
-            std::fs::File::open(dir.join("db")).map_err(|e| io_error("cannot open the log file for syncing", e))?;
-        // sled does not sync directories: make the entries of the store's files (and of the store directory) durable.
-        for d in [Some(dir), dir.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| io_error("cannot sync the directory", e))?;
-        }
-        let meta = db.open_tree("meta").map_err(open_error(&path))?;
-        match meta.get("format").map_err(open_error(&path))? {
-            Some(v) if v.as_ref() == FORMAT => migrate::drop_v1_tree(&db).map_err(open_error(&path))?,
-            Some(v) if v.as_ref() == FORMAT_V1 => migrate::v1_to_v2(&db, &meta, LOG_TREE)?,
-            Some(v) => return Err(StoreError::Foreign { path, found: String::from_utf8_lossy(&v).into_owned() }),
-            None => {
-                if existed {
-                    return Err(StoreError::Open {
-                        path,
-                        message: "the database files exist but hold no readable gatewayd data (damaged, or not a gatewayd store)"
-                            .into(),
-                    });
-                }
-                let holds_data = db
-                    .tree_names()
-                    .iter()
-                    .any(|name| name.as_ref() != b"meta" && db.open_tree(name).map(|t| !t.is_empty()).unwrap_or(true));
-                if holds_data {
-                    return Err(StoreError::Foreign { path, found: "(none)".into() });
-                }
-                meta.insert("format", FORMAT)?;
-                db.flush()?;
-            }
-        }
-        let log = db.open_tree(LOG_TREE).map_err(open_error(&path))?;
-        let index = db.open_tree(INDEX_TREE).map_err(open_error(&path))?;
-        if meta.get(index::META_KEY).map_err(open_error(&path))?.as_deref() != Some(index::LAYOUT) {
-            // An index of another layout (or none): drop it; it is rebuilt from the log below.
-            index.clear().map_err(open_error(&path))?;
-            meta.insert(index::META_KEY, index::LAYOUT).map_err(open_error(&path))?;
-            db.flush().map_err(open_error(&path))?;
-        }
-        let written = match log.last().map_err(open_error(&path))? {
-            Some((k, v)) => {
-                let first = log_key(&k)?;
-                let punches = codec::split_log_value(&v)
-                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
-                first + punches.len() as u64 - 1
-            }
-            None => 0,
-        };
-        let indexed = match index.get(index::CURSOR).map_err(open_error(&path))? {
-            Some(v) => seq_from(&v).ok_or_else(|| StoreError::Decode {
-                key: "index cursor".into(),
-                message: "bad sequence number".into(),
-            })?,
-            None => 0,
-        };
-        let watermark = read_watermark(&path)?;
-        for (what, seq) in
-            [("the watermark file says punches up to", watermark), ("the index covers punches up to", indexed)]
-        {
-            if seq > written {
-                return Err(StoreError::Open {
-                    path,
-                    message: format!(
-                        "damaged database: the punch log ends at sequence {written} but {what} {seq} were durable"
-                    ),
-                });
-            }
-        }
-        let store = Store {
-            inner: Arc::new(Inner {
-                path,
-                db,
-                db_file: Arc::new(db_file),
-                log,
-                index,
-                written: AtomicU64::new(written),
-                // What sled recovered from disk is durable by definition.
-                durable: AtomicU64::new(written),
-                indexed: AtomicU64::new(indexed),
-                unindexed: Mutex::new(Unindexed::default()),
-                indexing: Mutex::new(()),
-                max_lag: AtomicU64::new(MAX_INDEX_LAG),
-                watermark: AtomicU64::new(watermark),
-                synced_blobs: Mutex::default(),
-            }),
-        };
-        // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
-        if written > 0 {
-            store.get(written)?;
-        }
-        // Index what the last run wrote but did not index (a crash between the flush and the index round).
-        while store.index_pending(INDEX_ROUND)? > 0 {}
-        Ok(store)
-    }
-
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -584,144 +410,6 @@ impl Store {
         }
         Ok(to - from + 1)
     }
-
-    /// Records the highest durable sequence number in the watermark file (replaced atomically and durably, see
-    /// [`crate::atomic_file::write_atomic`]), if it moved since the last call.
-    pub fn save_watermark(&self) -> Result<(), StoreError> {
-        let durable = self.inner.durable.load(Ordering::Acquire);
-        if durable <= self.inner.watermark.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let dir = &self.inner.path;
-        crate::atomic_file::write_atomic(
-            &dir.join(WATERMARK_FILE),
-            format!("{WATERMARK_HEADER} {durable}\n").as_bytes(),
-        )
-        .map_err(|e| StoreError::Flush(format!("watermark file in {}: {e}", dir.display())))?;
-        self.inner.watermark.fetch_max(durable, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// The first sequence number of the log value holding `seq`, and the value.
-    fn value_holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
-        match self.inner.log.range(..=seq.to_be_bytes()).next_back().transpose()? {
-            Some((k, v)) => {
-                let first = log_key(&k)?;
-                Ok(Some((first, v)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The punch with sequence number `seq`.
-    pub fn get(&self, seq: u64) -> Result<Punch, StoreError> {
-        let decode_error = |message| StoreError::Decode { key: format!("seq {seq}"), message };
-        let Some((first, value)) = self.value_holding(seq)? else {
-            return Err(decode_error("missing".into()));
-        };
-        let punches = codec::split_log_value(&value).map_err(decode_error)?;
-        match punches.get((seq - first) as usize) {
-            Some(bytes) => codec::decode_at(seq, bytes).map_err(decode_error),
-            None => Err(decode_error("missing".into())),
-        }
-    }
-
-    /// The punch with this `punch_id`, if stored.
-    pub fn get_by_id(&self, punch_id: &str) -> Result<Option<Punch>, StoreError> {
-        let seq = {
-            let mut unindexed = lock(&self.inner.unindexed);
-            self.seq_of(&mut unindexed, punch_id)?
-        };
-        seq.map(|seq| self.get(seq)).transpose()
-    }
-
-    /// Punches with sequence number greater than `after`, in order (for stages that follow the store).
-    pub fn after(&self, after: u64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let from = after.saturating_add(1);
-        // Start at the value holding `from`: a block may begin before it.
-        let (start, error) = match self.value_holding(from) {
-            Ok(found) => (found.map_or(from, |(first, _)| first), None),
-            Err(e) => (from, Some(e)),
-        };
-        LogIter { values: self.inner.log.range(start.to_be_bytes()..), after, ready: Vec::new().into_iter(), error }
-    }
-
-    /// `(device_time, seq)` of the punches in `[from_ms, to_ms)` of one index group, indexed or not, in time order.
-    fn postings(
-        &self,
-        group: &[u8],
-        width: i64,
-        from_ms: i64,
-        to_ms: i64,
-        tail_matches: impl Fn(&Punch) -> bool,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
-        if from_ms >= to_ms {
-            return Ok(Vec::new());
-        }
-        // Read the cursor first: what the index holds up to it is complete; the log after it is scanned.
-        let cursor = self.inner.indexed.load(Ordering::Acquire);
-        let (lo, hi) = index::range(group, width, from_ms, to_ms);
-        let mut found = Vec::new();
-        for r in self.inner.index.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi))) {
-            let (k, v) = r?;
-            found.extend(posting(&k, &v)?.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
-        }
-        for p in self.after(cursor) {
-            let p = p?;
-            if p.device_time_ms >= from_ms && p.device_time_ms < to_ms && tail_matches(&p) {
-                found.push((p.device_time_ms, p.seq));
-            }
-        }
-        found.sort_unstable();
-        found.dedup();
-        Ok(found)
-    }
-
-    /// Loads the punches of `postings` lazily, keeping those `keep` accepts; an error of the lookup comes first.
-    fn load(
-        &self,
-        postings: Result<Vec<(i64, u64)>, StoreError>,
-        keep: impl Fn(&Punch) -> bool + 'static,
-    ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let (seqs, error) = match postings {
-            Ok(v) => (v, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        error
-            .map(Err)
-            .into_iter()
-            .chain(seqs.into_iter().map(move |(_, seq)| self.get(seq)).filter(move |r| r.as_ref().map_or(true, &keep)))
-    }
-
-    /// Punches with device time in `[from_ms, to_ms)`, in time order.
-    pub fn by_time(&self, from_ms: i64, to_ms: i64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        self.load(self.postings(&[index::K_TIME], index::TIME_BUCKET, from_ms, to_ms, |_| true), |_| true)
-    }
-
-    /// Punches of one device with device time in `[from_ms, to_ms)`, in time order.
-    pub fn by_device(
-        &self,
-        device: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let group = index::device_group(device);
-        let postings = self.postings(&group, index::DEVICE_BUCKET, from_ms, to_ms, |p| p.device_id.as_str() == device);
-        self.load(postings, |_| true)
-    }
-
-    /// Punches reported for one employee id or credential with device time in `[from_ms, to_ms)`, in time order.
-    pub fn by_subject(
-        &self,
-        subject: &Subject,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
-        let group = index::subject_group(subject);
-        let postings = self.postings(&group, index::SUBJECT_BUCKET, from_ms, to_ms, |p| &p.subject == subject);
-        let subject = subject.clone();
-        self.load(postings, move |p| p.subject == subject)
-    }
 }
 
 /// The block being filled by [`Store::insert_batch`].
@@ -762,42 +450,22 @@ impl Block {
     }
 }
 
-/// The punches of the log after a sequence number, value by value.
-struct LogIter {
-    values: sled::Iter,
-    after: u64,
-    ready: std::vec::IntoIter<Punch>,
-    /// An error finding where to start, reported first.
-    error: Option<StoreError>,
-}
-
-impl Iterator for LogIter {
-    type Item = Result<Punch, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(e) = self.error.take() {
-            return Some(Err(e));
-        }
-        loop {
-            if let Some(p) = self.ready.next() {
-                return Some(Ok(p));
-            }
-            let (k, v) = match self.values.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
-            };
-            let first = match log_key(&k) {
-                Ok(first) => first,
-                Err(e) => return Some(Err(e)),
-            };
-            match codec::decode_log_value(first, &v) {
-                Ok(punches) => {
-                    let after = self.after;
-                    self.ready = punches.into_iter().filter(|p| p.seq > after).collect::<Vec<_>>().into_iter();
-                }
-                Err(message) => return Some(Err(StoreError::Decode { key: format!("seq {first}"), message })),
-            }
-        }
+/// Checks `[store]` (called by the configuration loader, [`crate::app::load_config`]).
+pub fn check_config(config: &crate::config::Config, out: &mut crate::config::Problems<'_>) {
+    use crate::config::Seg;
+    let section = &config.store;
+    if section.max_batch == 0 || section.max_batch > 65536 {
+        out.add(&[Seg::Key("store"), Seg::Key("max_batch")], "store.max_batch", "must be between 1 and 65536".into());
+    }
+    if section.queue == 0 || section.queue > 1 << 20 {
+        out.add(&[Seg::Key("store"), Seg::Key("queue")], "store.queue", "must be between 1 and 1048576".into());
+    }
+    if !(50..=99).contains(&section.disk_alarm_percent) {
+        out.add(
+            &[Seg::Key("store"), Seg::Key("disk_alarm_percent")],
+            "store.disk_alarm_percent",
+            "must be between 50 and 99".into(),
+        );
     }
 }
 

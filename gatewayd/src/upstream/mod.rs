@@ -21,6 +21,7 @@
 //! link build and hourly), with a WARN from [`EXPIRY_WARN_DAYS`] days ahead.
 
 pub mod client;
+pub mod metrics;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -32,10 +33,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, UpstreamSection};
+use crate::config::{check_file, Config, Problems, Seg, UpstreamSection};
 use crate::daemon::Backoff;
 use crate::outbox::{OpenBatch, Outbox, OutboxError};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::Metrics;
 use client::{Client, Endpoint};
 
 /// How often the certificate files are checked for changes.
@@ -96,7 +97,7 @@ fn build_link(up: &UpstreamSection) -> Result<Link, UpstreamError> {
 
 fn report_expiry(metrics: &Metrics, up: &UpstreamSection) {
     match tls::cert_days_left(&up.cert, jiff::Timestamp::now()) {
-        Ok(days) => telemetry::events::upstream_cert_days_left(metrics, &up.cert, days, EXPIRY_WARN_DAYS),
+        Ok(days) => metrics::events::upstream_cert_days_left(metrics, &up.cert, days, EXPIRY_WARN_DAYS),
         Err(e) => tracing::warn!(error = %e, "upstream: cannot read the gateway certificate's expiry"),
     }
 }
@@ -186,7 +187,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
             let first = link.is_none();
             match build_link(&up) {
                 Ok(new) => {
-                    telemetry::events::upstream_link_built(&new.client.endpoint().authority, first);
+                    metrics::events::upstream_link_built(&new.client.endpoint().authority, first);
                     link = Some(new);
                     failed_stamp = None;
                     report_expiry(&s.metrics, &up);
@@ -195,7 +196,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                     retry_at = None;
                 }
                 Err(e) => {
-                    telemetry::events::upstream_link_failed(&s.metrics, &e, link.is_some());
+                    metrics::events::upstream_link_failed(&s.metrics, &e, link.is_some());
                     failed_stamp = Some(stamp);
                 }
             }
@@ -260,7 +261,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
             r = current.client.post(open.batch_seq, body) => r,
             _ = cancel.cancelled() => break,
         };
-        telemetry::events::upstream_sent(&s.metrics, &open, &result, started.elapsed(), attempt);
+        metrics::events::upstream_sent(&s.metrics, &open, &result, started.elapsed(), attempt);
         let prepared = match prepare {
             Some(task) => task.await.ok().and_then(|r| r.ok()).flatten(),
             None => None,
@@ -283,11 +284,15 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                 }
                 if alarm {
                     alarm = false;
-                    telemetry::events::upstream_alarm_cleared(&s.metrics, open.batch_seq);
+                    metrics::events::upstream_alarm_cleared(&s.metrics, open.batch_seq);
                 }
                 attempt = 0;
                 if let Ok(stats) = s.outbox.stats() {
-                    telemetry::events::outbox_stats(&s.metrics, &stats, jiff::Timestamp::now().as_millisecond());
+                    crate::outbox::metrics::events::outbox_stats(
+                        &s.metrics,
+                        &stats,
+                        jiff::Timestamp::now().as_millisecond(),
+                    );
                 }
                 if !ack.resend_dates.is_empty() {
                     tokio::select! {
@@ -300,14 +305,14 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                 if !alarm {
                     alarm = true;
                 }
-                telemetry::events::upstream_alarm(&s.metrics, open.batch_seq, &e, up.max_backoff());
+                metrics::events::upstream_alarm(&s.metrics, open.batch_seq, &e, up.max_backoff());
                 retry_at = Some(Instant::now() + up.max_backoff());
             }
             Err(e) => {
                 let backoff = Backoff { initial: FIRST_RETRY, max: up.max_backoff(), stable_after: Duration::MAX };
                 let delay = backoff.delay(attempt);
                 attempt = attempt.saturating_add(1);
-                telemetry::events::upstream_retry(open.batch_seq, &e, delay, attempt);
+                metrics::events::upstream_retry(open.batch_seq, &e, delay, attempt);
                 retry_at = Some(Instant::now() + delay);
             }
         }
@@ -384,6 +389,46 @@ pub fn check_section(up: &UpstreamSection) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// Checks `[upstream]`: values, files, and that the files load as TLS material (called by the configuration loader,
+/// [`crate::app::load_config`]).
+pub fn check_config(config: &Config, out: &mut Problems<'_>) {
+    if let Some(up) = &config.upstream {
+        let at = |k: &'static str| vec![Seg::Key("upstream"), Seg::Key(k)];
+        let before = out.list.len();
+        match up.url.strip_prefix("https://") {
+            Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
+            _ => out.add(&at("url"), "upstream.url", format!("`{}` must be an https:// URL with a host", up.url)),
+        }
+        check_file(out, &at("ca"), "upstream.ca", &up.ca);
+        check_file(out, &at("cert"), "upstream.cert", &up.cert);
+        check_file(out, &at("key"), "upstream.key", &up.key);
+        if up.timeout() < Duration::from_secs(1) || up.timeout() > Duration::from_secs(600) {
+            out.add(&at("timeout"), "upstream.timeout", "must be between 1s and 10m".into());
+        }
+        if up.batch_max_items == 0 || up.batch_max_items > 100_000 {
+            out.add(&at("batch_max_items"), "upstream.batch_max_items", "must be between 1 and 100000".into());
+        }
+        if up.batch_max_bytes < 4096 || up.batch_max_bytes > 64 << 20 {
+            out.add(&at("batch_max_bytes"), "upstream.batch_max_bytes", "must be between 4096 and 67108864".into());
+        }
+        if up.linger() > Duration::from_secs(10) {
+            out.add(&at("linger"), "upstream.linger", "must be at most 10s".into());
+        }
+        if up.max_backoff() < Duration::from_secs(1) || up.max_backoff() > Duration::from_secs(3600) {
+            out.add(&at("max_backoff"), "upstream.max_backoff", "must be between 1s and 1h".into());
+        }
+        if up.retention_days == 0 || up.retention_days > 3650 {
+            out.add(&at("retention_days"), "upstream.retention_days", "must be between 1 and 3650".into());
+        }
+        if out.list.len() == before {
+            // The files exist and the values are in range: check that they load as TLS material.
+            for (key, problem) in check_section(up) {
+                out.add(&at(key), &format!("upstream.{key}"), problem);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

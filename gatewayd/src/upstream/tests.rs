@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::certs::{write_file, DevPki, Validity};
-use crate::changes::{Change, ChangeLog};
 use crate::outbox::feeder;
 use crate::proto::upstream::Punch;
+use crate::reconcile::changes::{Change, ChangeLog};
 use crate::sink::{self, faults::FaultPlan, Ledger, Summary};
 use crate::store::Store;
 
@@ -63,11 +63,11 @@ impl Rig {
             data = p("data").display()
         );
         std::fs::write(p("gatewayd.toml"), text).unwrap();
-        let (config, _) = Config::load(&p("gatewayd.toml")).unwrap();
+        let (config, _) = crate::app::load::load(&p("gatewayd.toml")).unwrap();
         let store = Store::open(&p("store"), 8).unwrap();
         let log = ChangeLog::open(store.db()).unwrap();
         let outbox = Outbox::open(store.db(), config.timezone()).unwrap();
-        let metrics = Metrics::new();
+        let metrics = crate::app::metrics();
         let (config_tx, _) = watch::channel(Arc::new(config));
         let cancel = CancellationToken::new();
         let (resend_tx, resend_rx) = mpsc::channel(feeder::RESEND_QUEUE);

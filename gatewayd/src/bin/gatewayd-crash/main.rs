@@ -342,8 +342,9 @@ fn config(args: &Args, work: &Path, certs: &Path, sink_port: u16) -> String {
 
 /// Flags what a start must not show: a quarantined store, a panic.
 fn check_start(daemon: &Daemon, work: &Path, cycle: u32, problems: &mut Vec<String>) {
-    let quarantined =
-        std::fs::read_dir(work.join("data").join(gatewayd::quarantine::QUARANTINE_DIR)).map(|d| d.count()).unwrap_or(0);
+    let quarantined = std::fs::read_dir(work.join("data").join(gatewayd::app::quarantine::QUARANTINE_DIR))
+        .map(|d| d.count())
+        .unwrap_or(0);
     if quarantined > 0 {
         problems.push(format!("start {cycle}: the store was quarantined (did not open); see {}", daemon.log.display()));
     }

@@ -6,9 +6,9 @@ use drivers::sink::{GeoPoint, Subject};
 use drivers::{DevicePunch, Method};
 
 use super::*;
-use crate::approvals::{Decider, Kind, State};
 use crate::config::reload::Appliers;
 use crate::ingest::{self, IngestSettings};
+use crate::reconcile::approvals::{Decider, Kind, State};
 
 const RULES: &str = r#"
 [[shift]]
@@ -60,7 +60,7 @@ fn config_in(dir: &std::path::Path) -> Config {
          [roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n",
     )
     .unwrap();
-    Config::load(&path).unwrap_or_else(|p| panic!("{p:?}")).0
+    crate::app::load::load(&path).unwrap_or_else(|p| panic!("{p:?}")).0
 }
 
 impl Gateway {
@@ -68,7 +68,7 @@ impl Gateway {
         let config = Arc::new(config_in(dir.path()));
         let store = Store::open(&dir.path().join("data").join("store"), 8).unwrap();
         let log = ChangeLog::open(store.db()).unwrap();
-        let metrics = Metrics::new();
+        let metrics = crate::app::metrics();
         let (sink, rx) = PunchSink::channel(64, metrics.drivers.clone());
         let (durable_tx, durable) = watch::channel(store.last_seq().unwrap().unwrap_or(0));
         let ingest_cancel = CancellationToken::new();
@@ -306,5 +306,5 @@ async fn a_reload_is_reported_applied_once_its_roster_and_rules_are_in_force() {
 
 /// The configuration file of `dir` loaded again (a new value, as a SIGHUP makes).
 fn config_in_place(dir: &std::path::Path) -> Config {
-    Config::load(&dir.join("gatewayd.toml")).unwrap_or_else(|p| panic!("{p:?}")).0
+    crate::app::load::load(&dir.join("gatewayd.toml")).unwrap_or_else(|p| panic!("{p:?}")).0
 }

@@ -1,10 +1,9 @@
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::FenceRequest;
 use super::*;
 use crate::ingest::{self, IngestSettings};
-use crate::reconcile::FenceRequest;
-use crate::telemetry::Metrics;
 
 const ROSTER: &str = "employee,department,manages\nE1,D-OFF,\nE2,D-OFF,D-OFF\nM1,D-ADM,D-OFF\n";
 const NOW: i64 = 1_795_330_800_000;
@@ -20,7 +19,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), 8).unwrap();
-    let metrics = Metrics::new();
+    let metrics = crate::app::metrics();
     let (sink, rx) = PunchSink::channel(16, metrics.drivers.clone());
     let (durable, _) = watch::channel(0);
     let stop = CancellationToken::new();
@@ -32,7 +31,7 @@ fn fixture() -> Fixture {
         metrics,
         stop.clone(),
     ));
-    let approvals = Approvals::open(store.db(), "gw", sink, EngineHandle::detached()).unwrap();
+    let approvals = Approvals::open(store.db(), "gw", sink, super::no_listener()).unwrap();
     Fixture { _dir: dir, store, approvals, roster: Roster::parse_csv(ROSTER).unwrap(), stop }
 }
 

@@ -76,6 +76,7 @@ fn bad_lines_are_named_and_nothing_is_accepted() {
         ("employee,pin\nA,12-3\n", "line 2: pin: `12-3` is not a PIN"),
         ("employee,face\nA,f1\nB,f1\n", "line 3: face: face id `f1` is already used by A (line 2)"),
         ("employee,name\nA,\"open\n", "line 2: (csv): a quoted field is not closed"),
+        ("employee,name\nA,x\"y\n", "line 2: (csv): a quoted field is not closed, or a quote stands inside"),
         ("employee,name\nA,\"x\u{7}\"\n", "line 2: name: the name contains control characters"),
     ];
     for (text, want) in cases {

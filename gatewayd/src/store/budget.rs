@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::telemetry::{self, Metrics};
+use crate::store::metrics::StoreMetrics;
+use crate::telemetry::{gauge_value, Metrics};
 
 /// How often the monitor measures the database.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -112,7 +113,25 @@ pub async fn monitor(
         let state = evaluate(used, limit, alarm);
         let before = budget.state();
         budget.set(state);
-        telemetry::events::disk_budget(&metrics, before, state, used, limit);
+        disk_budget_event(&metrics, before, state, used, limit);
+    }
+}
+
+/// The budget was measured (an internal event: it sets the gauges, and logs when the state changed).
+fn disk_budget_event(m: &Metrics, before: BudgetState, now: BudgetState, used: u64, limit: u64) {
+    if let Some(s) = m.get::<StoreMetrics>() {
+        s.disk_budget_state.set(now as i64);
+        s.disk_budget_bytes.set(gauge_value(limit));
+        s.disk_used_bytes.set(gauge_value(used));
+    }
+    if before == now {
+        return;
+    }
+    match now {
+        BudgetState::Full => tracing::error!(used, limit,
+            "disk budget reached: new punches are refused (devices keep them); deliver the backlog or raise store.disk_budget_mb"),
+        BudgetState::Near => tracing::warn!(used, limit, "disk usage is near the budget"),
+        BudgetState::Ok => tracing::info!(used, limit, "disk usage is below the budget alarm again"),
     }
 }
 
@@ -151,7 +170,7 @@ mod tests {
             settings,
             rx,
             watch::channel(0).0,
-            Metrics::new(),
+            crate::app::metrics(),
             cancel.clone(),
             budget.clone(),
         ));

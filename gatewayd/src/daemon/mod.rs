@@ -1,11 +1,14 @@
 //! Process-level concerns: signals, systemd notification, and the supervisor that restarts failing tasks.
 
+pub mod privileges;
+
 use std::future::Future;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What a signal asks the daemon to do.
@@ -17,29 +20,55 @@ pub enum Signal {
     Reload,
 }
 
-/// The daemon's signal handlers, installed once at start-up.
+/// The daemon's signal handlers, installed once at start-up, and the in-process way to ask for a reload.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    requests: mpsc::Receiver<()>,
+    handle: ReloadHandle,
 }
 
 impl Signals {
     pub fn install() -> std::io::Result<Signals> {
+        // One waiting request is enough: requests made before the reload starts are all served by it.
+        let (tx, requests) = mpsc::channel(1);
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            requests,
+            handle: ReloadHandle { tx },
         })
     }
 
-    /// Waits for the next signal.
+    /// A handle that asks for a reload as SIGHUP does (the API uses it after writing rules).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.handle.clone()
+    }
+
+    /// Waits for the next signal or reload request.
     pub async fn next(&mut self) -> Signal {
         tokio::select! {
             _ = self.term.recv() => Signal::Stop,
             _ = self.int.recv() => Signal::Stop,
             _ = self.hup.recv() => Signal::Reload,
+            Some(()) = self.requests.recv() => Signal::Reload,
         }
+    }
+}
+
+/// Asks the running daemon to reload its configuration, rules, roster and certificates, exactly as SIGHUP does (one
+/// reload path: the daemon's signal loop). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    tx: mpsc::Sender<()>,
+}
+
+impl ReloadHandle {
+    /// Asks for a reload. Returns at once; a request made while another is waiting to start joins it.
+    pub fn request(&self) {
+        let _ = self.tx.try_send(());
     }
 }
 
@@ -151,14 +180,19 @@ pub async fn supervise<F, Fut, E>(
         let delay = backoff.delay(attempt);
         attempt = attempt.saturating_add(1);
         match result {
-            Err(e) => crate::telemetry::events::driver_restarting(&name, driver, &e, delay),
-            Ok(()) => crate::telemetry::events::driver_restarting(&name, driver, &"task ended unexpectedly", delay),
+            Err(e) => driver_restarting(&name, driver, &e, delay),
+            Ok(()) => driver_restarting(&name, driver, &"task ended unexpectedly", delay),
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
         }
     }
+}
+
+/// A supervised task failed or ended and is started again after `backoff` (an internal event: it logs).
+fn driver_restarting(device: &str, driver: &str, error: &dyn std::fmt::Display, backoff: Duration) {
+    tracing::warn!(device, driver, %error, backoff_ms = backoff.as_millis() as u64, "driver failed; restarting");
 }
 
 #[cfg(test)]

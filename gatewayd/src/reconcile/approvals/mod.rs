@@ -5,7 +5,7 @@
 //! - approving a make-up request adds a new punch (method `makeup`, device [`DEVICE_ID`], device sequence = the approval
 //!   id, so its punch id is `{gateway}:approvals:{id}`) through the ingest [`PunchSink`]: it is stored like any other
 //!   punch, reaches the engine through the store and revises the record;
-//! - deciding an out-of-fence approval tells the engine ([`EngineHandle`]), which clears `pending_approval` (approved:
+//! - deciding an out-of-fence approval tells the engine (a [`FenceListener`]), which clears `pending_approval` (approved:
 //!   the punch counts; rejected: it stays as evidence and does not count) and revises the record. The engine asks for
 //!   these approvals itself when it finds a GPS punch outside the fence ([`Approvals::ensure_fence`]).
 //!
@@ -28,9 +28,26 @@ use drivers::sink::Subject;
 use drivers::{DevicePunch, Method, Outcome, PunchSink};
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::{EngineHandle, FenceRequest};
-use crate::roster::Roster;
+use crate::reconcile::roster::Roster;
 use crate::store::Store;
+
+/// An out-of-fence punch that needs a manager's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceRequest {
+    pub punch_id: String,
+    pub employee: String,
+    pub department: String,
+    pub time_ms: i64,
+}
+
+/// Told of an out-of-fence decision (punch id, approved) once it is durable. The engine stage listens
+/// ([`crate::reconcile::stage`]); the approvals know nothing of it beyond this.
+pub type FenceListener = std::sync::Arc<dyn Fn(String, bool) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A [`FenceListener`] that hears nothing (for tests of other parts, where no engine runs).
+pub fn no_listener() -> FenceListener {
+    std::sync::Arc::new(|_, _| Box::pin(async {}))
+}
 
 /// The device id make-up punches are stored under.
 pub const DEVICE_ID: &str = "approvals";
@@ -137,7 +154,7 @@ pub struct Approvals {
     db: sled::Db,
     tree: sled::Tree,
     sink: PunchSink,
-    engine: EngineHandle,
+    engine: FenceListener,
     gateway_id: String,
 }
 
@@ -176,7 +193,7 @@ impl Approvals {
         db: &sled::Db,
         gateway_id: &str,
         sink: PunchSink,
-        engine: EngineHandle,
+        engine: FenceListener,
     ) -> Result<Approvals, ApprovalError> {
         Ok(Approvals {
             db: db.clone(),
@@ -359,7 +376,7 @@ impl Approvals {
             }
             Kind::OutOfFence { punch_id, .. } => {
                 // Durable already; if the engine is not running it reads the decision when it starts.
-                self.engine.fence_decided(punch_id.clone(), approve).await;
+                (self.engine)(punch_id.clone(), approve).await;
             }
             Kind::Makeup { .. } => {}
         }

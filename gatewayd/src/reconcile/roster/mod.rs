@@ -549,6 +549,12 @@ impl RosterStore {
         })
     }
 
+    /// Makes what was replaced durable (the roster tree shares the database's log: this flushes it).
+    pub async fn flush(&self) -> Result<(), RosterError> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
     /// Replaces the stored roster with `roster` in one atomic batch. Returns false when nothing changed. Not durable until
     /// the database is flushed.
     pub fn replace(&self, roster: &Roster) -> Result<bool, RosterError> {
@@ -578,6 +584,13 @@ impl RosterStore {
         }
         Ok(changed)
     }
+}
+
+/// Checks `[roster]`: the file exists, and it and the copy the API wrote to the data dir parse (called by the
+/// configuration loader, [`crate::app::load_config`]).
+pub fn check_config(config: &crate::config::Config, out: &mut crate::config::Problems<'_>) {
+    let written = config.gateway.data_dir.join(API_FILE);
+    crate::config::check_stage_file(out, "roster", config.roster.as_ref(), &written, Roster::load);
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 
 use crate::api::audit::AuditLog;
 use crate::app::AppError;
-use crate::changes::ChangeLog;
 use crate::outbox::{Outbox, OutboxError};
+use crate::reconcile::changes::ChangeLog;
+use crate::store::metrics::events;
 use crate::store::{Store, StoreError};
-use crate::telemetry::{events, Metrics};
+use crate::telemetry::Metrics;
 use crate::tokens::{TokenError, TokenStore};
 
 /// The directory under the data dir that holds quarantined stores.

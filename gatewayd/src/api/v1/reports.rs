@@ -1,0 +1,221 @@
+//! `GET /api/v1/reports/export` (CSV) and `GET /api/v1/reports/summary`.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub format: Option<String>,
+    pub department: Option<String>,
+    pub employee: Option<String>,
+}
+
+/// One CSV cell: quoted when needed; a leading `=`, `+`, `-` or `@` is prefixed with `'` so spreadsheets do not run it.
+pub fn csv_cell(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_owned() };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// The export header.
+pub const EXPORT_COLUMNS: [&str; 16] = [
+    "record_id",
+    "employee_id",
+    "name",
+    "department",
+    "work_date",
+    "shift_id",
+    "clock_in",
+    "clock_out",
+    "statuses",
+    "late_minutes",
+    "early_leave_minutes",
+    "worked_minutes",
+    "overtime_minutes",
+    "closed",
+    "revision",
+    "rules_version",
+];
+
+pub(super) async fn export(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
+    if q.format.as_deref().is_some_and(|f| f != "csv") {
+        return Err(ApiError::bad("format: only `csv` is supported"));
+    }
+    let (from, to) = (parse_date("from", &q.from)?, parse_date("to", &q.to)?);
+    let days = (to - from).get_days();
+    if !(0..MAX_EXPORT_DAYS).contains(&i64::from(days)) {
+        return Err(ApiError::bad(format!("from..to must be 1 to {MAX_EXPORT_DAYS} days, from first to last")));
+    }
+    let f = RecordFilter {
+        from: Some(q.from.clone()),
+        to: Some(q.to.clone()),
+        employee: q.employee.clone(),
+        department: q.department.clone(),
+        limit: Some(usize::MAX),
+    };
+    let roster = state.roster()?;
+    check_filters(&p, &roster, f.employee.as_deref(), f.department.as_deref())?;
+    let employee = if p.role() == Role::Employee { p.employee().map(str::to_owned) } else { f.employee.clone() };
+    let query = RecordQuery { from: Some(from), to: Some(to), employee, department: f.department.clone(), limit: 0 };
+    let mut list = state.attendance.records.query(&query, &roster).map_err(ApiError::internal)?;
+    list.retain(|r| p.sees_employee(&roster, &r.employee_id));
+    let tz = state.config().timezone();
+    let mut out = String::from("\u{feff}");
+    out.push_str(&EXPORT_COLUMNS.join(","));
+    out.push_str("\r\n");
+    for r in list {
+        let e = roster.get(&r.employee_id);
+        let cells = [
+            r.record_id.clone(),
+            r.employee_id.clone(),
+            e.map(|e| e.name.clone()).unwrap_or_default(),
+            e.map(|e| e.department.clone()).unwrap_or_default(),
+            r.work_date.clone(),
+            r.shift_id.clone(),
+            local_time(r.clock_in_ms, &tz).unwrap_or_default(),
+            local_time(r.clock_out_ms, &tz).unwrap_or_default(),
+            r.statuses.join("|"),
+            r.late_minutes.to_string(),
+            r.early_leave_minutes.to_string(),
+            r.worked_minutes.to_string(),
+            r.overtime_minutes.to_string(),
+            r.closed.to_string(),
+            r.revision.to_string(),
+            r.rules_version.to_string(),
+        ];
+        out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    let name = format!("attachment; filename=\"attendance-{from}-{to}.csv\"");
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, name)], out)
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryQuery {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub department: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LateEntry {
+    pub employee_id: String,
+    pub name: String,
+    pub department: String,
+    pub late_count: u32,
+    pub late_minutes: i64,
+}
+
+/// The month summary of records in scope: attendance rate (workday records without `absent`, of all workday records),
+/// the ten employees late most often, overtime minutes per department.
+pub fn summarize(records: &[AttendanceRecord], roster: &Roster) -> serde_json::Value {
+    let mut expected = 0u64;
+    let mut attended = 0u64;
+    let mut late: BTreeMap<String, LateEntry> = BTreeMap::new();
+    let mut overtime: BTreeMap<String, i64> = BTreeMap::new();
+    for r in records {
+        let has = |s: &str| r.statuses.iter().any(|x| x == s);
+        let department = roster.get(&r.employee_id).map(|e| e.department.clone()).unwrap_or_default();
+        if !has("rest_day_work") {
+            expected += 1;
+            if !has("absent") {
+                attended += 1;
+            }
+        }
+        if has("late") {
+            let e = late.entry(r.employee_id.clone()).or_insert_with(|| LateEntry {
+                employee_id: r.employee_id.clone(),
+                name: roster.get(&r.employee_id).map(|e| e.name.clone()).unwrap_or_default(),
+                department: department.clone(),
+                ..LateEntry::default()
+            });
+            e.late_count += 1;
+            e.late_minutes += i64::from(r.late_minutes);
+        }
+        *overtime.entry(department).or_default() += i64::from(r.overtime_minutes);
+    }
+    let mut top: Vec<LateEntry> = late.into_values().collect();
+    top.sort_by(|a, b| b.late_count.cmp(&a.late_count).then(b.late_minutes.cmp(&a.late_minutes)));
+    top.truncate(10);
+    let rate = if expected == 0 { None } else { Some(attended as f64 / expected as f64) };
+    let by_department: Vec<serde_json::Value> =
+        overtime.into_iter().map(|(d, m)| serde_json::json!({ "department": d, "overtime_minutes": m })).collect();
+    serde_json::json!({
+        "records": records.len(),
+        "expected_days": expected,
+        "attended_days": attended,
+        "attendance_rate": rate,
+        "late_top10": top,
+        "overtime_by_department": by_department,
+    })
+}
+
+pub(super) async fn summary(
+    State(state): State<ApiState>,
+    Extension(p): Extension<Principal>,
+    Query(q): Query<SummaryQuery>,
+) -> ApiResult<Response> {
+    let first = parse_date("month", &format!("{}-01", q.month))
+        .map_err(|_| ApiError::bad(format!("month: `{}` is not YYYY-MM", q.month)))?;
+    let last = first.last_of_month();
+    let roster = state.roster()?;
+    check_filters(&p, &roster, None, q.department.as_deref())?;
+    let employee = if p.role() == Role::Employee { p.employee().map(str::to_owned) } else { None };
+    let query = RecordQuery { from: Some(first), to: Some(last), employee, department: q.department.clone(), limit: 0 };
+    let mut list = state.attendance.records.query(&query, &roster).map_err(ApiError::internal)?;
+    list.retain(|r| p.sees_employee(&roster, &r.employee_id));
+    let mut body = summarize(&list, &roster);
+    body["month"] = serde_json::Value::String(q.month.clone());
+    Ok(axum::Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_quoted_and_defused() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
+    }
+
+    #[test]
+    fn summary_counts() {
+        let roster = Roster::parse_csv("employee,name,department\nE1,Ann,D-A\nE2,Bob,D-B\n").expect("roster parses");
+        let rec = |e: &str, statuses: &[&str], late: i32, ot: i32| AttendanceRecord {
+            employee_id: e.into(),
+            statuses: statuses.iter().map(|s| (*s).to_owned()).collect(),
+            late_minutes: late,
+            overtime_minutes: ot,
+            ..AttendanceRecord::default()
+        };
+        let list = [
+            rec("E1", &["late"], 5, 0),
+            rec("E1", &["late"], 7, 30),
+            rec("E2", &["absent"], 0, 0),
+            rec("E2", &["rest_day_work"], 0, 60),
+        ];
+        let s = summarize(&list, &roster);
+        assert_eq!(s["expected_days"], 3);
+        assert_eq!(s["attended_days"], 2);
+        assert_eq!(s["late_top10"][0]["employee_id"], "E1");
+        assert_eq!(s["late_top10"][0]["late_minutes"], 12);
+        assert_eq!(s["overtime_by_department"][0]["department"], "D-A");
+        assert_eq!(s["overtime_by_department"][1]["overtime_minutes"], 60);
+    }
+}
