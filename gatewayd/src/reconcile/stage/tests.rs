@@ -285,11 +285,15 @@ async fn a_reload_is_reported_applied_once_its_roster_and_rules_are_in_force() {
     };
     // Two reloads in a row, the second before the first is applied: waiting for the second is enough, and once it
     // is applied the roster store and the rules in force are the second's, with nothing left to poll for.
-    std::fs::write(gw.dir.path().join("roster.csv"), format!("{ROSTER}E3,Three,D-OFF,,,,,\n")).unwrap();
+    // The files are replaced atomically, as an operator's editor or the API does: the stage may be reading them for
+    // the first reload while the second is written, and a half-written rules file would be a version of its own.
+    let replace =
+        |name: &str, text: String| crate::atomic_file::write_atomic(&gw.dir.path().join(name), text.as_bytes());
+    replace("roster.csv", format!("{ROSTER}E3,Three,D-OFF,,,,,\n")).unwrap();
     let first = Arc::new(config_in_place(gw.dir.path()));
     gw.config_tx.send_replace(first.clone());
-    std::fs::write(gw.dir.path().join("roster.csv"), format!("{ROSTER}E4,Four,D-OFF,,,,,\n")).unwrap();
-    std::fs::write(gw.dir.path().join("rules.toml"), RULES.replace("D-OFF", "D-OFFICE")).unwrap();
+    replace("roster.csv", format!("{ROSTER}E4,Four,D-OFF,,,,,\n")).unwrap();
+    replace("rules.toml", RULES.replace("D-OFF", "D-OFFICE")).unwrap();
     let second = Arc::new(config_in_place(gw.dir.path()));
     gw.config_tx.send_replace(second.clone());
     assert!(wait(&second).await.is_empty(), "the engine did not apply the reload");
