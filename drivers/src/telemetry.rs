@@ -148,3 +148,13 @@ impl DriverMetrics {
         self.0.rejected.get_or_create(&key).get()
     }
 }
+
+/// Registers `metric` under `name` with its help text and returns it: a stage's metrics struct is built field by field
+/// from these calls, so each metric is named once, where it is created.
+pub fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}

@@ -11,6 +11,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use drivers::telemetry::registered;
 use drivers::telemetry::DriverMetrics;
 use prometheus_client::registry::Registry;
 

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::outbox::{Filled, QueueStats};
-use crate::telemetry::{gauge_value, Metrics, StageMetrics};
+use crate::telemetry::{gauge_value, registered, Metrics, StageMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -28,31 +28,33 @@ pub struct OutboxMetrics {
 
 impl StageMetrics for OutboxMetrics {
     fn register(registry: &mut Registry) -> OutboxMetrics {
-        let m = OutboxMetrics {
-            depth: Gauge::default(),
-            oldest_age_seconds: Gauge::default(),
-            enqueued: Family::default(),
-            compacted: Counter::default(),
-            resend_dates: Counter::default(),
-        };
-        registry.register("gatewayd_outbox_depth", "Items waiting for upstream delivery", m.depth.clone());
-        registry.register(
-            "gatewayd_outbox_oldest_age_seconds",
-            "Age of the oldest undelivered item (0 when the outbox is empty)",
-            m.oldest_age_seconds.clone(),
-        );
-        registry.register("gatewayd_outbox_enqueued", "Items enqueued, by kind", m.enqueued.clone());
-        registry.register(
-            "gatewayd_outbox_compacted",
-            "Delivered day-index entries removed past retention",
-            m.compacted.clone(),
-        );
-        registry.register(
-            "gatewayd_upstream_resend_dates",
-            "Work dates the receiver asked for again",
-            m.resend_dates.clone(),
-        );
-        m
+        OutboxMetrics {
+            depth: registered(
+                registry,
+                "gatewayd_outbox_depth",
+                "Items waiting for upstream delivery",
+                Gauge::default(),
+            ),
+            oldest_age_seconds: registered(
+                registry,
+                "gatewayd_outbox_oldest_age_seconds",
+                "Age of the oldest undelivered item (0 when the outbox is empty)",
+                Gauge::default(),
+            ),
+            enqueued: registered(registry, "gatewayd_outbox_enqueued", "Items enqueued, by kind", Family::default()),
+            compacted: registered(
+                registry,
+                "gatewayd_outbox_compacted",
+                "Delivered day-index entries removed past retention",
+                Counter::default(),
+            ),
+            resend_dates: registered(
+                registry,
+                "gatewayd_upstream_resend_dates",
+                "Work dates the receiver asked for again",
+                Counter::default(),
+            ),
+        }
     }
 }
 

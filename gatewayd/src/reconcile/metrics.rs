@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use crate::reconcile::changes::Change;
 use crate::reconcile::Engine;
-use crate::telemetry::{gauge_value, Metrics, StageMetrics};
+use crate::telemetry::{gauge_value, registered, Metrics, StageMetrics};
 
 /// The attendance engine.
 #[derive(Debug)]
@@ -29,39 +29,64 @@ pub struct EngineMetrics {
 
 impl StageMetrics for EngineMetrics {
     fn register(registry: &mut Registry) -> EngineMetrics {
-        let m = EngineMetrics {
-            batches: Counter::default(),
-            batch_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
-            punches: Counter::default(),
-            revisions: Counter::default(),
-            days_closed: Counter::default(),
-            recoveries: Counter::default(),
-            failures: Counter::default(),
-            lag: Gauge::default(),
-            records: Gauge::default(),
-            punches_kept: Gauge::default(),
-            rules_version: Gauge::default(),
-        };
-        registry.register("gatewayd_engine_batches", "Engine batches committed", m.batches.clone());
-        registry.register(
-            "gatewayd_engine_batch_seconds",
-            "Time to apply and commit one engine batch",
-            m.batch_seconds.clone(),
-        );
-        registry.register("gatewayd_engine_punches", "Punches applied by the engine", m.punches.clone());
-        registry.register("gatewayd_engine_record_revisions", "Record revisions emitted", m.revisions.clone());
-        registry.register("gatewayd_engine_days_closed", "Work date closings announced", m.days_closed.clone());
-        registry.register("gatewayd_engine_recoveries", "Engine state rebuilds from the store", m.recoveries.clone());
-        registry.register("gatewayd_engine_failures", "Engine stage failures", m.failures.clone());
-        registry.register(
-            "gatewayd_engine_lag_punches",
-            "Durable punches not yet applied by the engine",
-            m.lag.clone(),
-        );
-        registry.register("gatewayd_engine_records", "Records the engine tracks in its horizon", m.records.clone());
-        registry.register("gatewayd_engine_punches_kept", "Punches the engine keeps in memory", m.punches_kept.clone());
-        registry.register("gatewayd_engine_rules_version", "The rules version in force", m.rules_version.clone());
-        m
+        EngineMetrics {
+            batches: registered(registry, "gatewayd_engine_batches", "Engine batches committed", Counter::default()),
+            batch_seconds: registered(
+                registry,
+                "gatewayd_engine_batch_seconds",
+                "Time to apply and commit one engine batch",
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            ),
+            punches: registered(
+                registry,
+                "gatewayd_engine_punches",
+                "Punches applied by the engine",
+                Counter::default(),
+            ),
+            revisions: registered(
+                registry,
+                "gatewayd_engine_record_revisions",
+                "Record revisions emitted",
+                Counter::default(),
+            ),
+            days_closed: registered(
+                registry,
+                "gatewayd_engine_days_closed",
+                "Work date closings announced",
+                Counter::default(),
+            ),
+            recoveries: registered(
+                registry,
+                "gatewayd_engine_recoveries",
+                "Engine state rebuilds from the store",
+                Counter::default(),
+            ),
+            failures: registered(registry, "gatewayd_engine_failures", "Engine stage failures", Counter::default()),
+            lag: registered(
+                registry,
+                "gatewayd_engine_lag_punches",
+                "Durable punches not yet applied by the engine",
+                Gauge::default(),
+            ),
+            records: registered(
+                registry,
+                "gatewayd_engine_records",
+                "Records the engine tracks in its horizon",
+                Gauge::default(),
+            ),
+            punches_kept: registered(
+                registry,
+                "gatewayd_engine_punches_kept",
+                "Punches the engine keeps in memory",
+                Gauge::default(),
+            ),
+            rules_version: registered(
+                registry,
+                "gatewayd_engine_rules_version",
+                "The rules version in force",
+                Gauge::default(),
+            ),
+        }
     }
 }
 

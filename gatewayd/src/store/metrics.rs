@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::telemetry::{gauge_value, Metrics, StageMetrics};
+use crate::telemetry::{gauge_value, registered, Metrics, StageMetrics};
 
 /// The punch store and its writer.
 #[derive(Debug)]
@@ -28,45 +28,63 @@ pub struct StoreMetrics {
 
 impl StageMetrics for StoreMetrics {
     fn register(registry: &mut Registry) -> StoreMetrics {
-        let m = StoreMetrics {
-            group_commits: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            write_failures: Counter::default(),
-            size_bytes: Gauge::default(),
-            punches: Gauge::default(),
-            quarantines: Gauge::default(),
-            disk_budget_state: Gauge::default(),
-            disk_budget_bytes: Gauge::default(),
-            disk_used_bytes: Gauge::default(),
-        };
-        registry.register("gatewayd_store_group_commits", "Group commits (one flush each)", m.group_commits.clone());
-        registry.register("gatewayd_store_batch_punches", "Punches per group commit", m.batch_size.clone());
-        registry.register(
-            "gatewayd_store_commit_seconds",
-            "Time to write and flush one group commit",
-            m.commit_seconds.clone(),
-        );
-        registry.register(
-            "gatewayd_store_write_failures",
-            "Group commits that failed to write or flush",
-            m.write_failures.clone(),
-        );
-        registry.register("gatewayd_store_size_bytes", "Bytes the store uses on disk", m.size_bytes.clone());
-        registry.register("gatewayd_store_punches", "Punches in the store", m.punches.clone());
-        registry.register(
-            "gatewayd_store_quarantines",
-            "Damaged stores moved aside under the data dir's quarantine directory (0 when none)",
-            m.quarantines.clone(),
-        );
-        registry.register(
-            "gatewayd_disk_budget_state",
-            "0 ok, 1 near the budget (alarm), 2 budget reached (new punches refused)",
-            m.disk_budget_state.clone(),
-        );
-        registry.register("gatewayd_disk_budget_bytes", "The disk budget (0: none)", m.disk_budget_bytes.clone());
-        registry.register("gatewayd_disk_used_bytes", "Bytes the database uses on disk", m.disk_used_bytes.clone());
-        m
+        StoreMetrics {
+            group_commits: registered(
+                registry,
+                "gatewayd_store_group_commits",
+                "Group commits (one flush each)",
+                Counter::default(),
+            ),
+            batch_size: registered(
+                registry,
+                "gatewayd_store_batch_punches",
+                "Punches per group commit",
+                Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            ),
+            commit_seconds: registered(
+                registry,
+                "gatewayd_store_commit_seconds",
+                "Time to write and flush one group commit",
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            ),
+            write_failures: registered(
+                registry,
+                "gatewayd_store_write_failures",
+                "Group commits that failed to write or flush",
+                Counter::default(),
+            ),
+            size_bytes: registered(
+                registry,
+                "gatewayd_store_size_bytes",
+                "Bytes the store uses on disk",
+                Gauge::default(),
+            ),
+            punches: registered(registry, "gatewayd_store_punches", "Punches in the store", Gauge::default()),
+            quarantines: registered(
+                registry,
+                "gatewayd_store_quarantines",
+                "Damaged stores moved aside under the data dir's quarantine directory (0 when none)",
+                Gauge::default(),
+            ),
+            disk_budget_state: registered(
+                registry,
+                "gatewayd_disk_budget_state",
+                "0 ok, 1 near the budget (alarm), 2 budget reached (new punches refused)",
+                Gauge::default(),
+            ),
+            disk_budget_bytes: registered(
+                registry,
+                "gatewayd_disk_budget_bytes",
+                "The disk budget (0: none)",
+                Gauge::default(),
+            ),
+            disk_used_bytes: registered(
+                registry,
+                "gatewayd_disk_used_bytes",
+                "Bytes the database uses on disk",
+                Gauge::default(),
+            ),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use crate::outbox::OpenBatch;
 use crate::proto::upstream::UploadAck;
-use crate::telemetry::{Metrics, StageMetrics};
+use crate::telemetry::{registered, Metrics, StageMetrics};
 use crate::upstream::client::SendError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,37 +32,44 @@ pub struct UpstreamMetrics {
 
 impl StageMetrics for UpstreamMetrics {
     fn register(registry: &mut Registry) -> UpstreamMetrics {
-        let m = UpstreamMetrics {
-            batches: Family::default(),
-            delivered: Counter::default(),
-            send_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            alarm: Gauge::default(),
-            cert_days_left: Gauge::default(),
-            tls_reload_failures: Counter::default(),
-        };
-        registry.register("gatewayd_upstream_batches", "Upstream batch attempts, by result", m.batches.clone());
-        registry.register(
-            "gatewayd_upstream_items_delivered",
-            "Items acknowledged by the receiver",
-            m.delivered.clone(),
-        );
-        registry.register("gatewayd_upstream_send_seconds", "Round trip of one batch", m.send_seconds.clone());
-        registry.register(
-            "gatewayd_upstream_alarm",
-            "1 while the receiver refuses a batch (4xx or accepted=false): an operator must act",
-            m.alarm.clone(),
-        );
-        registry.register(
-            "gatewayd_upstream_cert_days_left",
-            "Days until the gateway's upstream client certificate expires",
-            m.cert_days_left.clone(),
-        );
-        registry.register(
-            "gatewayd_upstream_tls_reload_failures",
-            "Certificate or key files that could not be loaded",
-            m.tls_reload_failures.clone(),
-        );
-        m
+        UpstreamMetrics {
+            batches: registered(
+                registry,
+                "gatewayd_upstream_batches",
+                "Upstream batch attempts, by result",
+                Family::default(),
+            ),
+            delivered: registered(
+                registry,
+                "gatewayd_upstream_items_delivered",
+                "Items acknowledged by the receiver",
+                Counter::default(),
+            ),
+            send_seconds: registered(
+                registry,
+                "gatewayd_upstream_send_seconds",
+                "Round trip of one batch",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            alarm: registered(
+                registry,
+                "gatewayd_upstream_alarm",
+                "1 while the receiver refuses a batch (4xx or accepted=false): an operator must act",
+                Gauge::default(),
+            ),
+            cert_days_left: registered(
+                registry,
+                "gatewayd_upstream_cert_days_left",
+                "Days until the gateway's upstream client certificate expires",
+                Gauge::default(),
+            ),
+            tls_reload_failures: registered(
+                registry,
+                "gatewayd_upstream_tls_reload_failures",
+                "Certificate or key files that could not be loaded",
+                Counter::default(),
+            ),
+        }
     }
 }
 
