@@ -1,9 +1,11 @@
 //! gatewayd: the on-prem edge gateway for workforce attendance.
 //!
-//! The data flow, one module per stage:
-//! `drivers` (crate) -> [`ingest`] -> [`store`] -> reconcile -> outbox -> upstream, with [`api`] beside it.
-//! [`app`] assembles the stages, supervises them and shuts them down in order; [`daemon`] holds the process-level parts
-//! (signals, systemd notification, the supervisor); [`config`] is the configuration file.
+//! The data flow, one module per stage, each importing only the stages before it (`gatewayd/tests/layout.rs` checks):
+//! `drivers` (crate) -> [`ingest`] + [`store`] -> [`reconcile`] -> [`outbox`] -> [`upstream`], with [`api`] beside
+//! them. [`app`] assembles the stages, reloads and stops them in order; [`daemon`] holds the process-level parts
+//! (signals, systemd notification, the supervisor, privileges); [`config`] is the configuration file's types;
+//! [`telemetry`] logging and the metrics registry. The rest are small shared pieces: [`proto`], [`punch`], [`chunk`],
+//! [`atomic_file`], [`tokens`].
 #![forbid(unsafe_code)]
 
 pub mod api;
