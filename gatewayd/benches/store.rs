@@ -15,7 +15,6 @@ use drivers::telemetry::DriverMetrics;
 use drivers::{DevicePunch, Method, Outcome, PunchSink};
 use gatewayd::ingest::{run_writer, IngestSettings};
 use gatewayd::store::Store;
-use gatewayd::telemetry::Metrics;
 use tokio_util::sync::CancellationToken;
 
 fn punch(writer: usize, seq: u64) -> DevicePunch {
