@@ -219,11 +219,7 @@ fn adms_backlog_after_a_handshake_is_not_flagged_clock_skew() {
     let upload = format!("1001\t{yesterday} 08:55:00\t0\t15\n1001\t{yesterday} 18:10:00\t1\t15\n");
     let target = format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp=100");
     assert_eq!(post(api, &target, upload.as_bytes()), (200, "OK: 2\n".to_owned()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while gw.metric("gatewayd_engine_punches_total") < Some(2.0) {
-        assert!(std::time::Instant::now() < deadline, "the engine did not take the punches");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    gw.wait_metric_at_least("gatewayd_engine_punches_total", 2.0, Duration::from_secs(30));
     gw.stop();
     let store = Store::open(&gw.data_dir().join("store"), 8).unwrap();
     let records = RecordStore::open(store.db()).unwrap();

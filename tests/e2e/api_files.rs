@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{base_config, http, run_cli, Gateway};
+use crate::harness::{base_config, http, run_cli, wait_until, Gateway};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -31,14 +31,10 @@ fn call(gw: &Gateway, method: &str, path: &str, token: &str, body: Option<&str>)
     http(method, gw.addr("api"), path, &headers, body.map(|b| b.as_bytes().to_vec()))
 }
 
-/// Polls `f` until it is true: after a start the engine stage puts the files in force after READY=1 (a reload is in
-/// force by its READY=1).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + LIMIT;
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits until the rules in force are `text`: after a start the engine stage puts the files in force after READY=1 (a
+/// reload is in force by its READY=1).
+fn wait_rules_in_force(gw: &Gateway, admin: &str, what: &str, text: &str) {
+    wait_until(what, LIMIT, || rules_view(gw, admin)["text"].clone(), |t| *t == text);
 }
 
 fn start_with_files() -> Gateway {
@@ -72,7 +68,7 @@ fn api_rules_put_lands_in_the_data_dir_and_survives_sighup_and_restart() {
     assert_eq!(std::fs::read_to_string(&written).unwrap(), new_rules);
     // The configured file (under /etc/gatewayd in the package, read-only for the service) is not written.
     assert_eq!(std::fs::read_to_string(gw.dir.path().join("rules.toml")).unwrap(), RULES);
-    eventually("the new rules in force", || rules_view(&gw, &admin)["text"] == new_rules.as_str());
+    wait_rules_in_force(&gw, &admin, "the new rules in force", &new_rules);
     let after = rules_view(&gw, &admin);
     assert_eq!(after["source"], "api", "{after}");
     assert_eq!(after["text"], new_rules.as_str(), "{after}");
@@ -102,7 +98,7 @@ fn api_rules_put_lands_in_the_data_dir_and_survives_sighup_and_restart() {
     // Deleting the copy puts the configured file back in force.
     std::fs::remove_file(&written).unwrap();
     gw.spawn();
-    eventually("the configured rules in force", || rules_view(&gw, &admin)["text"] == RULES);
+    wait_rules_in_force(&gw, &admin, "the configured rules in force", RULES);
     assert_eq!(rules_view(&gw, &admin)["source"], "config");
 }
 

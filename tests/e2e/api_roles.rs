@@ -3,9 +3,9 @@
 //! and employee of B, with in-scope and out-of-scope data. Checks status codes and that no out-of-scope id appears in
 //! any answer.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{base_config, http, run_cli, Gateway};
+use crate::harness::{base_config, http, run_cli, wait_until, Gateway};
 
 const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages\n\
                       INA1,Ann A,DEPTA,04AA0001,,,,\n\
@@ -127,15 +127,10 @@ fn role_matrix() {
     expect(api.post("/api/v1/punches", &emp_a, &big), 413, &[]);
 
     // Wait for the engine to make both records.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = api.get("/api/v1/records", &admin);
-        if body.contains("INA1") && body.contains("OUTB1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "records did not appear: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let records = || api.get("/api/v1/records", &admin).1;
+    wait_until("the records of INA1 and OUTB1", Duration::from_secs(30), records, |body| {
+        body.contains("INA1") && body.contains("OUTB1")
+    });
 
     // Records and punches.
     let both = expect(api.get("/api/v1/records", &admin), 200, &[]);

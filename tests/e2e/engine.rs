@@ -3,7 +3,7 @@
 //! an earlier unknown card.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatewayd::proto::upstream::AttendanceRecord;
 use gatewayd::reconcile::RecordStore;
@@ -94,20 +94,6 @@ fn config() -> String {
            [roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n"
 }
 
-/// Waits until a metric reaches `at_least`.
-fn wait_metric(gw: &Gateway, series: &str, at_least: f64) -> f64 {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = gw.metric(series) {
-            if v >= at_least {
-                return v;
-            }
-        }
-        assert!(Instant::now() < deadline, "{series} did not reach {at_least}: {:?}", gw.metric(series));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every stored record (the daemon must be stopped: one process per sled database).
 fn records(data: &Path) -> Vec<AttendanceRecord> {
     let store = Store::open(&data.join("store"), 8).unwrap();
@@ -131,7 +117,7 @@ fn punches_become_records_and_restarts_add_no_revisions() {
             format!(r#"{{"seq": 3, "time": "{}", "method": "card", "credential": "DEADBEEF"}}"#, time(1, 9, 0)),
         ],
     );
-    wait_metric(&gw, "gatewayd_engine_punches_total", 3.0);
+    gw.wait_metric_at_least("gatewayd_engine_punches_total", 3.0, LIMIT);
     let (status, _) = gw.stop();
     assert!(status.success(), "{}", gw.stderr);
     let all = records(&gw.data_dir());
@@ -146,8 +132,8 @@ fn punches_become_records_and_restarts_add_no_revisions() {
 
     // A restart re-derives the same records: no revision.
     gw.spawn();
-    wait_metric(&gw, "gatewayd_engine_recoveries_total", 1.0);
-    wait_metric(&gw, "gatewayd_engine_batches_total", 1.0);
+    gw.wait_metric_at_least("gatewayd_engine_recoveries_total", 1.0, LIMIT);
+    gw.wait_metric_at_least("gatewayd_engine_batches_total", 1.0, LIMIT);
     assert_eq!(gw.metric("gatewayd_engine_record_revisions_total"), Some(0.0));
 
     // The roster learns the unknown card on SIGHUP: a record for E2 appears.
@@ -155,13 +141,13 @@ fn punches_become_records_and_restarts_add_no_revisions() {
     gw.signal(Signal::SIGHUP);
     // The daemon answers a reload with READY=1 (systemd's reload protocol); take it so the next start waits for its own.
     gw.wait_for("READY=1", LIMIT);
-    wait_metric(&gw, "gatewayd_engine_record_revisions_total", 1.0);
+    gw.wait_metric_at_least("gatewayd_engine_record_revisions_total", 1.0, LIMIT);
 
     // kill -9, then a restart: nothing is lost, nothing is repeated.
     gw.kill9();
     gw.spawn();
-    wait_metric(&gw, "gatewayd_engine_recoveries_total", 1.0);
-    wait_metric(&gw, "gatewayd_engine_batches_total", 1.0);
+    gw.wait_metric_at_least("gatewayd_engine_recoveries_total", 1.0, LIMIT);
+    gw.wait_metric_at_least("gatewayd_engine_batches_total", 1.0, LIMIT);
     assert_eq!(gw.metric("gatewayd_engine_record_revisions_total"), Some(0.0));
     let (status, _) = gw.stop();
     assert!(status.success(), "{}", gw.stderr);

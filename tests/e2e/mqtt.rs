@@ -4,13 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-use crate::harness::{base_config, Gateway};
+use crate::harness::{base_config, wait_until, Gateway};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -84,14 +84,6 @@ async fn next_ack(events: &mut EventLoop) -> Value {
     }
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn series(name: &str, device: &str) -> String {
     format!("gatewayd_{name}{{driver=\"mqtt\",device=\"{device}\"}}")
 }
@@ -138,7 +130,8 @@ fn mqtt_punch_is_acked_after_it_is_stored_and_a_resend_is_stored_once() {
     assert_eq!(gw.metric(&series("punches_stored_total", "face-1")), Some(2.0));
     assert_eq!(gw.metric(&series("punches_duplicate_total", "face-1")), Some(1.0));
     assert_eq!(gw.metric("gatewayd_store_punches"), Some(1.0));
-    wait_until("face-1 offline", || gw.metric(&series("device_online", "face-1")) == Some(0.0));
+    let online = || gw.metric(&series("device_online", "face-1"));
+    wait_until("face-1 offline", LIMIT, online, |v| *v == Some(0.0));
 }
 
 #[test]
@@ -431,11 +424,12 @@ fn mqtt_tls_certificate_is_reloaded_on_sighup_and_a_bad_file_keeps_the_old_one()
     install(gw.dir.path(), &second);
     gw.signal(Signal::SIGHUP);
     gw.wait_for("READY=1", LIMIT);
-    let deadline = Instant::now() + LIMIT;
-    while rt.block_on(served_certificate(addr, &ca_cert)) != second.0.der().as_ref() {
-        assert!(Instant::now() < deadline, "the rotated certificate is not served");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let served = || match rt.block_on(served_certificate(addr, &ca_cert)) {
+        der if der == first.0.der().as_ref() => "the first certificate",
+        der if der == second.0.der().as_ref() => "the second certificate",
+        _ => "another certificate",
+    };
+    wait_until("the rotated certificate served", LIMIT, served, |which| *which == "the second certificate");
     // A bad certificate file: the reload is refused, the certificate in force stays.
     std::fs::write(gw.dir.path().join("server.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
     gw.signal(Signal::SIGHUP);

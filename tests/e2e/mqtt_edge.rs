@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{base_config, Gateway};
+use crate::harness::{base_config, wait_until, Gateway};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -373,11 +373,8 @@ fn mqtt_edge_subscriptions_are_answered_by_the_front_and_acks_follow_them() {
     let gw = Gateway::start(&config("gw-edge4", &["face-1"]));
     let addr = gw.addr("mqtt");
     let stored = |n: f64| {
-        let deadline = std::time::Instant::now() + LIMIT;
-        while gw.metric("gatewayd_punches_stored_total{driver=\"mqtt\",device=\"face-1\"}") != Some(n) {
-            assert!(std::time::Instant::now() < deadline, "{n} punches not stored in time");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let series = "gatewayd_punches_stored_total{driver=\"mqtt\",device=\"face-1\"}";
+        wait_until(&format!("{n} punches stored"), LIMIT, || gw.metric(series), |v| *v == Some(n));
     };
     let rt = runtime();
     let mut s = rt.block_on(async {

@@ -2,7 +2,7 @@
 //! fingerprint module behind a TCP serial server; punches are checked in `/metrics` and then in the store itself.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drivers::sim::pn532::Pn532Sim;
 use drivers::sim::pty::VirtualPort;
@@ -11,19 +11,17 @@ use drivers::sim::{serve_tcp, Fault};
 use gatewayd::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{base_config, http, Gateway};
+use crate::harness::{base_config, http, wait_until, Gateway};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// Polls `cond` until it holds; panics after 20 s with `what`.
-fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits until `observe` gives a state for which `done` holds.
+fn until<S: std::fmt::Debug>(what: &str, observe: impl FnMut() -> S, done: impl FnMut(&S) -> bool) {
+    wait_until(what, LIMIT, observe, done);
 }
 
 fn series(name: &str, driver: &str, device: &str) -> String {
@@ -79,19 +77,19 @@ fn pn532_on_a_pseudo_terminal_punches_once_per_presentation_and_survives_replugg
     );
     let mut gw = Gateway::start(&config);
     let stored_total = |gw: &Gateway| metric(gw, "gatewayd_punches_stored_total", "pn532", "gate-nfc");
-    until("the reader online", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc") == 1.0);
+    until("the reader online", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc"), |v| *v == 1.0);
 
     // Present, hold for many polls, remove, present again: two punches.
     sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
-    until("the first punch", || stored_total(&gw) == 1.0);
+    until("the first punch", || stored_total(&gw), |v| *v == 1.0);
     let held = sim.stats().polls_with_card;
-    until("polls with the card held", || sim.stats().polls_with_card >= held + 10);
+    until("polls with the card held", || sim.stats().polls_with_card, |v| *v >= held + 10);
     assert_eq!(stored_total(&gw), 1.0, "a held card punched more than once");
     sim.remove();
     let empty = sim.stats().polls_without_card;
-    until("a poll without the card", || sim.stats().polls_without_card > empty);
+    until("a poll without the card", || sim.stats().polls_without_card, |v| *v > empty);
     sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
-    until("the second punch", || stored_total(&gw) == 2.0);
+    until("the second punch", || stored_total(&gw), |v| *v == 2.0);
 
     // Corrupted frames and noise are counted; the reader keeps working.
     sim.remove();
@@ -101,19 +99,19 @@ fn pn532_on_a_pseudo_terminal_punches_once_per_presentation_and_survives_replugg
         sim.inject(fault);
     }
     let commands = sim.stats().commands;
-    until("the faults to be served", || sim.stats().commands >= commands + 6);
+    until("the faults to be served", || sim.stats().commands, |v| *v >= commands + 6);
     assert!(rejected(&gw, "pn532", "gate-nfc", "garbage") >= 1.0);
     assert!(rejected(&gw, "pn532", "gate-nfc", "bad_checksum") >= 1.0);
     assert!(rejected(&gw, "pn532", "gate-nfc", "wrong_reply") >= 1.0);
 
     // Unplug: the reader goes offline. Plug a new pseudo-terminal in at the same path: it comes back by itself.
     first.cancel();
-    until("the reader offline", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc") == 0.0);
+    until("the reader offline", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc"), |v| *v == 0.0);
     let _second = plug(&rt, &sim, &link);
-    until("the reader back online", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc") == 1.0);
+    until("the reader back online", || metric(&gw, "gatewayd_device_online", "pn532", "gate-nfc"), |v| *v == 1.0);
     assert!(metric(&gw, "gatewayd_device_reconnects_total", "pn532", "gate-nfc") >= 1.0);
     sim.present(&[0x08, 0x11, 0x22, 0x33]);
-    until("a punch after re-plugging", || stored_total(&gw) == 3.0);
+    until("a punch after re-plugging", || stored_total(&gw), |v| *v == 3.0);
 
     let (status, _) = gw.stop();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr);
@@ -144,34 +142,34 @@ fn r503_behind_a_tcp_serial_server_punches_fingerprints_and_reconnects() {
     );
     let mut gw = Gateway::start(&config);
     let stored_total = |gw: &Gateway| metric(gw, "gatewayd_punches_stored_total", "r30x", "door-fp");
-    until("the module online", || metric(&gw, "gatewayd_device_online", "r30x", "door-fp") == 1.0);
+    until("the module online", || metric(&gw, "gatewayd_device_online", "r30x", "door-fp"), |v| *v == 1.0);
 
     // A finger matching page 7 with score 120: one punch however long it stays, then the LED turns green.
     sim.place_finger(7, 120);
-    until("the fingerprint punch", || stored_total(&gw) == 1.0);
-    until("the green LED", || sim.leds().last() == Some(&r30x::color::GREEN));
+    until("the fingerprint punch", || stored_total(&gw), |v| *v == 1.0);
+    until("the green LED", || sim.leds().last().copied(), |v| *v == Some(r30x::color::GREEN));
     let polls = sim.stats().polls;
-    until("polls with the finger held", || sim.stats().polls >= polls + 10);
+    until("polls with the finger held", || sim.stats().polls, |v| *v >= polls + 10);
     assert_eq!(stored_total(&gw), 1.0, "a held finger punched more than once");
 
     // A weak match is refused with a red LED.
     sim.lift();
     let polls = sim.stats().polls;
-    until("the finger lifted", || sim.stats().polls > polls + 1);
+    until("the finger lifted", || sim.stats().polls, |v| *v > polls + 1);
     sim.place_finger(12, 20);
-    until("low score counted", || rejected(&gw, "r30x", "door-fp", "low_score") == 1.0);
-    until("the red LED", || sim.leds().last() == Some(&r30x::color::RED));
+    until("low score counted", || rejected(&gw, "r30x", "door-fp", "low_score"), |v| *v == 1.0);
+    until("the red LED", || sim.leds().last().copied(), |v| *v == Some(r30x::color::RED));
     sim.lift();
 
     // Noise and a corrupted packet on the line, then the serial server drops the connection: counted, reconnected.
     sim.inject(Fault::Garbage(vec![0x42; 7]));
     sim.inject(Fault::CorruptChecksum);
     let commands = sim.stats().commands;
-    until("the faults to be served", || sim.stats().commands >= commands + 3);
+    until("the faults to be served", || sim.stats().commands, |v| *v >= commands + 3);
     sim.hang_up();
-    until("a reconnect", || metric(&gw, "gatewayd_device_reconnects_total", "r30x", "door-fp") >= 1.0);
+    until("a reconnect", || metric(&gw, "gatewayd_device_reconnects_total", "r30x", "door-fp"), |v| *v >= 1.0);
     sim.place_finger(7, 120);
-    until("a punch after reconnecting", || stored_total(&gw) == 2.0);
+    until("a punch after reconnecting", || stored_total(&gw), |v| *v == 2.0);
     assert!(rejected(&gw, "r30x", "door-fp", "garbage") >= 1.0);
     assert!(rejected(&gw, "r30x", "door-fp", "bad_checksum") >= 1.0);
 
@@ -198,12 +196,13 @@ fn an_unreachable_bluetooth_device_is_a_clear_error_not_a_crash() {
     // The driver reports why the link is down once it has tried (the device list's last error, then the log); the
     // daemon keeps serving meanwhile.
     let auth = format!("Bearer {}", gw.token(&["--role", "admin"]));
-    until("the driver to report the link down", || {
+    let last_error = || {
         let (status, body) = http("GET", gw.addr("api"), "/api/v1/devices", &[("authorization", auth.as_str())], None);
         assert_eq!(status, 200, "{body}");
         let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-        list["devices"][0]["status"]["last_error"].as_str().is_some_and(|e| !e.is_empty())
-    });
+        list["devices"][0]["status"]["last_error"].clone()
+    };
+    until("the driver to report the link down", last_error, |e| e.as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(gw.get("/healthz").0, 200);
     let (status, _) = gw.stop();
     assert_eq!(status.code(), Some(0), "{}", gw.stderr);

@@ -5,7 +5,7 @@
 //! delivers): `mod upstream_daemon;` goes into `main.rs` together with the engine's wiring in `app.rs`.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::run_cli;
 use crate::upstream::{number_after, Sink};
@@ -14,7 +14,7 @@ use crate::upstream::{number_after, Sink};
 /// reference receiver; the daemon is killed with SIGKILL between uploads and the receiver fails at first.
 #[test]
 fn the_daemon_delivers_device_punches_to_the_receiver_across_sigkill() {
-    use crate::harness::{base_config, upload_attlog, Gateway};
+    use crate::harness::{base_config, upload_attlog, wait_until, Gateway};
     const SN: &str = "UPSTREAM0001";
     let work = tempfile::tempdir().unwrap();
     let certs = work.path().join("certs");
@@ -46,15 +46,12 @@ fn the_daemon_delivers_device_punches_to_the_receiver_across_sigkill() {
     gw.kill9();
     gw.spawn();
     upload(&gw, 100);
-    // Wait until the receiver holds all 200 (it prints one line per batch; count from its output file).
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Wait until the receiver holds all 200 (counted from its output file, whole lines only).
     let count = || {
-        std::fs::read_to_string(&out).unwrap_or_default().lines().filter(|l| l.contains("\"kind\":\"punch\"")).count()
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.split_inclusive('\n').filter(|l| l.ends_with('\n') && l.contains("\"kind\":\"punch\"")).count()
     };
-    while count() < 200 {
-        assert!(Instant::now() < deadline, "only {} of 200 punches arrived", count());
-        sink.stdout.wait_for("batch", Duration::from_secs(60));
-    }
+    wait_until("200 punches at the receiver", Duration::from_secs(120), count, |n| *n >= 200);
     let summary = sink.stop();
     assert!(number_after(&summary, "faults injected") >= 3, "{summary}");
     let text = std::fs::read_to_string(&out).unwrap();

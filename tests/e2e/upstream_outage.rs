@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::harness::{base_config, http, run_cli, Gateway};
+use crate::harness::{base_config, http, run_cli, wait_until, Gateway};
 use crate::upstream::{number_after, Sink};
 
 const EMPLOYEES: u32 = 5000;
@@ -106,20 +106,6 @@ fn upload(gw: &Gateway, terminal: u32, stamp: usize, lines: &[&Line]) {
     assert_eq!((status, answer.as_str()), (200, format!("OK: {}\n", lines.len()).as_str()));
 }
 
-/// Waits until a metric reaches `at_least`.
-fn wait_metric(gw: &Gateway, series: &str, at_least: f64, limit: Duration) -> f64 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = gw.metric(series) {
-            if v >= at_least {
-                return v;
-            }
-        }
-        assert!(Instant::now() < deadline, "{series} did not reach {at_least}: {:?}", gw.metric(series));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_day_long_upstream_outage_of_a_5000_employee_site_loses_nothing_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,12 +166,12 @@ fn a_day_long_upstream_outage_of_a_5000_employee_site_loses_nothing_and_keeps_or
     assert!(resent > 0);
 
     // Everything is in the outbox: the punches, the records and the digest of the closed day.
-    wait_metric(&gw, "gatewayd_engine_punches_total", punches as f64, LIMIT);
-    wait_metric(&gw, "gatewayd_outbox_enqueued_total{kind=\"punch\"}", punches as f64, LIMIT);
-    wait_metric(&gw, "gatewayd_outbox_enqueued_total{kind=\"record\"}", f64::from(EMPLOYEES), LIMIT);
-    wait_metric(&gw, "gatewayd_outbox_enqueued_total{kind=\"digest\"}", 1.0, LIMIT);
+    gw.wait_metric_at_least("gatewayd_engine_punches_total", punches as f64, LIMIT);
+    gw.wait_metric_at_least("gatewayd_outbox_enqueued_total{kind=\"punch\"}", punches as f64, LIMIT);
+    gw.wait_metric_at_least("gatewayd_outbox_enqueued_total{kind=\"record\"}", f64::from(EMPLOYEES), LIMIT);
+    gw.wait_metric_at_least("gatewayd_outbox_enqueued_total{kind=\"digest\"}", 1.0, LIMIT);
     // ...and the sender kept trying all day: the receiver's port refused every attempt.
-    assert!(wait_metric(&gw, "gatewayd_upstream_batches_total{result=\"connect_error\"}", 1.0, LIMIT) >= 1.0);
+    gw.wait_metric_at_least("gatewayd_upstream_batches_total{result=\"connect_error\"}", 1.0, LIMIT);
     assert_eq!(gw.metric("gatewayd_upstream_batches_total{result=\"accepted\"}").unwrap_or(0.0), 0.0);
     assert_eq!(gw.metric("gatewayd_store_punches"), Some(punches as f64));
     let backlog = gw.metric("gatewayd_outbox_depth").unwrap_or(0.0);
@@ -197,11 +183,10 @@ fn a_day_long_upstream_outage_of_a_5000_employee_site_loses_nothing_and_keeps_or
     sink.stdout.wait_for("batch 1 ", LIMIT);
     let first_batch = Instant::now();
     let delivered = |gw: &Gateway| gw.metric("gatewayd_upstream_items_delivered_total").unwrap_or(0.0);
-    let deadline = Instant::now() + LIMIT;
-    while gw.metric("gatewayd_outbox_depth") != Some(0.0) || delivered(&gw) < backlog {
-        assert!(Instant::now() < deadline, "outbox not drained: {:?} left", gw.metric("gatewayd_outbox_depth"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let depth_and_delivered = || (gw.metric("gatewayd_outbox_depth"), delivered(&gw));
+    wait_until("the outbox drained and the backlog delivered", LIMIT, depth_and_delivered, |(depth, items)| {
+        *depth == Some(0.0) && *items >= backlog
+    });
     let drained = first_batch.elapsed();
     let items = delivered(&gw);
     let summary = sink.stop();

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Debug;
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,34 @@ pub fn bin() -> &'static str {
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// How long [`wait_until`] waits before it looks again. Short: it polls a condition, it does not synchronise by sleeping.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Observes a state with `observe` until `done` holds for it, and returns that state. Panics after `limit` with what
+/// was awaited and the last state observed. The one bounded wait of the tests for conditions nothing announces.
+///
+/// ```ignore
+/// wait_until("the first punch stored", LIMIT, || gw.metric(STORED), |n| *n == Some(1.0));
+/// ```
+pub fn wait_until<S: Debug>(
+    what: &str,
+    limit: Duration,
+    mut observe: impl FnMut() -> S,
+    mut done: impl FnMut(&S) -> bool,
+) -> S {
+    let deadline = Instant::now() + limit;
+    loop {
+        let state = observe();
+        if done(&state) {
+            return state;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last observed: {state:?}");
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
 }
 
 /// The `[gateway]` table and loopback listeners on free ports; append devices and sections after it.
@@ -167,15 +196,9 @@ impl Gateway {
 
     /// Waits for the process to exit (panics after `limit`) and returns its status; stderr is collected.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_exit_status() {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "gatewayd did not exit within {limit:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let status = wait_until("gatewayd to exit", limit, || self.try_exit_status(), Option::is_some);
+        self.child = None;
+        status.expect("wait_until returns a state that is done")
     }
 
     /// SIGTERM and wait; returns the status and how long the stop took.
@@ -214,6 +237,13 @@ impl Gateway {
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics");
         body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Waits until the metric `series` is at least `at_least` and returns its value.
+    pub fn wait_metric_at_least(&self, series: &str, at_least: f64, limit: Duration) -> f64 {
+        let what = format!("{series} to reach {at_least}");
+        let value = wait_until(&what, limit, || self.metric(series), |v| *v >= Some(at_least));
+        value.unwrap_or(at_least)
     }
 }
 
