@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{base_config, http, run_cli, wait_until, Gateway};
+use crate::harness::{base_config, dev_certs, http, run_cli, wait_until, Gateway};
 
 const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages\n\
                       INA1,Ann A,DEPTA,04AA0001,,,,\n\
@@ -316,9 +316,7 @@ fn https_get(
 #[test]
 fn api_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let (code, _, err) = run_cli(&["certs", "dev", "--out", certs.to_str().unwrap()], &[]);
-    assert_eq!(code, 0, "{err}");
+    let certs = dev_certs(dir.path());
     let config = base_config("gw-api-tls")
         + "[api.tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\nclient_ca = \"certs/ca.pem\"\n";
     let gw = Gateway::start_in(dir, &config);

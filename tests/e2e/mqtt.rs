@@ -350,15 +350,20 @@ fn mqtt_tls_client_certificate_is_enough() {
     assert_eq!(gw.metric("gatewayd_store_punches"), Some(1.0));
 }
 
-/// The DER of the certificate the TLS listener at `addr` presents now (a real TLS handshake trusting `ca`).
-async fn served_certificate(addr: SocketAddr, ca: &rcgen::Certificate) -> Vec<u8> {
+/// A TLS client that trusts `ca` only and presents no certificate.
+fn trusting(ca: &rcgen::Certificate) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth()
+}
+
+/// The DER of the certificate the TLS listener at `addr` presents now (a real TLS handshake trusting `ca`).
+async fn served_certificate(addr: SocketAddr, ca: &rcgen::Certificate) -> Vec<u8> {
+    let cfg = trusting(ca);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tokio::time::timeout(LIMIT, tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp))
@@ -399,13 +404,7 @@ fn mqtt_tls_certificate_is_reloaded_on_sighup_and_a_bad_file_keeps_the_old_one()
     let mut gw = Gateway::start_in(dir, &text);
     let addr = gw.addr("mqtt_tls");
     let rt = runtime();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client_tls = trusting(&ca_cert);
     let (client, mut events) = rt.block_on(async {
         assert_eq!(served_certificate(addr, &ca_cert).await, first.0.der().as_ref());
         let mut o = MqttOptions::new("face-1-client", "localhost", addr.port());

@@ -15,7 +15,7 @@ use gatewayd::proto::upstream::{AttendanceRecord, Punch};
 use gatewayd::reconcile::changes::{Change, ChangeLog};
 use gatewayd::store::Store;
 
-use crate::harness::{bin, run_cli};
+use crate::harness::{bin, dev_certs};
 
 const ENV_DIR: &str = "GATEWAYD_UPSTREAM_CHILD_DIR";
 const PUNCHES: u64 = 3000;
@@ -246,9 +246,7 @@ fn start_child(dir: &Path) -> (Child, Lines, Lines) {
 #[test]
 fn delivery_survives_faults_sigkill_and_receiver_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let (code, stdout, stderr) = run_cli(&["certs", "dev", "--out", certs.to_str().unwrap()], &[]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
+    let certs = dev_certs(dir.path());
     let out = dir.path().join("received.jsonl");
 
     // A receiver that fails at first (5xx burst, an answer lost after applying, a dropped request), then holds the

@@ -309,6 +309,14 @@ pub fn http_bytes(
     })
 }
 
+/// Development certificates (`gatewayd certs dev`) in `dir/certs`: `ca.pem`, `server.pem`/`.key`, `client.pem`/`.key`.
+pub fn dev_certs(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    let (code, stdout, stderr) = run_cli(&["certs", "dev", "--out", certs.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "gatewayd certs dev: {stdout}{stderr}");
+    certs
+}
+
 /// Runs `gatewayd` with `args` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().expect("run gatewayd");
@@ -317,4 +325,19 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn wait_until_returns_the_state_or_names_what_it_awaited_and_what_it_saw() {
+    let mut polls = 0;
+    let count = || {
+        polls += 1;
+        polls
+    };
+    assert_eq!(wait_until("the third poll", Duration::from_secs(5), count, |n| *n == 3), 3);
+    let timed_out =
+        std::panic::catch_unwind(|| wait_until("seven to change", Duration::from_millis(50), || 7, |_| false));
+    let message = timed_out.expect_err("the wait times out");
+    let message = message.downcast_ref::<String>().expect("a formatted panic message");
+    assert!(message.contains("waiting for seven to change; last observed: 7"), "{message}");
 }
