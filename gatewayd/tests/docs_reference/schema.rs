@@ -4,9 +4,10 @@
 //! Every `.rs` file under a `src/` folder of the repository is read; the structs that derive `Deserialize` and have
 //! named fields are tables. From a root struct, each field is a key (its serde name: `rename`, `rename_all`); a field
 //! whose type (under `Option`, `Vec`, `Box`) is another such struct is a table (`Vec`: an array of tables, written
-//! `name[]` in key paths), any other field is a leaf. A type name defined by several files is resolved to the one in the
-//! same file, else in the same crate; if that still leaves several, the check fails and says so. Serde features the
-//! check does not model (`flatten`, `alias`, maps) fail it too, rather than be read wrong.
+//! `name[]` in key paths), any other field is a leaf. A type name defined several times (structs, enums, type aliases)
+//! is resolved to the definition in the same file, else in the same crate; if that still leaves several and one of them
+//! is a table, the check fails and says so. Serde features the check does not model (`flatten`, `alias`, maps) fail it
+//! too, rather than be read wrong.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,16 +38,19 @@ struct Field {
     unmodelled: Option<String>,
 }
 
+/// A type defined in the sources: a table (a `Deserialize` struct with named fields) or anything else (an enum, a
+/// tuple struct, a struct deserialized from another type, a type alias: a value).
 #[derive(Clone)]
-struct Struct {
+struct Def {
     file: PathBuf,
-    fields: Vec<Field>,
+    /// The keys of a table; `None` for a value.
+    fields: Option<Vec<Field>>,
 }
 
-/// Every `Deserialize` struct with named fields under the `src/` folders of `repo`, by name.
+/// Every type defined under the `src/` folders of `repo`, by name.
 pub struct Source {
     repo: PathBuf,
-    structs: BTreeMap<String, Vec<Struct>>,
+    defs: BTreeMap<String, Vec<Def>>,
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -102,7 +106,8 @@ fn rename_all(style: &str, name: &str) -> String {
     }
 }
 
-fn read_struct(item: &syn::ItemStruct, file: &Path) -> Option<Struct> {
+/// The keys of a struct that is a table.
+fn read_struct(item: &syn::ItemStruct, file: &Path) -> Option<Vec<Field>> {
     if !derives_deserialize(&item.attrs) {
         return None;
     }
@@ -163,17 +168,18 @@ fn read_struct(item: &syn::ItemStruct, file: &Path) -> Option<Struct> {
             fields.push(Field { name, ty: f.ty.clone(), serde_default, unmodelled });
         }
     }
-    Some(Struct { file: file.to_owned(), fields })
+    Some(fields)
 }
 
-fn collect(items: &[Item], file: &Path, out: &mut BTreeMap<String, Vec<Struct>>) {
+fn collect(items: &[Item], file: &Path, out: &mut BTreeMap<String, Vec<Def>>) {
     for item in items {
+        let mut define = |name: String, fields: Option<Vec<Field>>| {
+            out.entry(name).or_default().push(Def { file: file.to_owned(), fields });
+        };
         match item {
-            Item::Struct(s) => {
-                if let Some(found) = read_struct(s, file) {
-                    out.entry(s.ident.to_string()).or_default().push(found);
-                }
-            }
+            Item::Struct(s) => define(s.ident.to_string(), read_struct(s, file)),
+            Item::Enum(e) => define(e.ident.to_string(), None),
+            Item::Type(t) => define(t.ident.to_string(), None),
             Item::Mod(m) => {
                 if let Some((_, items)) = &m.content {
                     collect(items, file, out);
@@ -239,26 +245,25 @@ impl Source {
     pub fn read(repo: &Path) -> Source {
         let mut files = Vec::new();
         rust_files(repo, &mut files);
-        let mut structs = BTreeMap::new();
+        let mut defs = BTreeMap::new();
         for file in &files {
             let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             let Ok(parsed) = syn::parse_file(&text) else { continue };
-            collect(&parsed.items, file, &mut structs);
+            collect(&parsed.items, file, &mut defs);
         }
-        Source { repo: repo.to_owned(), structs }
+        Source { repo: repo.to_owned(), defs }
     }
 
-    /// The struct `name` as seen from `from` (a file): the only one, else the one in that file, else in its crate.
-    fn resolve(&self, name: &str, from: Option<&Path>, hint: Option<&str>) -> Option<&Struct> {
-        let candidates = self.structs.get(name)?;
-        if candidates.len() == 1 {
-            return candidates.first();
-        }
-        let rel = |s: &Struct| s.file.strip_prefix(&self.repo).unwrap_or(&s.file).to_string_lossy().into_owned();
-        let narrowed: Vec<&Struct> = match (from, hint) {
+    /// The table `name` as seen from `from` (a file): of the types with that name, the only one, else the one in that
+    /// file, else the one in its crate. `None` when that is not a table (or no such type is defined here).
+    fn resolve(&self, name: &str, from: Option<&Path>, hint: Option<&str>) -> Option<&[Field]> {
+        let candidates = self.defs.get(name)?;
+        let rel = |s: &Def| s.file.strip_prefix(&self.repo).unwrap_or(&s.file).to_string_lossy().into_owned();
+        let narrowed: Vec<&Def> = match (from, hint) {
+            _ if candidates.len() == 1 => candidates.iter().collect(),
             (_, Some(h)) => candidates.iter().filter(|s| rel(s).starts_with(h)).collect(),
             (Some(f), None) => {
-                let same_file: Vec<&Struct> = candidates.iter().filter(|s| s.file == f).collect();
+                let same_file: Vec<&Def> = candidates.iter().filter(|s| s.file == f).collect();
                 if same_file.is_empty() {
                     candidates.iter().filter(|s| crate_of(&self.repo, &s.file) == crate_of(&self.repo, f)).collect()
                 } else {
@@ -268,10 +273,11 @@ impl Source {
             (None, None) => candidates.iter().collect(),
         };
         match narrowed[..] {
-            [one] => Some(one),
+            [one] => one.fields.as_deref(),
+            _ if narrowed.iter().all(|d| d.fields.is_none()) => None,
             _ => panic!(
-                "the Deserialize struct `{name}` is defined in several files ({}); the check cannot tell which one the \
-                 configuration uses (rename one, or give a hint in tests/docs_reference/main.rs)",
+                "the type `{name}` is defined in several files ({}); the check cannot tell which one the file type \
+                 uses (rename one, or give a hint in tests/docs_reference/main.rs)",
                 candidates.iter().map(rel).collect::<Vec<_>>().join(", ")
             ),
         }
@@ -281,21 +287,22 @@ impl Source {
     pub fn keys(&self, root: &str, hint: &str) -> Vec<Key> {
         let start = self
             .resolve(root, None, Some(hint))
-            .unwrap_or_else(|| panic!("no Deserialize struct `{root}` under {hint}"));
+            .unwrap_or_else(|| panic!("no Deserialize struct `{root}` with named fields under {hint}"));
+        let file = self.file_of(root, start);
         let mut out = Vec::new();
-        self.walk(start, "", &mut out, &mut vec![root.to_owned()]);
+        self.walk(start, &file, "", &mut out, &mut vec![root.to_owned()]);
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
 
-    fn walk(&self, s: &Struct, prefix: &str, out: &mut Vec<Key>, stack: &mut Vec<String>) {
-        for f in &s.fields {
+    fn walk(&self, fields: &[Field], file: &Path, prefix: &str, out: &mut Vec<Key>, stack: &mut Vec<String>) {
+        for f in fields {
             if let Some(problem) = &f.unmodelled {
                 panic!("{problem}");
             }
             let (type_name, optional, array) = unwrap_type(&f.ty);
             let path = format!("{prefix}{}", f.name);
-            match self.resolve(&type_name, Some(&s.file), None) {
+            match self.resolve(&type_name, Some(file), None) {
                 Some(inner) if !stack.contains(&type_name) => {
                     out.push(Key {
                         path: path.clone(),
@@ -305,13 +312,23 @@ impl Source {
                         serde_default: f.serde_default,
                     });
                     let child = if array { format!("{path}[].") } else { format!("{path}.") };
+                    let inner_file = self.file_of(&type_name, inner);
                     stack.push(type_name);
-                    self.walk(inner, &child, out, stack);
+                    self.walk(inner, &inner_file, &child, out, stack);
                     stack.pop();
                 }
                 Some(_) => panic!("`{type_name}` contains itself: not modelled by this check"),
                 None => out.push(Key { path, table: false, type_name, optional, serde_default: f.serde_default }),
             }
         }
+    }
+
+    /// The file that defines the table with these fields.
+    fn file_of(&self, name: &str, fields: &[Field]) -> PathBuf {
+        self.defs[name]
+            .iter()
+            .find(|d| d.fields.as_deref().is_some_and(|f| std::ptr::eq(f, fields)))
+            .map(|d| d.file.clone())
+            .unwrap_or_default()
     }
 }
