@@ -2,11 +2,12 @@
 //!
 //! - `docs/configuration.md` and `docs/rules.md`: the keys in their key tables are exactly the keys the serde types of
 //!   the configuration and the rules file accept (read from the source, see [`schema`]); every complete TOML example
-//!   loads through the real loader (`Config::load`, which `gatewayd validate` runs; `Rules::parse`), the configuration
+//!   loads through the real loader (`app::load::load`, which `gatewayd validate` runs; `Rules::parse`), the configuration
 //!   examples through `gatewayd validate` itself, and together they use every key; fragments use documented keys only;
 //!   each key's example value is accepted; each default written as one literal is what the loader does without the key;
 //!   each range written as "`A` to `B`" accepts `A` and `B` and refuses what lies just beyond.
 //! - The roster CSV section names the roster's columns, and its example parses.
+//! - `docs/api.md` names every route (`METHOD /path`) an axum router in the sources serves.
 //! - Every relative link in `README.md` and `docs/` resolves to a file in the repository (and a `#anchor` to a heading).
 //!
 //! Where the types are: every `src/` folder of the repository is read, starting from the roots below. When the
@@ -22,9 +23,8 @@ use std::fmt::Debug;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use gatewayd::config::Config;
-use gatewayd::roster::Roster;
-use gatewayd::rules::Rules;
+use gatewayd::reconcile::roster::Roster;
+use gatewayd::reconcile::rules::Rules;
 use toml::{Table, Value};
 
 use markdown::{Cell, Page};
@@ -33,7 +33,7 @@ use markdown::{Cell, Page};
 /// structs have its name.
 const CONFIG_ROOT: (&str, &str) = ("Config", "gatewayd/src/config");
 /// The root struct of the rules file.
-const RULES_ROOT: (&str, &str) = ("RulesFile", "gatewayd/src/rules");
+const RULES_ROOT: (&str, &str) = ("RulesFile", "gatewayd/src/reconcile/rules");
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
@@ -91,7 +91,7 @@ impl Kind for ConfigKind {
     fn load(&self, doc: &Table) -> Result<String, Vec<String>> {
         let path = self.dir.path().join("variant.toml");
         std::fs::write(&path, toml::to_string(doc).unwrap()).unwrap();
-        match Config::load(&path) {
+        match gatewayd::app::load::load(&path) {
             // `Config` is compared by its Debug text: it has no PartialEq, and holds no map whose order could vary.
             Ok((config, _)) => Ok(format!("{config:?}")),
             Err(problems) => Err(problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect()),
@@ -372,10 +372,27 @@ fn the_roster_csv_section_names_the_roster_columns() {
     let tables: Vec<_> = page.tables.iter().filter(|t| t.column("column") == Some(0)).collect();
     assert_eq!(tables.len(), 1, "configuration.md: one table of roster columns");
     let documented: Vec<String> = tables[0].rows.iter().map(|r| r[0].text()).collect();
-    assert_eq!(documented, gatewayd::roster::COLUMNS, "the roster columns, in the order of the roster module");
+    assert_eq!(
+        documented,
+        gatewayd::reconcile::roster::COLUMNS,
+        "the roster columns, in the order of the roster module"
+    );
     if let Err(problems) = Roster::parse_csv(&roster_example(&page)) {
         panic!("configuration.md: the roster example does not parse: {problems:?}");
     }
+}
+
+#[test]
+fn api_md_documents_every_route() {
+    let page = read_page("docs/api.md");
+    let routes = schema::routes(&repo());
+    assert!(routes.len() >= 10, "the routes were not found in the sources: {routes:?}");
+    let missing: Vec<String> = routes
+        .iter()
+        .map(|(method, path)| format!("{method} {path}"))
+        .filter(|route| !page.code_spans.iter().any(|c| c == route || c.starts_with(&format!("{route}?"))))
+        .collect();
+    assert!(missing.is_empty(), "api.md does not document (as `METHOD /path`): {missing:?}");
 }
 
 /// `path` with `.` and `..` resolved without touching the file system.

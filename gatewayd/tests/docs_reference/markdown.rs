@@ -79,6 +79,8 @@ pub struct Page {
     pub code: Vec<CodeBlock>,
     /// Link and image destinations, as written.
     pub links: Vec<String>,
+    /// Every inline code span.
+    pub code_spans: Vec<String>,
     /// The anchors GitHub gives the headings (`## Roles and scope` → `roles-and-scope`).
     pub anchors: HashSet<String>,
 }
@@ -164,6 +166,7 @@ pub fn parse(text: &str) -> Page {
                 }
             }
             Event::Code(t) => {
+                page.code_spans.push(t.to_string());
                 if let Some(c) = cell.as_mut() {
                     c.0.push(Piece::Code(t.to_string()));
                 }

@@ -332,3 +332,59 @@ impl Source {
             .unwrap_or_default()
     }
 }
+
+/// Every HTTP route an axum router in the sources serves: `(METHOD, path)` from `.route("/path", get(…).post(…))`.
+pub fn routes(repo: &Path) -> Vec<(String, String)> {
+    use syn::visit::Visit;
+
+    /// The methods of a method router expression: `get(h)`, `get(h).post(h2)`, `axum::routing::post(h)`.
+    fn methods(expr: &Expr, out: &mut Vec<String>) {
+        const METHODS: [&str; 6] = ["get", "post", "put", "delete", "patch", "head"];
+        match expr {
+            Expr::Call(call) => {
+                if let Expr::Path(p) = &*call.func {
+                    if let Some(last) = p.path.segments.last().map(|s| s.ident.to_string()) {
+                        if METHODS.contains(&last.as_str()) {
+                            out.push(last.to_uppercase());
+                        }
+                    }
+                }
+            }
+            Expr::MethodCall(call) => {
+                let name = call.method.to_string();
+                if METHODS.contains(&name.as_str()) {
+                    out.push(name.to_uppercase());
+                }
+                methods(&call.receiver, out);
+            }
+            _ => {}
+        }
+    }
+
+    struct Routes(Vec<(String, String)>);
+    impl<'ast> Visit<'ast> for Routes {
+        fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+            if call.method == "route" && call.args.len() == 2 {
+                if let (Some(path), Some(router)) = (call.args.first().and_then(string_value), call.args.last()) {
+                    let mut found = Vec::new();
+                    methods(router, &mut found);
+                    self.0.extend(found.into_iter().map(|m| (m, path.clone())));
+                }
+            }
+            syn::visit::visit_expr_method_call(self, call);
+        }
+    }
+
+    let mut files = Vec::new();
+    rust_files(repo, &mut files);
+    let mut routes = Routes(Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if let Ok(parsed) = syn::parse_file(&text) {
+            routes.visit_file(&parsed);
+        }
+    }
+    routes.0.sort();
+    routes.0.dedup();
+    routes.0
+}
