@@ -7,10 +7,12 @@
 //! - [`sink`]: the bounded ingest channel a driver submits punches into, and the per-punch outcome;
 //! - [`status`]: online state, last seen, last error and reconnects per device;
 //! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
-//! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers.
+//! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers;
+//! - [`backoff`]: jittered exponential backoff, shared with the daemon.
 #![forbid(unsafe_code)]
 
 pub mod adms;
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod driver;

@@ -5,9 +5,9 @@
 //! - [`tcp`]: a TCP serial device server (`tcp://HOST:PORT`), the usual way a factory floor puts RS-232 on the network;
 //! - [`rfcomm`]: a direct Bluetooth RFCOMM socket to a device address (`rfcomm://AA:BB:CC:DD:EE:FF/CHANNEL`).
 //!
-//! [`Link`] wraps [`open`] with the reconnect policy every serial driver shares: retry with jittered exponential backoff,
-//! report online state, the last error and reconnects to the [`StatusBoard`], and log a failure once per change instead of
-//! once per attempt. A device that is unplugged, powered off or out of range is retried forever (until cancelled) and
+//! [`Link`] wraps [`open`] with the reconnect policy every serial driver shares: retry with jittered exponential backoff
+//! ([`Backoff::link`]), report online state, the last error and reconnects to the [`StatusBoard`], and log a failure
+//! once per change instead of once per attempt. A device that is unplugged, powered off or out of range is retried forever (until cancelled) and
 //! its driver resumes on the next successful open, without the daemon or the driver task restarting.
 
 pub mod rfcomm;
@@ -16,10 +16,10 @@ pub mod tcp;
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, Retries};
 use crate::config::PortSpec;
 use crate::status::StatusBoard;
 
@@ -99,43 +99,6 @@ pub async fn open(spec: &PortSpec, baud: u32, connect_timeout: Duration) -> Resu
     }
 }
 
-/// Jittered exponential backoff between reconnect attempts: `initial * 2^n`, capped at `max`, each delay drawn from
-/// 75%..125% of that so a site full of readers that lost power together does not reconnect in lockstep.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    attempt: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
-    }
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, attempt: 0 }
-    }
-
-    /// The delay before the next attempt; each call grows the next one.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        base.mul_f64(rand::rng().random_range(0.75..1.25)).min(self.max)
-    }
-
-    /// Back to the initial delay (after a link that worked).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// A session shorter than this does not reset the backoff: a device that accepts the link and then drops it at once is
-/// retried with growing delays rather than in a tight loop.
-const STABLE_SESSION: Duration = Duration::from_secs(5);
-
 /// The reconnecting link of one device: opens its transport, reports status, backs off between failures.
 #[derive(Debug)]
 pub struct Link {
@@ -145,7 +108,7 @@ pub struct Link {
     device: String,
     driver: &'static str,
     status: StatusBoard,
-    backoff: Backoff,
+    backoff: Retries,
     ever_connected: bool,
     last_logged: Option<String>,
 }
@@ -166,7 +129,7 @@ impl Link {
             device: device.to_owned(),
             driver,
             status,
-            backoff: Backoff::default(),
+            backoff: Retries::new(Backoff::link()),
             ever_connected: false,
             last_logged: None,
         }
@@ -207,8 +170,9 @@ impl Link {
     /// Records that an open session ended with `error` after running `lasted`.
     pub fn lost(&mut self, error: &str, lasted: Duration) {
         self.status.set_online(&self.device, self.driver, false);
-        if lasted >= STABLE_SESSION {
-            self.backoff.reset();
+        // A session shorter than the policy's `stable_after` does not reset the backoff: a device that accepts the
+        // link and then drops it at once is retried with growing delays rather than in a tight loop.
+        if self.backoff.ran_for(lasted) {
             self.last_logged = None;
         }
         self.failed(error, false);
@@ -239,23 +203,6 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125), "{first:?}");
-        for _ in 0..3 {
-            b.next_delay();
-        }
-        let fifth = b.next_delay();
-        assert!(fifth >= Duration::from_millis(1200), "{fifth:?}");
-        for _ in 0..40 {
-            assert!(b.next_delay() <= Duration::from_secs(2));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(125));
-    }
 
     #[tokio::test]
     async fn link_retries_until_cancelled_and_reports_the_error() {

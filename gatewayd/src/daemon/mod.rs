@@ -6,7 +6,6 @@ use std::future::Future;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -123,33 +122,9 @@ impl Notifier {
     }
 }
 
-/// Restart policy for supervised tasks: exponential backoff with jitter, capped, reset after a stable run.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    /// A run at least this long resets the backoff to `initial`.
-    pub stable_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-            stable_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `n` (0-based): `initial * 2^n` capped at `max`, with ±25% jitter.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max);
-        let jitter = rand::rng().random_range(0.75..1.25);
-        base.mul_f64(jitter).min(self.max)
-    }
-}
+/// Restart policy for supervised tasks (and the outbox and upstream retries): `drivers::backoff`, whose default is the
+/// supervisor's policy.
+pub use drivers::backoff::Backoff;
 
 /// Runs `task` until `cancel` fires, restarting it with backoff whenever it returns an error (or returns early).
 /// One failing device never takes the daemon down.
@@ -164,7 +139,7 @@ pub async fn supervise<F, Fut, E>(
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut attempt = 0u32;
+    let mut retries = drivers::backoff::Retries::new(backoff);
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -174,11 +149,8 @@ pub async fn supervise<F, Fut, E>(
         if cancel.is_cancelled() {
             return;
         }
-        if started.elapsed() >= backoff.stable_after {
-            attempt = 0;
-        }
-        let delay = backoff.delay(attempt);
-        attempt = attempt.saturating_add(1);
+        retries.ran_for(started.elapsed());
+        let delay = retries.next_delay();
         match result {
             Err(e) => driver_restarting(&name, driver, &e, delay),
             Ok(()) => driver_restarting(&name, driver, &"task ended unexpectedly", delay),
@@ -200,18 +172,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            stable_after: Duration::from_secs(5),
-        };
-        assert!(b.delay(0) <= Duration::from_millis(125));
-        assert!(b.delay(3) >= Duration::from_millis(600));
-        assert!(b.delay(20) <= Duration::from_secs(1));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn supervisor_restarts_a_failing_task() {
