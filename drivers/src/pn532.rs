@@ -108,7 +108,7 @@ pub async fn session(
         };
         ctx.status.seen(&ctx.device.id, DRIVER);
         let uid = match parse_passive_target(&answer) {
-            Ok(uid) => uid.map(|u| hex_upper(&u)),
+            Ok(uid) => uid.map(hex::encode_upper),
             Err(_) => {
                 ctx.sink.count_unparsed(&ctx.device.id, "bad_reply");
                 continue;
@@ -141,10 +141,6 @@ pub async fn session(
             }
         }
     }
-}
-
-fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 struct Reader<'a> {
@@ -313,10 +309,5 @@ mod tests {
         // hold_off zero: the first "no card" answer ends the presentation.
         assert!(p.observe(None, t0).is_none());
         assert!(p.observe(Some("CAFE"), t0).is_some());
-    }
-
-    #[test]
-    fn uids_are_upper_case_hex() {
-        assert_eq!(hex_upper(&[0x04, 0xa1, 0xb2, 0xc3]), "04A1B2C3");
     }
 }

@@ -130,18 +130,9 @@ fn sha256(text: &[u8]) -> [u8; 32] {
     Sha256::digest(text).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -166,18 +157,18 @@ impl TokenStore {
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut id);
         rng.fill_bytes(&mut secret);
-        let token = format!("gw_{}_{}", hex(&id), hex(&secret));
+        let token = format!("gw_{}_{}", hex::encode(id), hex::encode(secret));
         let mut departments = new.departments.clone();
         departments.sort();
         departments.dedup();
         let record = TokenRecord {
-            id: hex(&id),
+            id: hex::encode(id),
             role: new.role,
             departments,
             employee: new.employee.clone(),
             created_ms: now_ms,
             revoked_ms: None,
-            sha256: hex(&sha256(token.as_bytes())),
+            sha256: hex::encode(sha256(token.as_bytes())),
         };
         self.tree.insert(record.id.as_bytes(), serde_json::to_vec(&record).unwrap_or_default())?;
         self.db.flush()?;

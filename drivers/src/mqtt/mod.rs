@@ -214,8 +214,7 @@ pub async fn start(
 
 /// 32 random bytes in hex: the password only the front knows for the broker's internal listener.
 fn random_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::random::<[u8; 32]>())
 }
 
 /// The most connections the embedded broker takes: one per connected device (the front's), and the gateway's link.

@@ -209,10 +209,6 @@ fn json_line(text: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), st
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The result of checking one digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DigestCheck {
@@ -403,7 +399,7 @@ impl Ledger {
                 &mut text,
                 &json!({
                     "kind": "digest", "gateway_id": gw, "batch_seq": batch.batch_seq, "work_date": d.work_date,
-                    "punch_count": d.punch_count, "punch_ids_sha256": hex(&d.punch_ids_sha256),
+                    "punch_count": d.punch_count, "punch_ids_sha256": hex::encode(&d.punch_ids_sha256),
                     "record_count": d.record_count, "from_ms": d.from_ms, "to_ms": d.to_ms,
                     "complete": check.ok, "received_punch_count": check.received,
                 }),
