@@ -8,7 +8,8 @@
 //! - [`status`]: online state, last seen, last error and reconnects per device;
 //! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
 //! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers;
-//! - [`backoff`]: jittered exponential backoff, shared with the daemon.
+//! - shared by the daemon too: [`backoff`] (jittered exponential backoff) and [`tls`] (certificates, keys, rustls
+//!   configurations).
 #![forbid(unsafe_code)]
 
 pub mod adms;
@@ -23,6 +24,7 @@ pub mod sim;
 pub mod sink;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;
 
 pub use config::{DeviceConfig, DriverKind};

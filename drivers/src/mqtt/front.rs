@@ -212,7 +212,7 @@ pub(crate) async fn serve_plain(
 /// Accepts TLS device connections until cancelled. With a client CA, the certificate's common name is the device id.
 pub(crate) async fn serve_tls(
     listener: TcpListener,
-    acceptor: super::tls::SharedAcceptor,
+    config: super::tls::SharedServerConfig,
     front: Arc<Front>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -234,7 +234,7 @@ pub(crate) async fn serve_tls(
         let front = front.clone();
         let cancel = cancel.clone();
         // The certificate in force now (a SIGHUP may have replaced it since the last connection).
-        let acceptor = acceptor.current();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.current());
         tasks.spawn(async move {
             let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,

@@ -75,7 +75,7 @@ pub enum MqttError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
+    #[error("mqtt tls: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("embedded mqtt broker: {0}")]
     Broker(String),
@@ -123,7 +123,7 @@ pub struct MqttService {
     pub tls_addr: Option<SocketAddr>,
     credentials: Credentials,
     /// The TLS listener's certificate, key and client CA in force (replaced by [`MqttService::reload_tls`]).
-    tls: Option<tls::SharedAcceptor>,
+    tls: Option<tls::SharedServerConfig>,
 }
 
 impl MqttService {
@@ -145,7 +145,7 @@ impl MqttService {
     /// when no TLS listener runs (adding or moving the TLS listener needs a restart).
     pub fn reload_tls(&self, cert: &Path, key: &Path, client_ca: Option<&Path>) -> Option<Result<(), tls::TlsError>> {
         let shared = self.tls.as_ref()?;
-        Some(tls::acceptor(cert, key, client_ca).map(|acceptor| shared.replace(acceptor)))
+        Some(tls::server_config(cert, key, client_ca).map(|config| shared.replace(config)))
     }
 }
 
@@ -171,7 +171,7 @@ pub async fn start(
     let addr = local_addr("", &plain, &settings.listen)?;
     let tls = match &settings.tls {
         Some(t) => {
-            let acceptor = tls::SharedAcceptor::new(tls::acceptor(&t.cert, &t.key, t.client_ca.as_deref())?);
+            let acceptor = tls::SharedServerConfig::new(tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())?);
             let l = bind(" tls", &t.listen).await?;
             let a = local_addr(" tls", &l, &t.listen)?;
             Some((l, a, acceptor))

@@ -12,7 +12,7 @@
 //! not load leave the configuration in force.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -21,8 +21,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use drivers::tls::{SharedServerConfig, TlsError};
+
 use crate::config::TlsFiles;
-use crate::upstream::tls::{load_certs, load_key, provider, server_config, TlsError};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,59 +32,35 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// Finished handshakes waiting for the HTTP server.
 const READY_QUEUE: usize = 64;
 
-/// The rustls server configuration for `[api].tls`.
+/// The rustls server configuration for `[api].tls` (HTTP/1.1; mutual TLS with `client_ca`).
 pub fn config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    if let Some(ca) = &files.client_ca {
-        return server_config(ca, &files.cert, &files.key);
-    }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", files.key.display())))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    drivers::tls::server_config(&files.cert, &files.key, files.client_ca.as_deref(), &[b"http/1.1"])
 }
 
 /// The rustls configuration of the API listener, replaceable while it runs.
-#[derive(Clone)]
-pub struct SharedConfig(Arc<RwLock<Arc<rustls::ServerConfig>>>);
-
-impl std::fmt::Debug for SharedConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedConfig")
-    }
-}
+#[derive(Clone, Debug)]
+pub struct SharedConfig(SharedServerConfig);
 
 impl SharedConfig {
     pub fn new(config: Arc<rustls::ServerConfig>) -> SharedConfig {
-        SharedConfig(Arc::new(RwLock::new(config)))
+        SharedConfig(SharedServerConfig::new(config))
     }
 
     /// The configuration in force.
     pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.current()
     }
 
     /// Reads `files` again and puts them in force for new connections; on error the configuration in force stays.
     pub fn reload(&self, files: &TlsFiles) -> Result<(), TlsError> {
-        let new = config(files)?;
-        match self.0.write() {
-            Ok(mut c) => *c = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+        self.0.replace(config(files)?);
         Ok(())
     }
 }
 
 /// The subject common name of a client certificate (the first of the chain, already verified by rustls).
 pub fn client_name(der: &[u8]) -> Option<Arc<str>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let cn = drivers::tls::subject_common_name(der).ok()?;
     (!cn.is_empty() && !cn.chars().any(char::is_control)).then(|| Arc::from(cn))
 }
 
