@@ -8,18 +8,23 @@
 //! - [`status`]: online state, last seen, last error and reconnects per device;
 //! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
 //! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers;
+//! - one folder per device driver: [`pn532`] (NFC reader) and [`r30x`] (fingerprint module), each with its framing
+//!   codec and its simulator, over [`transport`] (serial port, TCP serial server, Bluetooth RFCOMM) and what the two
+//!   share ([`session`], [`framing`]); [`mqtt`] (face terminals through the embedded broker) and [`adms`] (ZKTeco push);
+//! - [`sim`]: the device simulators for tests and `gatewayd demo`;
 //! - shared by the daemon too: [`backoff`] (jittered exponential backoff) and [`tls`] (certificates, keys, rustls
 //!   configurations).
 #![forbid(unsafe_code)]
 
 pub mod adms;
 pub mod backoff;
-pub mod codec;
 pub mod config;
 pub mod driver;
+pub mod framing;
 pub mod mqtt;
 pub mod pn532;
 pub mod r30x;
+pub mod session;
 pub mod sim;
 pub mod sink;
 pub mod status;

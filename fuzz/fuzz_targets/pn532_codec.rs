@@ -2,7 +2,7 @@
 //! to itself.
 #![no_main]
 
-use drivers::codec::pn532::{decode_all, encode};
+use drivers::pn532::codec::{decode_all, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

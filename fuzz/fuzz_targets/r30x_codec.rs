@@ -2,7 +2,7 @@
 //! itself.
 #![no_main]
 
-use drivers::codec::r30x::{decode_all, encode};
+use drivers::r30x::codec::{decode_all, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,5 @@
-//! Device simulators: a PN532 NFC reader and an R30x fingerprint module speaking their real wire protocols.
+//! Device simulators: a PN532 NFC reader ([`pn532`], from `crate::pn532::sim`) and an R30x fingerprint module
+//! ([`r30x`], from `crate::r30x::sim`) speaking their real wire protocols, and what they share.
 //!
 //! They serve any byte stream: the master end of a pseudo-terminal ([`pty::VirtualPort`]), whose slave path the gateway
 //! opens as a serial port exactly as it would open `/dev/ttyUSB0`, or a TCP connection (as a serial device server would
@@ -6,12 +7,16 @@
 //! unplug; inject corrupted frames and line noise. Their state sits behind a `std::sync::Mutex` that is never held
 //! across an await.
 
-pub mod pn532;
 pub mod pty;
-pub mod r30x;
 pub mod scenario;
 
+pub use crate::pn532::sim as pn532;
+pub use crate::r30x::sim as r30x;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 /// A fault to put on the wire instead of (or before) the next reply.
@@ -27,6 +32,93 @@ pub enum Fault {
     WrongReply,
     /// The next command gets no reply at all.
     Silence,
+}
+
+impl Fault {
+    /// The bytes of an encoded `reply` with `fault` (if any) applied. The checksum byte to corrupt is `checksum_from_end`
+    /// bytes before the end; `wrong_reply` encodes an answer to the wrong command.
+    pub(crate) fn apply(
+        fault: Option<Fault>,
+        reply: std::io::Result<Vec<u8>>,
+        checksum_from_end: usize,
+        wrong_reply: impl FnOnce() -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<Vec<u8>> {
+        Ok(match fault {
+            None => reply?,
+            Some(Fault::Garbage(mut noise)) => {
+                noise.extend_from_slice(&reply?);
+                noise
+            }
+            Some(Fault::CorruptChecksum) => {
+                let mut bytes = reply?;
+                let at = bytes.len().saturating_sub(checksum_from_end);
+                if let Some(b) = bytes.get_mut(at) {
+                    *b ^= 0x5A;
+                }
+                bytes
+            }
+            Some(Fault::Truncate) => {
+                let bytes = reply?;
+                bytes[..bytes.len() / 2].to_vec()
+            }
+            Some(Fault::WrongReply) => wrong_reply()?,
+            Some(Fault::Silence) => Vec::new(),
+        })
+    }
+}
+
+/// The simulated device's end of its current connection: [`Plug::hang_up`] ends it.
+#[derive(Debug, Default)]
+pub(crate) struct Plug {
+    hangup: CancellationToken,
+    /// Connections served so far.
+    pub connections: u64,
+}
+
+impl Plug {
+    /// A new connection: its hang-up token.
+    pub fn connect(&mut self) -> CancellationToken {
+        self.hangup = CancellationToken::new();
+        self.connections += 1;
+        self.hangup.clone()
+    }
+
+    /// Ends the current connection (as a cable pulled out of a serial server would).
+    pub fn hang_up(&self) {
+        self.hangup.cancel();
+    }
+}
+
+/// Serves one link with `codec` until it ends, `stop` or `hangup` fires: every decoded item goes to `answer`, whose
+/// bytes (if any) are written back.
+pub(crate) async fn serve_frames<S, C>(
+    stream: S,
+    codec: C,
+    stop: CancellationToken,
+    hangup: CancellationToken,
+    mut answer: impl FnMut(C::Item) -> std::io::Result<Option<Vec<u8>>>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: Decoder<Error = std::io::Error>,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, codec);
+    loop {
+        let item = tokio::select! {
+            item = frames.next() => item,
+            _ = stop.cancelled() => return Ok(()),
+            _ = hangup.cancelled() => return Ok(()),
+        };
+        let item = match item {
+            None => return Ok(()),
+            Some(item) => item?,
+        };
+        if let Some(bytes) = answer(item)? {
+            write.write_all(&bytes).await?;
+            write.flush().await?;
+        }
+    }
 }
 
 /// Accepts TCP connections one at a time (as a serial device server with one serial port does) and serves each with
@@ -54,7 +146,7 @@ where
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -148,38 +240,70 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+
     use super::testkit::{context, device, next_punch, until};
     use super::{pn532::Pn532Sim, r30x, serve_tcp, Fault};
-    use crate::config::{DriverKind, HumanDuration};
-    use crate::sink::{Method, Subject};
+    use crate::config::{DeviceConfig, DriverKind, HumanDuration};
+    use crate::driver::DriverError;
+    use crate::sink::{DevicePunch, Method, Subject};
+    use crate::status::StatusBoard;
+    use crate::telemetry::DriverMetrics;
 
-    async fn listen() -> (TcpListener, String) {
+    /// Serves a simulator (`serve`, once per connection) on a loopback TCP port, as a serial device server with one
+    /// port does: the `tcp://` port to configure and the token that stops it.
+    async fn on_tcp<F, Fut>(serve: F) -> (String, CancellationToken)
+    where
+        F: FnMut(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = format!("tcp://{}", listener.local_addr().unwrap());
-        (listener, port)
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_tcp(listener, stop.clone(), serve));
+        (port, stop)
+    }
+
+    /// A driver task under test, and what the test watches of it.
+    struct Running {
+        punches: mpsc::UnboundedReceiver<DevicePunch>,
+        metrics: DriverMetrics,
+        status: StatusBoard,
+        cancel: CancellationToken,
+        task: JoinHandle<Result<(), DriverError>>,
+    }
+
+    fn start(dev: DeviceConfig) -> Running {
+        let (ctx, punches) = context(dev);
+        let (metrics, status, cancel) = (ctx.metrics.clone(), ctx.status.clone(), ctx.cancel.clone());
+        Running { punches, metrics, status, cancel, task: tokio::spawn(crate::driver::run(ctx)) }
+    }
+
+    impl Running {
+        /// Cancels the driver; it must end cleanly.
+        async fn stop(self) {
+            self.cancel.cancel();
+            assert!(self.task.await.unwrap().is_ok());
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pn532_driver_against_the_simulator() {
-        let (listener, port) = listen().await;
         let sim = Pn532Sim::new();
-        let stop = CancellationToken::new();
         let s = sim.clone();
-        tokio::spawn(serve_tcp(listener, stop.clone(), move |conn| {
+        let (port, stop) = on_tcp(move |conn| {
             let s = s.clone();
-            let stop = CancellationToken::new();
-            async move { s.serve(conn, stop).await }
-        }));
+            async move { s.serve(conn, CancellationToken::new()).await }
+        })
+        .await;
         let mut dev = device(DriverKind::Pn532, &port);
         dev.hold_off = Some(HumanDuration(Duration::ZERO));
-        let (ctx, mut punches) = context(dev);
-        let metrics = ctx.metrics.clone();
-        let status = ctx.status.clone();
-        let cancel = ctx.cancel.clone();
-        let task = tokio::spawn(crate::driver::run(ctx));
+        let mut driver = start(dev);
+        let (punches, metrics, status) = (&mut driver.punches, driver.metrics.clone(), driver.status.clone());
 
         sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
-        let p = next_punch(&mut punches).await;
+        let p = next_punch(punches).await;
         assert_eq!((p.method, p.subject), (Method::Card, Subject::Credential("04A1B2C3".into())));
         // Held for many polls: still one punch.
         let held = sim.stats().polls_with_card;
@@ -190,7 +314,7 @@ mod tests {
         let empty = sim.stats().polls_without_card;
         until("a poll without the card", || sim.stats().polls_without_card > empty).await;
         sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("04A1B2C3".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("04A1B2C3".into()));
 
         // Corrupted frames, noise, wrong replies and silence: counted, and the driver carries on.
         sim.remove();
@@ -206,7 +330,7 @@ mod tests {
         let commands = sim.stats().commands;
         until("the faults to be served", || sim.stats().commands >= commands + 8).await;
         sim.present(&[0x08, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66]);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("08112233445566".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("08112233445566".into()));
         for reason in ["garbage", "bad_checksum", "wrong_reply"] {
             assert!(metrics.rejected_count("pn532", "dev1", reason) > 0, "{reason} not counted");
         }
@@ -216,35 +340,30 @@ mod tests {
         sim.hang_up();
         until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
         sim.present(&[0xDE, 0xAD, 0xBE, 0xEF]);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("DEADBEEF".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("DEADBEEF".into()));
 
-        cancel.cancel();
-        assert!(task.await.unwrap().is_ok());
+        driver.stop().await;
         stop.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r30x_driver_against_the_simulator() {
-        let (listener, port) = listen().await;
         let sim = r30x::R30xSim::new(r30x::Model::R503).with_password(0x0000_1234);
-        let stop = CancellationToken::new();
         let s = sim.clone();
-        tokio::spawn(serve_tcp(listener, stop.clone(), move |conn| {
+        let (port, stop) = on_tcp(move |conn| {
             let s = s.clone();
             async move { s.serve(conn, CancellationToken::new()).await }
-        }));
+        })
+        .await;
         let mut dev = device(DriverKind::R30x, &port);
         dev.password = Some(0x1234);
         dev.min_score = Some(60);
-        let (ctx, mut punches) = context(dev);
-        let metrics = ctx.metrics.clone();
-        let status = ctx.status.clone();
-        let cancel = ctx.cancel.clone();
-        let task = tokio::spawn(crate::driver::run(ctx));
+        let mut driver = start(dev);
+        let (punches, metrics, status) = (&mut driver.punches, driver.metrics.clone(), driver.status.clone());
 
         until("the module online", || status.get("dev1").is_some_and(|s| s.online)).await;
         sim.place_finger(7, 120);
-        let p = next_punch(&mut punches).await;
+        let p = next_punch(punches).await;
         assert_eq!((p.method, p.subject.clone()), (Method::Fingerprint, Subject::Credential("fp:7".into())));
         assert_eq!(p.score, Some(120.0));
         until("the green LED", || sim.leds().last() == Some(&r30x::color::GREEN)).await;
@@ -277,7 +396,7 @@ mod tests {
         until("the faults to be served", || sim.stats().commands >= commands + 6).await;
         sim.image_errors(3);
         sim.place_finger(7, 120);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("fp:7".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("fp:7".into()));
         assert_eq!(metrics.rejected_count("r30x", "dev1", "image_error"), 3);
         for reason in ["garbage", "bad_checksum", "wrong_reply"] {
             assert!(metrics.rejected_count("r30x", "dev1", reason) > 0, "{reason} not counted");
@@ -288,36 +407,30 @@ mod tests {
         sim.hang_up();
         until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
         sim.place_finger(3, 200);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("fp:3".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("fp:3".into()));
 
-        cancel.cancel();
-        assert!(task.await.unwrap().is_ok());
+        driver.stop().await;
         stop.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r30x_wrong_password_is_reported() {
-        let (listener, port) = listen().await;
         let sim = r30x::R30xSim::new(r30x::Model::R307).with_password(42);
-        let stop = CancellationToken::new();
-        let s = sim.clone();
-        tokio::spawn(serve_tcp(listener, stop.clone(), move |conn| {
-            let s = s.clone();
+        let (port, stop) = on_tcp(move |conn| {
+            let s = sim.clone();
             async move { s.serve(conn, CancellationToken::new()).await }
-        }));
+        })
+        .await;
         let mut dev = device(DriverKind::R30x, &port);
         dev.password = Some(41);
-        let (ctx, _punches) = context(dev);
-        let status = ctx.status.clone();
-        let cancel = ctx.cancel.clone();
-        let task = tokio::spawn(crate::driver::run(ctx));
+        let driver = start(dev);
+        let status = driver.status.clone();
         until("the password error", || {
             status.get("dev1").and_then(|s| s.last_error).is_some_and(|e| e.contains("password"))
         })
         .await;
         assert!(!status.get("dev1").is_some_and(|s| s.online));
-        cancel.cancel();
-        assert!(task.await.unwrap().is_ok());
+        driver.stop().await;
         stop.cancel();
     }
 
@@ -338,21 +451,18 @@ mod tests {
         let first = plug(&sim);
         let mut dev = device(DriverKind::Pn532, link.to_str().unwrap());
         dev.hold_off = Some(HumanDuration(Duration::ZERO));
-        let (ctx, mut punches) = context(dev);
-        let status = ctx.status.clone();
-        let cancel = ctx.cancel.clone();
-        let task = tokio::spawn(crate::driver::run(ctx));
+        let mut driver = start(dev);
+        let (punches, status) = (&mut driver.punches, driver.status.clone());
         sim.present(&[1, 2, 3, 4]);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("01020304".into()));
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("01020304".into()));
         sim.remove();
         first.cancel(); // unplug: the pseudo-terminal closes
         until("offline", || status.get("dev1").is_some_and(|s| !s.online)).await;
         let _second = plug(&sim);
         until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
         sim.present(&[5, 6, 7, 8]);
-        assert_eq!(next_punch(&mut punches).await.subject, Subject::Credential("05060708".into()));
-        cancel.cancel();
-        assert!(task.await.unwrap().is_ok());
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("05060708".into()));
+        driver.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

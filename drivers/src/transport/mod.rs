@@ -64,31 +64,6 @@ pub enum TransportError {
     },
 }
 
-/// Why an open link stopped working. The driver reopens it with backoff.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("the device closed the link")]
-    Closed,
-    #[error("read from the device: {0}")]
-    Read(#[source] std::io::Error),
-    #[error("write to the device: {0}")]
-    Write(#[source] std::io::Error),
-    #[error("no usable answer to {command} in {attempts} attempts of {timeout:?}")]
-    NoAnswer { command: &'static str, attempts: u32, timeout: Duration },
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl SessionError {
-    pub fn read(e: std::io::Error) -> SessionError {
-        SessionError::Read(e)
-    }
-
-    pub fn write(e: std::io::Error) -> SessionError {
-        SessionError::Write(e)
-    }
-}
-
 /// Opens the link described by `spec`. `baud` applies to local serial ports; `connect_timeout` bounds TCP and RFCOMM
 /// connection attempts.
 pub async fn open(spec: &PortSpec, baud: u32, connect_timeout: Duration) -> Result<Stream, TransportError> {

@@ -20,21 +20,20 @@
 //! Cancel-safety: as for the PN532 driver, the task may be dropped at any await; a submitted punch is stored regardless,
 //! and the only thing lost is the LED acknowledgement.
 
+pub mod codec;
+pub mod sim;
+
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use tokio::time::Instant;
-use tokio_util::codec::Framed;
-
-use crate::codec::r30x::{cmd, confirm, Packet, R30xCodec, DEFAULT_ADDRESS, PID_ACK};
+use self::codec::{cmd, confirm, Packet, R30xCodec, DEFAULT_ADDRESS, PID_ACK};
 use crate::config::HumanDuration;
 use crate::driver::{DriverContext, DriverError};
-use crate::sink::{DevicePunch, Method, Outcome, Subject};
-use crate::transport::{Link, SessionError, Stream};
+use crate::session::{self, Exchange, Heard, SerialDevice, SessionError, ATTEMPTS};
+use crate::sink::{Method, Outcome, Subject};
+use crate::transport::{Link, Stream};
 
 pub const DRIVER: &str = "r30x";
 
-const ATTEMPTS: u32 = 3;
 const LED_FLASH: u8 = 0x02;
 const LED_OFF: u8 = 0x04;
 const LED_RED: u8 = 0x01;
@@ -66,22 +65,9 @@ impl Settings {
 
 /// Runs the driver until cancelled, reopening the link whenever it is lost.
 pub async fn run(ctx: DriverContext) -> Result<(), DriverError> {
-    let spec = ctx.device.port_spec().ok_or_else(|| DriverError::Device {
-        device: ctx.device.id.clone(),
-        message: "no valid `port` configured".into(),
-    })?;
-    let settings = Settings::from_config(&ctx.device);
-    let connect_timeout = settings.response_timeout.max(Duration::from_secs(3));
-    let mut link = Link::new(spec, settings.baud, connect_timeout, &ctx.device.id, DRIVER, ctx.status.clone());
-    loop {
-        let Some(stream) = link.connect(&ctx.cancel).await else { return Ok(()) };
-        let started = Instant::now();
-        let ended = tokio::select! {
-            e = session(&ctx, &settings, &mut link, stream) => e,
-            _ = ctx.cancel.cancelled() => return Ok(()),
-        };
-        link.lost(&ended.to_string(), started.elapsed());
-    }
+    let mut driver = R30x(Settings::from_config(&ctx.device));
+    let (baud, timeout) = (driver.0.baud, driver.0.response_timeout);
+    session::run(&ctx, DRIVER, baud, timeout, &mut driver).await
 }
 
 /// What one poll found.
@@ -98,85 +84,80 @@ enum Poll {
     },
 }
 
-/// One open link: handshake, then poll until the link fails. Returns why it ended.
-pub async fn session(ctx: &DriverContext, settings: &Settings, link: &mut Link, stream: Stream) -> SessionError {
-    let mut module = Module {
-        framed: Framed::new(stream, R30xCodec),
-        ctx,
-        address: settings.address,
-        timeout: settings.response_timeout,
-        capacity: 0,
-        led: false,
-    };
-    match module.handshake(settings.password).await {
-        Ok(detail) => link.online(Some(format!("{detail} on {}", link.spec()))),
-        Err(e) => return e,
-    }
-    let device = &ctx.device.id;
-    let mut tick = tokio::time::interval(settings.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // True once the module has reported "no finger" since the last identification.
-    let mut lifted = true;
-    loop {
-        tick.tick().await;
-        let found = match module.poll(lifted).await {
-            Ok(f) => f,
-            Err(e) => return e,
+/// The driver: its settings (nothing else lives across links).
+struct R30x(Settings);
+
+impl SerialDevice for R30x {
+    /// Handshake, then poll until the link fails.
+    async fn session(&mut self, ctx: &DriverContext, link: &mut Link, stream: Stream) -> SessionError {
+        let settings = &self.0;
+        let mut module = Module {
+            port: Exchange::new(stream, R30xCodec, ctx, settings.response_timeout),
+            address: settings.address,
+            capacity: 0,
+            led: false,
         };
-        ctx.status.seen(device, DRIVER);
-        match found {
-            Poll::NoFinger => lifted = true,
-            Poll::Held => {}
-            Poll::ImageError => ctx.sink.count_unparsed(device, "image_error"),
-            Poll::NoMatch => {
-                lifted = false;
-                ctx.sink.count_unparsed(device, "no_match");
-                if let Err(e) = module.led(LED_RED).await {
-                    return e;
+        match module.handshake(settings.password).await {
+            Ok(detail) => link.online(Some(format!("{detail} on {}", link.spec()))),
+            Err(e) => return e,
+        }
+        let device = &ctx.device.id;
+        let mut tick = session::poll_timer(settings.poll_interval);
+        // True once the module has reported "no finger" since the last identification.
+        let mut lifted = true;
+        loop {
+            tick.tick().await;
+            let found = match module.poll(lifted).await {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+            ctx.status.seen(device, DRIVER);
+            let colour = match found {
+                Poll::NoFinger => {
+                    lifted = true;
+                    continue;
                 }
-            }
-            Poll::Match { score, .. } if score < settings.min_score => {
-                lifted = false;
-                ctx.sink.count_unparsed(device, "low_score");
-                if let Err(e) = module.led(LED_RED).await {
-                    return e;
+                Poll::Held => continue,
+                Poll::ImageError => {
+                    ctx.sink.count_unparsed(device, "image_error");
+                    continue;
                 }
-            }
-            Poll::Match { page, score } => {
-                lifted = false;
-                let now = jiff::Timestamp::now().as_millisecond();
-                let punch = DevicePunch {
-                    device_id: device.clone(),
-                    device_seq: None,
-                    method: Method::Fingerprint,
-                    subject: Subject::Credential(format!("fp:{page}")),
-                    device_time_ms: now,
-                    received_time_ms: now,
-                    realtime: true,
-                    geo: None,
-                    score: Some(f32::from(score)),
-                    attributes: vec![("page".into(), page.to_string())],
-                };
-                let colour = match ctx.sink.submit(punch).await {
-                    Outcome::Stored { .. } => LED_GREEN,
-                    Outcome::Rejected(r) => {
-                        tracing::warn!(device = %device, reason = %r, "fingerprint punch rejected");
-                        LED_RED
+                Poll::NoMatch => {
+                    lifted = false;
+                    ctx.sink.count_unparsed(device, "no_match");
+                    LED_RED
+                }
+                Poll::Match { score, .. } if score < settings.min_score => {
+                    lifted = false;
+                    ctx.sink.count_unparsed(device, "low_score");
+                    LED_RED
+                }
+                Poll::Match { page, score } => {
+                    lifted = false;
+                    let mut punch =
+                        session::live_punch(ctx, Method::Fingerprint, Subject::Credential(format!("fp:{page}")));
+                    punch.score = Some(f32::from(score));
+                    punch.attributes = vec![("page".into(), page.to_string())];
+                    match ctx.sink.submit(punch).await {
+                        Outcome::Stored { .. } => LED_GREEN,
+                        Outcome::Rejected(r) => {
+                            tracing::warn!(device = %device, reason = %r, "fingerprint punch rejected");
+                            LED_RED
+                        }
                     }
-                };
-                if let Err(e) = module.led(colour).await {
-                    return e;
                 }
+            };
+            if let Err(e) = module.led(colour).await {
+                return e;
             }
         }
     }
 }
 
+/// One open link to the module, and what its handshake found.
 struct Module<'a> {
-    framed: Framed<Stream, R30xCodec>,
-    ctx: &'a DriverContext,
+    port: Exchange<'a, R30xCodec>,
     address: u32,
-    timeout: Duration,
     capacity: u16,
     led: bool,
 }
@@ -234,7 +215,7 @@ impl Module<'_> {
                 Ok(Poll::Match { page: u16::from_be_bytes([*p1, *p2]), score: u16::from_be_bytes([*s1, *s2]) })
             }
             [confirm::OK, ..] => {
-                self.ctx.sink.count_unparsed(&self.ctx.device.id, "wrong_reply");
+                self.port.ctx.sink.count_unparsed(&self.port.ctx.device.id, "wrong_reply");
                 Ok(Poll::ImageError)
             }
             [confirm::NO_MATCH, ..] => Ok(Poll::NoMatch),
@@ -254,7 +235,9 @@ impl Module<'_> {
         }
     }
 
-    /// Sends a command and returns the acknowledge payload (confirmation code first, at least `min_len` bytes).
+    /// Sends a command and returns the acknowledge payload from our module (confirmation code first, at least `min_len`
+    /// bytes). The module's acks carry no instruction code, so the reply's shape is what identifies it: a success must
+    /// carry the command's data, an error code alone is a complete answer.
     async fn command(
         &mut self,
         code: u8,
@@ -263,42 +246,22 @@ impl Module<'_> {
         name: &'static str,
         attempts: u32,
     ) -> Result<Vec<u8>, SessionError> {
-        for _ in 0..attempts {
-            self.framed.send(Packet::command(self.address, code, params)).await.map_err(SessionError::write)?;
-            if let Some(reply) = self.answer(min_len).await? {
-                return Ok(reply);
-            }
-            self.framed.read_buffer_mut().clear();
-        }
-        Err(SessionError::NoAnswer { command: name, attempts, timeout: self.timeout })
-    }
-
-    /// Waits for an acknowledge packet from our module. `None` when this attempt timed out.
-    async fn answer(&mut self, min_len: usize) -> Result<Option<Vec<u8>>, SessionError> {
-        let deadline = Instant::now() + self.timeout;
-        let device = &self.ctx.device.id;
-        loop {
-            let item = match tokio::time::timeout_at(deadline, self.framed.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => return Err(SessionError::Closed),
-                Ok(Some(Err(e))) => return Err(SessionError::read(e)),
-                Ok(Some(Ok(item))) => item,
-            };
-            match item {
-                Err(bad) => self.ctx.sink.count_unparsed(device, bad.label()),
-                Ok(p) if p.address != self.address => self.ctx.sink.count_unparsed(device, "wrong_address"),
-                // A success must carry the command's data; an error code alone is a complete answer.
-                Ok(p)
-                    if p.pid == PID_ACK
-                        && !p.payload.is_empty()
-                        && (p.payload.len() >= min_len || p.payload[0] != confirm::OK) =>
+        let address = self.address;
+        self.port
+            .command(Packet::command(address, code, params), None, name, attempts, |p| {
+                if p.address != address {
+                    Heard::Reject("wrong_address")
+                } else if p.pid == PID_ACK
+                    && !p.payload.is_empty()
+                    && (p.payload.len() >= min_len || p.payload[0] != confirm::OK)
                 {
                     let mut payload = p.payload;
                     payload.resize(payload.len().max(min_len), 0);
-                    return Ok(Some(payload));
+                    Heard::Answer(payload)
+                } else {
+                    Heard::Reject("wrong_reply")
                 }
-                Ok(_) => self.ctx.sink.count_unparsed(device, "wrong_reply"),
-            }
-        }
+            })
+            .await
     }
 }

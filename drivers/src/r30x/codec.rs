@@ -15,7 +15,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::find2;
+use crate::framing::{find2, FrameFault};
 
 pub const HEADER: [u8; 2] = [0xEF, 0x01];
 pub const PID_COMMAND: u8 = 0x01;
@@ -91,9 +91,8 @@ pub enum PacketError {
     Truncated { have: usize },
 }
 
-impl PacketError {
-    /// A short stable label for metrics.
-    pub fn label(&self) -> &'static str {
+impl FrameFault for PacketError {
+    fn label(&self) -> &'static str {
         match self {
             PacketError::Garbage { .. } => "garbage",
             PacketError::BadLength { .. } | PacketError::BadPid { .. } => "bad_header",
@@ -197,12 +196,12 @@ impl Encoder<Packet> for R30xCodec {
 
 /// Encodes one packet to bytes.
 pub fn encode(packet: Packet) -> Result<Vec<u8>, std::io::Error> {
-    super::encode_with(R30xCodec, packet)
+    crate::framing::encode_with(R30xCodec, packet)
 }
 
 /// Decodes everything in `input` as one stream that then ends: the entry point of the fuzz target.
 pub fn decode_all(input: &[u8]) -> Vec<Result<Packet, PacketError>> {
-    super::decode_all_with(R30xCodec, input)
+    crate::framing::decode_all_with(R30xCodec, input)
 }
 
 #[cfg(test)]
@@ -280,18 +279,7 @@ mod tests {
                 input.extend_from_slice(noise);
                 input.extend_from_slice(&encode(packet.clone()).unwrap());
             }
-            let mut codec = R30xCodec;
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            for piece in input.chunks(chunk) {
-                buf.extend_from_slice(piece);
-                while let Some(item) = codec.decode(&mut buf).unwrap() {
-                    got.push(item);
-                }
-            }
-            while let Some(item) = codec.decode_eof(&mut buf).unwrap() {
-                got.push(item);
-            }
+            let got = crate::framing::decode_chunked(R30xCodec, &input, chunk);
             let want: Vec<Packet> = items.into_iter().map(|(p, _)| p).collect();
             prop_assert_eq!(packets(got), want);
         }

@@ -7,13 +7,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::FramedRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, Fault};
-use crate::codec::r30x::{self as codec, cmd, confirm, Packet, R30xCodec, PID_COMMAND, PID_DATA};
+use super::codec::{self, cmd, confirm, Packet, R30xCodec, PID_COMMAND, PID_DATA};
+use crate::sim::{lock, serve_frames, Fault, Plug};
 
 /// Which module to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,8 +47,7 @@ struct State {
     leds: Vec<u8>,
     polls: u64,
     commands: u64,
-    connections: u64,
-    hangup: CancellationToken,
+    plug: Plug,
 }
 
 /// Counters of what the simulator has been asked, for tests to wait on.
@@ -82,8 +79,7 @@ impl R30xSim {
                 leds: Vec::new(),
                 polls: 0,
                 commands: 0,
-                connections: 0,
-                hangup: CancellationToken::new(),
+                plug: Plug::default(),
             })),
         }
     }
@@ -126,7 +122,7 @@ impl R30xSim {
 
     /// Ends the current connection.
     pub fn hang_up(&self) {
-        lock(&self.state).hangup.cancel();
+        lock(&self.state).plug.hang_up();
     }
 
     /// Every LED colour the gateway has set (AuraLedConfig), oldest first; 0 for "off".
@@ -136,7 +132,7 @@ impl R30xSim {
 
     pub fn stats(&self) -> R30xStats {
         let s = lock(&self.state);
-        R30xStats { polls: s.polls, commands: s.commands, connections: s.connections }
+        R30xStats { polls: s.polls, commands: s.commands, connections: s.plug.connections }
     }
 
     /// Serves one link until it ends, `stop` fires or [`R30xSim::hang_up`] is called. The stream is dropped on return.
@@ -145,32 +141,17 @@ impl R30xSim {
         stream: S,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        let hangup = {
-            let mut s = lock(&self.state);
-            s.hangup = CancellationToken::new();
-            s.connections += 1;
-            s.hangup.clone()
-        };
+        let hangup = lock(&self.state).plug.connect();
         let mut verified = false;
-        let (read, mut write) = tokio::io::split(stream);
-        let mut packets = FramedRead::new(read, R30xCodec);
-        loop {
-            let item = tokio::select! {
-                item = packets.next() => item,
-                _ = stop.cancelled() => return Ok(()),
-                _ = hangup.cancelled() => return Ok(()),
-            };
+        serve_frames(stream, R30xCodec, stop, hangup, |item| {
             let packet = match item {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(Ok(p))) if p.pid == PID_COMMAND => p,
-                Some(Ok(_)) => continue,
+                Ok(p) if p.pid == PID_COMMAND => p,
+                _ => return Ok(None),
             };
-            let Some((reply, fault)) = self.respond(&packet, &mut verified) else { continue };
-            let bytes = apply(fault, reply)?;
-            write.write_all(&bytes).await?;
-            write.flush().await?;
-        }
+            let Some((reply, fault)) = self.respond(&packet, &mut verified) else { return Ok(None) };
+            apply(fault, reply).map(Some)
+        })
+        .await
     }
 
     fn respond(&self, packet: &Packet, verified: &mut bool) -> Option<(Packet, Option<Fault>)> {
@@ -241,25 +222,8 @@ impl R30xSim {
     }
 }
 
+/// The bytes of `reply` with `fault` applied (the checksum is the last byte).
 fn apply(fault: Option<Fault>, reply: Packet) -> std::io::Result<Vec<u8>> {
-    Ok(match fault {
-        None => codec::encode(reply)?,
-        Some(Fault::Garbage(mut noise)) => {
-            noise.extend_from_slice(&codec::encode(reply)?);
-            noise
-        }
-        Some(Fault::CorruptChecksum) => {
-            let mut bytes = codec::encode(reply)?;
-            if let Some(last) = bytes.last_mut() {
-                *last ^= 0x5A;
-            }
-            bytes
-        }
-        Some(Fault::Truncate) => {
-            let bytes = codec::encode(reply)?;
-            bytes[..bytes.len() / 2].to_vec()
-        }
-        Some(Fault::WrongReply) => codec::encode(Packet { pid: PID_DATA, ..reply })?,
-        Some(Fault::Silence) => Vec::new(),
-    })
+    let wrong = Packet { pid: PID_DATA, ..reply.clone() };
+    Fault::apply(fault, codec::encode(reply), 1, || codec::encode(wrong))
 }

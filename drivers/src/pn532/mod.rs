@@ -19,18 +19,20 @@
 //! in the sink (it is stored even if nobody waits for the outcome); a half-written command frame is discarded by the
 //! chip's checksum check when the link is reopened.
 
+pub mod codec;
+pub mod sim;
+
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 
-use crate::codec::pn532::{parse_passive_target, Frame, Pn532Codec, TFI_PN532};
+use self::codec::{parse_passive_target, Frame, Pn532Codec, TFI_PN532};
 use crate::config::HumanDuration;
 use crate::driver::{DriverContext, DriverError};
-use crate::sink::{DevicePunch, Method, Outcome, Rejection, Subject};
-use crate::transport::{Link, SessionError, Stream};
+use crate::session::{self, Exchange, Heard, SerialDevice, SessionError, ATTEMPTS};
+use crate::sink::{Method, Outcome, Rejection, Subject};
+use crate::transport::{Link, Stream};
 
 pub const DRIVER: &str = "pn532";
 
@@ -40,7 +42,6 @@ const RF_CONFIGURATION: u8 = 0x32;
 const IN_LIST_PASSIVE_TARGET: u8 = 0x4A;
 /// Wakes a PN532 in HSU mode: 0x55 0x55 then enough zero bytes to cover its wake-up time.
 const WAKEUP: [u8; 16] = [0x55, 0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-const ATTEMPTS: u32 = 3;
 
 /// The driver's settings from its `[[device]]` entry.
 #[derive(Clone, Debug)]
@@ -64,148 +65,93 @@ impl Settings {
 
 /// Runs the driver until cancelled, reopening the link whenever it is lost.
 pub async fn run(ctx: DriverContext) -> Result<(), DriverError> {
-    let spec = ctx.device.port_spec().ok_or_else(|| DriverError::Device {
-        device: ctx.device.id.clone(),
-        message: "no valid `port` configured".into(),
-    })?;
     let settings = Settings::from_config(&ctx.device);
-    let connect_timeout = settings.response_timeout.max(Duration::from_secs(3));
-    let mut link = Link::new(spec, settings.baud, connect_timeout, &ctx.device.id, DRIVER, ctx.status.clone());
-    // Kept across reconnects: a card held on the reader while its cable is re-seated is still the same presentation.
-    let mut presence = Presence::new(settings.hold_off);
-    loop {
-        let Some(stream) = link.connect(&ctx.cancel).await else { return Ok(()) };
-        let started = Instant::now();
-        let ended = tokio::select! {
-            e = session(&ctx, &settings, &mut link, &mut presence, stream) => e,
-            _ = ctx.cancel.cancelled() => return Ok(()),
-        };
-        link.lost(&ended.to_string(), started.elapsed());
-    }
+    // The presence is kept across reconnects: a card held on the reader while its cable is re-seated is still the
+    // same presentation.
+    let mut reader = Pn532 { presence: Presence::new(settings.hold_off), settings };
+    let (baud, timeout) = (reader.settings.baud, reader.settings.response_timeout);
+    session::run(&ctx, DRIVER, baud, timeout, &mut reader).await
 }
 
-/// One open link: handshake, then poll until the link fails. Returns why it ended.
-pub async fn session(
-    ctx: &DriverContext,
-    settings: &Settings,
-    link: &mut Link,
-    presence: &mut Presence,
-    stream: Stream,
-) -> SessionError {
-    let mut reader = Reader { framed: Framed::new(stream, Pn532Codec), ctx, timeout: settings.response_timeout };
-    let firmware = match reader.handshake().await {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    link.online(Some(format!("PN532 firmware {firmware} on {}", link.spec())));
-    let mut tick = tokio::time::interval(settings.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let answer = match reader.command(IN_LIST_PASSIVE_TARGET, &[0x01, 0x00], "InListPassiveTarget").await {
-            Ok(a) => a,
+/// The driver's state across links.
+struct Pn532 {
+    settings: Settings,
+    presence: Presence,
+}
+
+impl SerialDevice for Pn532 {
+    /// Handshake, then poll until the link fails.
+    async fn session(&mut self, ctx: &DriverContext, link: &mut Link, stream: Stream) -> SessionError {
+        let mut chip = Exchange::new(stream, Pn532Codec, ctx, self.settings.response_timeout);
+        let firmware = match handshake(&mut chip).await {
+            Ok(f) => f,
             Err(e) => return e,
         };
-        ctx.status.seen(&ctx.device.id, DRIVER);
-        let uid = match parse_passive_target(&answer) {
-            Ok(uid) => uid.map(hex::encode_upper),
-            Err(_) => {
-                ctx.sink.count_unparsed(&ctx.device.id, "bad_reply");
-                continue;
-            }
-        };
-        let Some(card) = presence.observe(uid.as_deref(), Instant::now()) else { continue };
-        let now = jiff::Timestamp::now().as_millisecond();
-        let punch = DevicePunch {
-            device_id: ctx.device.id.clone(),
-            device_seq: None,
-            method: Method::Card,
-            subject: Subject::Credential(card.clone()),
-            device_time_ms: now,
-            received_time_ms: now,
-            realtime: true,
-            geo: None,
-            score: None,
-            attributes: Vec::new(),
-        };
-        match ctx.sink.submit(punch).await {
-            Outcome::Stored { .. } => presence.punched(&card),
-            Outcome::Rejected(Rejection::Invalid(reason)) => {
-                tracing::warn!(device = %ctx.device.id, reason, "card punch rejected");
-                presence.punched(&card);
-            }
-            Outcome::Rejected(r) => {
-                if presence.retry(&card) == 1 {
-                    tracing::warn!(device = %ctx.device.id, reason = %r, "card punch not stored yet; retrying while the card is held");
-                }
-            }
-        }
-    }
-}
-
-struct Reader<'a> {
-    framed: Framed<Stream, Pn532Codec>,
-    ctx: &'a DriverContext,
-    timeout: Duration,
-}
-
-impl Reader<'_> {
-    /// Wakes the chip and configures it; returns its firmware version.
-    async fn handshake(&mut self) -> Result<String, SessionError> {
-        self.framed.get_mut().write_all(&WAKEUP).await.map_err(SessionError::write)?;
-        self.command(SAM_CONFIGURATION, &[0x01, 0x14, 0x01], "SAMConfiguration").await?;
-        let fw = self.command(GET_FIRMWARE_VERSION, &[], "GetFirmwareVersion").await?;
-        let firmware = match fw.as_slice() {
-            [ic, ver, rev, ..] => format!("{ver}.{rev} (IC {ic:#04x})"),
-            _ => "unknown".to_owned(),
-        };
-        // MaxRetries: MxRtyATR default, MxRtyPSL 1, MxRtyPassiveActivation 1 -> "no card" answers come at once.
-        self.command(RF_CONFIGURATION, &[0x05, 0xFF, 0x01, 0x01], "RFConfiguration").await?;
-        Ok(firmware)
-    }
-
-    /// Sends a command and returns the response payload (after the response code). Retries a few times; a command that
-    /// never gets a usable answer ends the session.
-    async fn command(&mut self, code: u8, params: &[u8], name: &'static str) -> Result<Vec<u8>, SessionError> {
-        for _ in 0..ATTEMPTS {
-            self.framed.send(Frame::command(code, params)).await.map_err(SessionError::write)?;
-            if let Some(answer) = self.answer(code).await? {
-                return Ok(answer);
-            }
-            // Abort whatever the chip is doing and drop any half frame before trying again.
-            self.framed.read_buffer_mut().clear();
-            self.framed.send(Frame::Ack).await.map_err(SessionError::write)?;
-        }
-        Err(SessionError::NoAnswer { command: name, attempts: ATTEMPTS, timeout: self.timeout })
-    }
-
-    /// Waits for the response to `code`. `None` when this attempt failed (timeout, NACK, error frame).
-    async fn answer(&mut self, code: u8) -> Result<Option<Vec<u8>>, SessionError> {
-        let deadline = Instant::now() + self.timeout;
-        let device = &self.ctx.device.id;
+        link.online(Some(format!("PN532 firmware {firmware} on {}", link.spec())));
+        let mut tick = session::poll_timer(self.settings.poll_interval);
         loop {
-            let item = match tokio::time::timeout_at(deadline, self.framed.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => return Err(SessionError::Closed),
-                Ok(Some(Err(e))) => return Err(SessionError::read(e)),
-                Ok(Some(Ok(item))) => item,
+            tick.tick().await;
+            let answer = match command(&mut chip, IN_LIST_PASSIVE_TARGET, &[0x01, 0x00], "InListPassiveTarget").await {
+                Ok(a) => a,
+                Err(e) => return e,
             };
-            match item {
-                Err(bad) => self.ctx.sink.count_unparsed(device, bad.label()),
-                Ok(Frame::Ack) => {}
-                Ok(Frame::Nack) | Ok(Frame::Error) => {
-                    self.ctx.sink.count_unparsed(device, "device_error");
-                    return Ok(None);
+            ctx.status.seen(&ctx.device.id, DRIVER);
+            let uid = match parse_passive_target(&answer) {
+                Ok(uid) => uid.map(hex::encode_upper),
+                Err(_) => {
+                    ctx.sink.count_unparsed(&ctx.device.id, "bad_reply");
+                    continue;
                 }
-                Ok(Frame::Info { tfi, data }) => match data.split_first() {
-                    Some((&rc, payload)) if tfi == TFI_PN532 && rc == code.wrapping_add(1) => {
-                        return Ok(Some(payload.to_vec()))
+            };
+            let Some(card) = self.presence.observe(uid.as_deref(), Instant::now()) else { continue };
+            let punch = session::live_punch(ctx, Method::Card, Subject::Credential(card.clone()));
+            match ctx.sink.submit(punch).await {
+                Outcome::Stored { .. } => self.presence.punched(&card),
+                Outcome::Rejected(Rejection::Invalid(reason)) => {
+                    tracing::warn!(device = %ctx.device.id, reason, "card punch rejected");
+                    self.presence.punched(&card);
+                }
+                Outcome::Rejected(r) => {
+                    if self.presence.retry(&card) == 1 {
+                        tracing::warn!(device = %ctx.device.id, reason = %r, "card punch not stored yet; retrying while the card is held");
                     }
-                    _ => self.ctx.sink.count_unparsed(device, "wrong_reply"),
-                },
+                }
             }
         }
     }
+}
+
+/// Wakes the chip and configures it; returns its firmware version.
+async fn handshake(chip: &mut Exchange<'_, Pn532Codec>) -> Result<String, SessionError> {
+    chip.framed.get_mut().write_all(&WAKEUP).await.map_err(SessionError::Write)?;
+    command(chip, SAM_CONFIGURATION, &[0x01, 0x14, 0x01], "SAMConfiguration").await?;
+    let fw = command(chip, GET_FIRMWARE_VERSION, &[], "GetFirmwareVersion").await?;
+    let firmware = match fw.as_slice() {
+        [ic, ver, rev, ..] => format!("{ver}.{rev} (IC {ic:#04x})"),
+        _ => "unknown".to_owned(),
+    };
+    // MaxRetries: MxRtyATR default, MxRtyPSL 1, MxRtyPassiveActivation 1 -> "no card" answers come at once.
+    command(chip, RF_CONFIGURATION, &[0x05, 0xFF, 0x01, 0x01], "RFConfiguration").await?;
+    Ok(firmware)
+}
+
+/// Sends a command and returns the response payload (after the response code). An attempt fails on a NACK or an
+/// error frame; between attempts an ACK aborts whatever the chip was doing.
+async fn command(
+    chip: &mut Exchange<'_, Pn532Codec>,
+    code: u8,
+    params: &[u8],
+    name: &'static str,
+) -> Result<Vec<u8>, SessionError> {
+    chip.command(Frame::command(code, params), Some(Frame::Ack), name, ATTEMPTS, |frame| match frame {
+        Frame::Ack => Heard::Ignore,
+        Frame::Nack | Frame::Error => Heard::Failed("device_error"),
+        Frame::Info { tfi, data } => match data.split_first() {
+            Some((&rc, payload)) if tfi == TFI_PN532 && rc == code.wrapping_add(1) => Heard::Answer(payload.to_vec()),
+            _ => Heard::Reject("wrong_reply"),
+        },
+    })
+    .await
 }
 
 /// Which card is on the reader, and whether its presentation has been punched. Pure: time is a parameter.

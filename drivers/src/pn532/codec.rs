@@ -17,7 +17,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use super::find2;
+use crate::framing::{find2, FrameFault};
 
 /// Frame identifier of frames from the host to the PN532.
 pub const TFI_HOST: u8 = 0xD4;
@@ -79,9 +79,8 @@ pub enum FrameError {
     Truncated { have: usize },
 }
 
-impl FrameError {
-    /// A short stable label for metrics.
-    pub fn label(&self) -> &'static str {
+impl FrameFault for FrameError {
+    fn label(&self) -> &'static str {
         match self {
             FrameError::Garbage { .. } => "garbage",
             FrameError::LengthChecksum | FrameError::DataChecksum => "bad_checksum",
@@ -256,12 +255,12 @@ impl Encoder<Frame> for Pn532Codec {
 
 /// Encodes one frame to bytes.
 pub fn encode(frame: Frame) -> Result<Vec<u8>, std::io::Error> {
-    super::encode_with(Pn532Codec, frame)
+    crate::framing::encode_with(Pn532Codec, frame)
 }
 
 /// Decodes everything in `input` as one stream that then ends: the entry point of the fuzz target.
 pub fn decode_all(input: &[u8]) -> Vec<Result<Frame, FrameError>> {
-    super::decode_all_with(Pn532Codec, input)
+    crate::framing::decode_all_with(Pn532Codec, input)
 }
 
 /// The UID of the first target in an InListPassiveTarget (106 kbps type A) response payload (after the response code):
@@ -406,18 +405,7 @@ mod tests {
                 input.extend_from_slice(noise);
                 input.extend_from_slice(&encode(frame.clone()).unwrap());
             }
-            let mut codec = Pn532Codec;
-            let mut buf = BytesMut::new();
-            let mut got = Vec::new();
-            for piece in input.chunks(chunk) {
-                buf.extend_from_slice(piece);
-                while let Some(item) = codec.decode(&mut buf).unwrap() {
-                    got.push(item);
-                }
-            }
-            while let Some(item) = codec.decode_eof(&mut buf).unwrap() {
-                got.push(item);
-            }
+            let got = crate::framing::decode_chunked(Pn532Codec, &input, chunk);
             let want: Vec<Frame> = items.into_iter().map(|(f, _)| f).collect();
             prop_assert_eq!(frames(got), want);
         }

@@ -7,13 +7,11 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::FramedRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::{lock, Fault};
-use crate::codec::pn532::{self as codec, Frame, Pn532Codec, TFI_HOST};
+use super::codec::{self, Frame, Pn532Codec, TFI_HOST};
+use crate::sim::{lock, serve_frames, Fault, Plug};
 
 #[derive(Debug, Default)]
 struct State {
@@ -22,8 +20,7 @@ struct State {
     polls_without_card: u64,
     commands: u64,
     faults: VecDeque<Fault>,
-    hangup: CancellationToken,
-    connections: u64,
+    plug: Plug,
 }
 
 /// Counters of what the simulator has been asked, for tests to wait on.
@@ -62,7 +59,7 @@ impl Pn532Sim {
             polls_with_card: s.polls_with_card,
             polls_without_card: s.polls_without_card,
             commands: s.commands,
-            connections: s.connections,
+            connections: s.plug.connections,
         }
     }
 
@@ -73,7 +70,7 @@ impl Pn532Sim {
 
     /// Ends the current connection (as a cable pulled out of a serial server would).
     pub fn hang_up(&self) {
-        lock(&self.state).hangup.cancel();
+        lock(&self.state).plug.hang_up();
     }
 
     /// Serves one link until it ends, `stop` fires or [`Pn532Sim::hang_up`] is called. The stream is dropped on return.
@@ -82,33 +79,21 @@ impl Pn532Sim {
         stream: S,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        let hangup = {
-            let mut s = lock(&self.state);
-            s.hangup = CancellationToken::new();
-            s.connections += 1;
-            s.hangup.clone()
-        };
-        let (read, mut write) = tokio::io::split(stream);
-        let mut frames = FramedRead::new(read, Pn532Codec);
-        loop {
-            let item = tokio::select! {
-                item = frames.next() => item,
-                _ = stop.cancelled() => return Ok(()),
-                _ = hangup.cancelled() => return Ok(()),
-            };
+        let hangup = lock(&self.state).plug.connect();
+        serve_frames(stream, Pn532Codec, stop, hangup, |item| {
             let frame = match item {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
+                Ok(Frame::Info { tfi: TFI_HOST, data }) => data,
                 // Wakeup preambles, host ACKs (abort) and noise need no answer.
-                Some(Ok(Ok(Frame::Info { tfi: TFI_HOST, data }))) => data,
-                Some(Ok(_)) => continue,
+                _ => return Ok(None),
             };
             let (reply, fault) = self.respond(&frame);
-            write.write_all(&codec::ACK).await?;
-            let Some(reply) = reply else { continue };
-            write.write_all(&apply(fault, reply, &frame)?).await?;
-            write.flush().await?;
-        }
+            let mut out = codec::ACK.to_vec();
+            if let Some(reply) = reply {
+                out.extend_from_slice(&apply(fault, reply, &frame)?);
+            }
+            Ok(Some(out))
+        })
+        .await
     }
 
     fn respond(&self, data: &[u8]) -> (Option<Frame>, Option<Fault>) {
@@ -139,30 +124,10 @@ impl Pn532Sim {
     }
 }
 
-/// The bytes of `reply` with `fault` applied.
+/// The bytes of `reply` with `fault` applied (the data checksum is the byte before the postamble).
 fn apply(fault: Option<Fault>, reply: Frame, request: &[u8]) -> std::io::Result<Vec<u8>> {
-    Ok(match fault {
-        None => codec::encode(reply)?,
-        Some(Fault::Garbage(mut noise)) => {
-            noise.extend_from_slice(&codec::encode(reply)?);
-            noise
-        }
-        Some(Fault::CorruptChecksum) => {
-            let mut bytes = codec::encode(reply)?;
-            let dcs = bytes.len().saturating_sub(2);
-            if let Some(b) = bytes.get_mut(dcs) {
-                *b ^= 0x5A;
-            }
-            bytes
-        }
-        Some(Fault::Truncate) => {
-            let bytes = codec::encode(reply)?;
-            bytes[..bytes.len() / 2].to_vec()
-        }
-        Some(Fault::WrongReply) => {
-            let code = request.first().copied().unwrap_or(0).wrapping_add(2);
-            codec::encode(Frame::response(code, &[0x00]))?
-        }
-        Some(Fault::Silence) => Vec::new(),
+    Fault::apply(fault, codec::encode(reply), 2, || {
+        let code = request.first().copied().unwrap_or(0).wrapping_add(2);
+        codec::encode(Frame::response(code, &[0x00]))
     })
 }
