@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::Credentials;
 use super::window::{Windows, WINDOW};
-use super::wire::{self, kind, ConnectReturn};
+use super::wire::{self, ConnectReturnCode, Framing, PacketType, Subscribe, Unsubscribe};
 use super::{DRIVER, TOPIC_PREFIX};
 use crate::status::StatusBoard;
 use crate::telemetry::DriverMetrics;
@@ -182,12 +182,12 @@ impl Front {
     }
 }
 
-/// Accepts plain TCP device connections until cancelled.
-pub(crate) async fn serve_plain(
+/// Accepts connections on `listener` until cancelled and hands each to `serve`. `what` names the listener in logs.
+async fn accept_loop(
     listener: TcpListener,
-    front: Arc<Front>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    cancel: &CancellationToken,
+    what: &'static str,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
         let accepted = tokio::select! {
@@ -197,16 +197,29 @@ pub(crate) async fn serve_plain(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let front = front.clone();
-                let cancel = cancel.clone();
-                tasks.spawn(async move { handle(stream, None, peer, front, cancel).await });
+                serve(stream, peer);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "mqtt accept failed");
+                tracing::warn!(listener = what, error = %e, "mqtt accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Accepts plain TCP device connections until cancelled.
+pub(crate) async fn serve_plain(
+    listener: TcpListener,
+    front: Arc<Front>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    accept_loop(listener, &cancel, "plain", |stream, peer| {
+        let front = front.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move { handle(stream, None, peer, front, cancel).await });
+    })
+    .await
 }
 
 /// Accepts TLS device connections until cancelled. With a client CA, the certificate's common name is the device id.
@@ -217,20 +230,7 @@ pub(crate) async fn serve_tls(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = cancel.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "mqtt tls accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    accept_loop(listener, &cancel, "tls", |stream, peer| {
         let front = front.clone();
         let cancel = cancel.clone();
         // The certificate in force now (a SIGHUP may have replaced it since the last connection).
@@ -259,21 +259,20 @@ pub(crate) async fn serve_tls(
             };
             handle(tls, identity, peer, front, cancel).await
         });
-    }
+    })
+    .await
 }
 
-/// Reads until one whole frame is in `buf`; returns (first byte, header length, body length).
+/// Reads until one whole frame is in `buf`; returns its length.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     limit: usize,
-) -> Result<Option<(u8, usize, usize)>, String> {
+) -> Result<Option<usize>, String> {
     loop {
-        if let Some((header, body)) = wire::frame_len(buf, limit).map_err(|e| e.to_string())? {
-            if buf.len() >= header + body {
-                return Ok(Some((buf[0], header, body)));
-            }
-            buf.reserve(header + body - buf.len());
+        match wire::frame(buf, limit).map_err(|e| e.to_string())? {
+            Framing::Whole(len) => return Ok(Some(len)),
+            Framing::Partial(more) => buf.reserve(more),
         }
         match stream.read_buf(buf).await {
             Ok(0) => return Ok(None),
@@ -310,8 +309,8 @@ async fn handle<S>(
 {
     let mut buf = BytesMut::with_capacity(1024);
     let first = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut device, &mut buf, CONNECT_LIMIT)).await;
-    let (b0, header, body) = match first {
-        Ok(Ok(Some(f))) => f,
+    let len = match first {
+        Ok(Ok(Some(len))) => len,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "mqtt connection closed before CONNECT");
@@ -322,89 +321,91 @@ async fn handle<S>(
             return;
         }
     };
-    if b0 >> 4 != kind::CONNECT {
+    if wire::packet_type(buf[0]).ok() != Some(PacketType::Connect) {
         tracing::debug!(%peer, "first packet is not CONNECT");
         return;
     }
-    let mut connect = match wire::parse_connect(&buf[header..header + body]) {
-        Ok(c) => c,
+    let connect = match wire::parse_connect(&buf[..len]) {
+        Ok(wire::Connect::V4(c)) => c,
+        Ok(wire::Connect::Mqtt5) => {
+            let _ = device.write_all(&wire::connack(ConnectReturnCode::RefusedProtocolVersion)).await;
+            front.refused("?", peer, "MQTT 5 is not supported; use 3.1.1");
+            return;
+        }
         Err(e) => {
             tracing::warn!(%peer, error = %e, "malformed CONNECT");
             return;
         }
     };
-    buf.advance(header + body);
+    buf.advance(len);
 
-    let refuse = |code: ConnectReturn| wire::connack(code);
-    if connect.level == 5 {
-        let _ = device.write_all(&refuse(ConnectReturn::UnacceptableProtocol)).await;
-        front.refused(connect.username.as_deref().unwrap_or("?"), peer, "MQTT 5 is not supported; use 3.1.1");
-        return;
-    }
-    let device_id = match (&cert_id, &connect.username) {
+    let refuse = wire::connack;
+    let device_id = match (&cert_id, connect.username()) {
         (Some(id), user) => {
-            if user.as_ref().is_some_and(|u| u != id) {
-                let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+            if user.is_some_and(|u| u != id) {
+                let _ = device.write_all(&refuse(ConnectReturnCode::NotAuthorized)).await;
                 front.refused(id, peer, "username differs from the device in the client certificate");
                 return;
             }
             if !front.credentials.knows(id) {
-                let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+                let _ = device.write_all(&refuse(ConnectReturnCode::NotAuthorized)).await;
                 front.refused(id, peer, "client certificate names no configured mqtt device");
                 return;
             }
             id.clone()
         }
         (None, Some(user)) => {
-            let password = connect.password.as_deref().unwrap_or_default();
+            let password = connect.password().unwrap_or_default();
             if !front.credentials.check(user, password) {
-                let _ = device.write_all(&refuse(ConnectReturn::BadUsernameOrPassword)).await;
+                let _ = device.write_all(&refuse(ConnectReturnCode::BadUserNamePassword)).await;
                 front.refused(user, peer, "unknown device or wrong password");
                 front.metrics.rejected(DRIVER, if front.credentials.knows(user) { user } else { "unknown" }, "auth");
                 return;
             }
-            user.clone()
+            user.to_owned()
         }
         (None, None) => {
-            let _ = device.write_all(&refuse(ConnectReturn::BadUsernameOrPassword)).await;
+            let _ = device.write_all(&refuse(ConnectReturnCode::BadUserNamePassword)).await;
             front.refused("?", peer, "no username (the username is the device id)");
             return;
         }
     };
-    if let Some(will) = &connect.will {
+    if let Some(will) = connect.will() {
         if will.topic != format!("{TOPIC_PREFIX}{device_id}/status") {
-            let _ = device.write_all(&refuse(ConnectReturn::NotAuthorized)).await;
+            let _ = device.write_all(&refuse(ConnectReturnCode::NotAuthorized)).await;
             front.refused(&device_id, peer, "the last will must go to the device's own status topic");
             return;
         }
     }
     let secret = front.credentials.secret_of(&device_id);
-    connect.client_id = device_id.clone();
-    connect.username = Some(device_id.clone());
-    connect.password = Some(front.token.as_bytes().to_vec());
+    // Client id and username become the device id, the password the broker token.
+    let Ok(rewritten) = connect.rewritten(&device_id, &front.token) else {
+        let _ = device.write_all(&refuse(ConnectReturnCode::ServiceUnavailable)).await;
+        return;
+    };
 
     let mut broker = match TcpStream::connect(front.broker).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(device = %device_id, error = %e, "cannot reach the embedded broker");
-            let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+            let _ = device.write_all(&refuse(ConnectReturnCode::ServiceUnavailable)).await;
             return;
         }
     };
     let _ = broker.set_nodelay(true);
-    if broker.write_all(&wire::encode_connect(&connect)).await.is_err() {
-        let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+    if broker.write_all(&rewritten).await.is_err() {
+        let _ = device.write_all(&refuse(ConnectReturnCode::ServiceUnavailable)).await;
         return;
     }
     let mut from_broker = BytesMut::with_capacity(1024);
     let connack = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut broker, &mut from_broker, front.frame_limit));
     let code = match connack.await {
-        Ok(Ok(Some((_, h, b)))) => wire::connack_code(&from_broker[..h + b]),
+        Ok(Ok(Some(len))) => wire::connack_code(&from_broker[..len]),
         _ => None,
     };
     if code != Some(0) {
         tracing::error!(device = %device_id, ?code, "embedded broker refused a connection the front accepted");
-        let _ = device.write_all(&refuse(ConnectReturn::ServerUnavailable)).await;
+        let _ = device.write_all(&refuse(ConnectReturnCode::ServiceUnavailable)).await;
         return;
     }
     if device.write_all(&from_broker).await.is_err() {
@@ -459,31 +460,35 @@ where
                 let mut subscription = None;
                 loop {
                     let rest = &buf[ready..];
-                    let (header, body) = match wire::frame_len(rest, front.frame_limit) {
-                        Ok(Some((h, b))) if rest.len() >= h + b => (h, b),
-                        Ok(_) => break,
+                    let len = match wire::frame(rest, front.frame_limit) {
+                        Ok(Framing::Whole(len)) => len,
+                        Ok(Framing::Partial(_)) => break,
                         Err(e) => return format!("protocol error: {e}"),
                     };
-                    let b0 = rest[0];
-                    let frame_body = &rest[header..header + body];
-                    if let Err(why) = check_frame(device_id, b0, frame_body) {
-                        front.metrics.rejected(DRIVER, device_id, "topic_not_allowed");
-                        front.status.error(device_id, DRIVER, why.clone());
-                        tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
-                        return why;
-                    }
-                    if matches!(b0 >> 4, kind::SUBSCRIBE | kind::UNSUBSCRIBE) {
-                        subscription = Some((header, body));
-                        break;
-                    }
-                    if is_punch(b0, frame_body) {
-                        if window.unanswered() + punches >= WINDOW {
-                            blocked = true;
+                    let checked = match check_frame(device_id, &rest[..len]) {
+                        Ok(checked) => checked,
+                        Err(why) => {
+                            front.metrics.rejected(DRIVER, device_id, "topic_not_allowed");
+                            front.status.error(device_id, DRIVER, why.clone());
+                            tracing::warn!(device = device_id, reason = %why, "mqtt device broke the topic rules; closing");
+                            return why;
+                        }
+                    };
+                    match checked {
+                        Checked::Forward => {}
+                        Checked::Punch => {
+                            if window.unanswered() + punches >= WINDOW {
+                                blocked = true;
+                                break;
+                            }
+                            punches += 1;
+                        }
+                        Checked::Subscribe(_) | Checked::Unsubscribe(_) => {
+                            subscription = Some((len, checked));
                             break;
                         }
-                        punches += 1;
                     }
-                    ready += header + body;
+                    ready += len;
                 }
                 if ready > 0 {
                     // Counted before the broker has them, so an answer can never precede its count.
@@ -493,14 +498,10 @@ where
                     }
                     buf.advance(ready);
                 }
-                if let Some((header, body)) = subscription {
-                    // Checked by `check_frame` already.
-                    let reply = match subscribe_locally(&mut filters, buf[0], &buf[header..header + body]) {
-                        Ok(reply) => reply,
-                        Err(e) => return format!("protocol error: {e}"),
-                    };
+                if let Some((len, checked)) = subscription {
+                    let reply = subscribe_locally(&mut filters, checked);
                     wants_acks.store(filters.iter().any(|f| wire::filter_matches(f, &ack_topic)), Ordering::Release);
-                    buf.advance(header + body);
+                    buf.advance(len);
                     if replies_tx.send(reply).await.is_err() {
                         return "device write ended".to_owned();
                     }
@@ -521,7 +522,7 @@ where
         };
         let downstream = async {
             let mut from_broker = BytesMut::with_capacity(1024);
-            let mut out: Vec<u8> = Vec::with_capacity(1024);
+            let mut out = BytesMut::with_capacity(1024);
             loop {
                 tokio::select! {
                     biased;
@@ -532,7 +533,9 @@ where
                         // Everything already waiting goes out in one write.
                         while let Some(ack) = next {
                             if wanted {
-                                out.extend_from_slice(&wire::publish_qos0(&ack_topic, &ack));
+                                if let Err(e) = wire::put_publish_qos0(&mut out, &ack_topic, ack) {
+                                    tracing::warn!(device = device_id, error = %e, "mqtt ack not sent");
+                                }
                             }
                             next = acks.try_recv().ok();
                         }
@@ -541,11 +544,9 @@ where
                         Ok(0) => return "broker closed the connection".to_owned(),
                         Ok(_) => loop {
                             // Whole frames only, so the front's own frames never land inside one.
-                            match wire::frame_len(&from_broker, front.frame_limit) {
-                                Ok(Some((h, b))) if from_broker.len() >= h + b => {
-                                    out.extend_from_slice(&from_broker.split_to(h + b));
-                                }
-                                Ok(_) => break,
+                            match wire::frame(&from_broker, front.frame_limit) {
+                                Ok(Framing::Whole(len)) => out.extend_from_slice(&from_broker.split_to(len)),
+                                Ok(Framing::Partial(_)) => break,
                                 Err(e) => return format!("broker protocol error: {e}"),
                             }
                         },
@@ -582,60 +583,76 @@ where
     why
 }
 
-/// Applies a SUBSCRIBE or UNSUBSCRIBE (first byte `b0`, `body` after the fixed header, already checked by
-/// [`check_frame`]) to the connection's `filters` and returns the SUBACK or UNSUBACK. Each filter is granted the QoS
-/// requested, at most 1; acks are sent at QoS 0, which the grant allows.
-fn subscribe_locally(filters: &mut HashSet<String>, b0: u8, body: &[u8]) -> Result<Vec<u8>, wire::WireError> {
-    if b0 >> 4 == kind::SUBSCRIBE {
-        let sub = wire::subscription(body, true)?;
-        let granted: Vec<u8> = sub.filters.iter().map(|&(_, qos)| qos.min(1)).collect();
-        filters.extend(sub.filters.iter().map(|&(f, _)| f.to_owned()));
-        Ok(wire::suback(sub.packet_id, &granted))
-    } else {
-        let sub = wire::subscription(body, false)?;
-        for (f, _) in &sub.filters {
-            filters.remove(*f);
+/// Applies a SUBSCRIBE or UNSUBSCRIBE (already checked by [`check_frame`]) to the connection's `filters` and returns the
+/// SUBACK or UNSUBACK. Each filter is granted the QoS requested, at most 1; acks are sent at QoS 0, which the grant
+/// allows.
+fn subscribe_locally(filters: &mut HashSet<String>, checked: Checked) -> Vec<u8> {
+    match checked {
+        Checked::Subscribe(sub) => {
+            filters.extend(sub.filters.iter().map(|f| f.path.clone()));
+            wire::suback(&sub)
         }
-        Ok(wire::unsuback(sub.packet_id).to_vec())
+        Checked::Unsubscribe(unsub) => {
+            for f in &unsub.topics {
+                filters.remove(f);
+            }
+            wire::unsuback(unsub.pkid)
+        }
+        Checked::Forward | Checked::Punch => Vec::new(),
     }
 }
 
-/// True for a PUBLISH (already checked by [`check_frame`]) to a punch topic.
-fn is_punch(b0: u8, body: &[u8]) -> bool {
-    b0 >> 4 == kind::PUBLISH && wire::publish_topic(b0, body).is_ok_and(|t| t.ends_with("/punch"))
+/// What a device frame is, once checked against the topic rules.
+#[derive(Debug)]
+pub enum Checked {
+    /// Goes to the broker as it is.
+    Forward,
+    /// A PUBLISH to the device's punch topic: goes to the broker, within the device's window.
+    Punch,
+    /// Answered by the front.
+    Subscribe(Subscribe),
+    /// Answered by the front.
+    Unsubscribe(Unsubscribe),
 }
 
-/// Checks one device frame against the topic rules. `Err` says what was wrong.
-pub fn check_frame(device_id: &str, b0: u8, body: &[u8]) -> Result<(), String> {
-    match b0 >> 4 {
-        kind::PUBLISH => {
-            let topic = wire::publish_topic(b0, body).map_err(|e| format!("malformed PUBLISH: {e}"))?;
-            if publish_allowed(device_id, topic) {
-                Ok(())
-            } else {
-                Err(format!(
+/// Checks one device frame (fixed header included) against the topic rules. `Err` says what was wrong.
+pub fn check_frame(device_id: &str, frame: &[u8]) -> Result<Checked, String> {
+    let first = frame.first().copied().unwrap_or_default();
+    match wire::packet_type(first) {
+        Ok(PacketType::Publish) => {
+            let topic = wire::publish_topic(frame).map_err(|e| format!("malformed PUBLISH: {e}"))?;
+            if !publish_allowed(device_id, &topic) {
+                return Err(format!(
                     "published to `{}`: device {device_id} may publish only to {TOPIC_PREFIX}{device_id}/punch and \
                      /status",
                     topic.chars().take(128).collect::<String>()
-                ))
+                ));
             }
+            Ok(if topic.ends_with("/punch") { Checked::Punch } else { Checked::Forward })
         }
-        kind::SUBSCRIBE => {
-            let filters = wire::subscription_filters(body, true).map_err(|e| format!("malformed SUBSCRIBE: {e}"))?;
-            match filters.iter().find(|f| !subscribe_allowed(device_id, f)) {
-                None => Ok(()),
+        Ok(PacketType::Subscribe) => {
+            let sub = wire::subscribe(frame).map_err(|e| format!("malformed SUBSCRIBE: {e}"))?;
+            match sub.filters.iter().find(|f| !subscribe_allowed(device_id, &f.path)) {
+                None => Ok(Checked::Subscribe(sub)),
                 Some(f) => Err(format!(
                     "subscribed to `{}`: device {device_id} may subscribe only under {TOPIC_PREFIX}{device_id}/",
-                    f.chars().take(128).collect::<String>()
+                    f.path.chars().take(128).collect::<String>()
                 )),
             }
         }
-        kind::UNSUBSCRIBE => {
-            wire::subscription_filters(body, false).map_err(|e| format!("malformed UNSUBSCRIBE: {e}"))?;
-            Ok(())
+        Ok(PacketType::Unsubscribe) => {
+            let unsub = wire::unsubscribe(frame).map_err(|e| format!("malformed UNSUBSCRIBE: {e}"))?;
+            Ok(Checked::Unsubscribe(unsub))
         }
-        kind::PUBACK | kind::PUBREC | kind::PUBREL | kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => Ok(()),
-        other => Err(format!("packet type {other} is not allowed from a client here")),
+        Ok(
+            PacketType::PubAck
+            | PacketType::PubRec
+            | PacketType::PubRel
+            | PacketType::PubComp
+            | PacketType::PingReq
+            | PacketType::Disconnect,
+        ) => Ok(Checked::Forward),
+        _ => Err(format!("packet type {} is not allowed from a client here", first >> 4)),
     }
 }
 
@@ -661,13 +678,24 @@ mod tests {
 
     #[test]
     fn frames_are_checked() {
-        let mut publish = Vec::new();
+        let mut publish = vec![0x32, 21];
         publish.extend_from_slice(&(17u16).to_be_bytes());
         publish.extend_from_slice(b"gw/v1/dev/b/punch");
         publish.extend_from_slice(&[0, 1]);
-        assert!(check_frame("a", 0x32, &publish).is_err());
-        assert!(check_frame("b", 0x32, &publish).is_ok());
-        assert!(check_frame("b", 0x20, &[]).is_err());
-        assert!(check_frame("b", 0xc0, &[]).is_ok());
+        assert!(check_frame("a", &publish).is_err());
+        assert!(matches!(check_frame("b", &publish), Ok(Checked::Punch)));
+        assert!(check_frame("b", &[0x20, 0]).is_err(), "a CONNACK from a client");
+        assert!(check_frame("b", &[0x00, 0]).is_err(), "reserved packet type 0");
+        assert!(matches!(check_frame("b", &[0xc0, 0]), Ok(Checked::Forward)));
+        let mut status = vec![0x30, 20];
+        status.extend_from_slice(&(18u16).to_be_bytes());
+        status.extend_from_slice(b"gw/v1/dev/b/status");
+        assert!(matches!(check_frame("b", &status), Ok(Checked::Forward)));
+        let mut sub = vec![0x82, 20, 0, 1];
+        sub.extend_from_slice(&(15u16).to_be_bytes());
+        sub.extend_from_slice(b"gw/v1/dev/b/ack");
+        sub.push(1);
+        assert!(matches!(check_frame("b", &sub), Ok(Checked::Subscribe(_))));
+        assert!(check_frame("a", &sub).is_err());
     }
 }

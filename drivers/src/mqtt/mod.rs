@@ -376,23 +376,15 @@ fn probe(addr: SocketAddr, token: &str) -> Probe {
     let Ok(mut stream) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return Probe::NotListening;
     };
-    let connect = wire::Connect {
-        level: 4,
-        clean_session: true,
-        keep_alive: 10,
-        client_id: PROBE_ID.to_owned(),
-        will: None,
-        username: Some(PROBE_ID.to_owned()),
-        password: Some(token.as_bytes().to_vec()),
-    };
     let mut answer = [0u8; 4];
-    let exchanged = stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .and_then(|()| stream.write_all(&wire::encode_connect(&connect)))
-        .and_then(|()| stream.read_exact(&mut answer));
+    let exchanged = wire::login(PROBE_ID, token, 10).map_err(std::io::Error::other).and_then(|connect| {
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(&connect)?;
+        stream.read_exact(&mut answer)
+    });
     match exchanged.map(|()| wire::connack_code(&answer)) {
         Ok(Some(0)) => {
-            let _ = stream.write_all(&[wire::kind::DISCONNECT << 4, 0]);
+            let _ = stream.write_all(&wire::disconnect());
             Probe::Ours
         }
         Ok(Some(code)) => Probe::Stranger(format!("CONNACK {code}")),

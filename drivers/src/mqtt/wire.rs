@@ -1,396 +1,462 @@
-//! The little of MQTT 3.1.1 the gateway's front needs to read: frame boundaries, CONNECT (to authenticate and rewrite
-//! it), the topic of a PUBLISH and the filters of a SUBSCRIBE (to tie them to the authenticated device), and CONNACK.
+//! MQTT 3.1.1 packets as the front reads and writes them, through `mqttbytes` (rumqttc's v4 packet parser and encoder,
+//! `rumqttc::mqttbytes`).
 //!
-//! Pure functions over byte slices, so they can be fuzzed; nothing here allocates more than the input it is given.
-//! Everything else a device sends is forwarded to the broker byte for byte.
+//! Read: frame boundaries ([`frame`], the size limit checked from the fixed header before a body is buffered), the
+//! CONNECT (to authenticate and rewrite it), the topic of a PUBLISH and the filters of a SUBSCRIBE or UNSUBSCRIBE (to tie
+//! them to the authenticated device), and the broker's CONNACK. Written: the rewritten CONNECT, CONNACK, SUBACK, UNSUBACK,
+//! the QoS 0 PUBLISHes that carry acks, DISCONNECT. Everything else a device sends is forwarded to the broker byte for
+//! byte. Every function is pure over a byte slice, so they can be fuzzed.
+//!
+//! Where mqttbytes is more lenient than the front must be, a few lines here check what it lets through:
+//! - its v4 CONNECT reader accepts protocol level 5 and then misreads the MQTT 5 properties as the client id, does not
+//!   know MQTT 3.1 (`MQIsdp`, level 3; its packet is 3.1.1's under another name), does not check the reserved connect
+//!   flag and ignores bytes after the payload: [`parse_connect`] reads the protocol name, level and flags itself (the
+//!   first bytes of the variable header), hands mqttbytes the packet as MQTT 3.1.1, and checks the length it parsed;
+//! - it keeps only the QoS bits of a subscription's options byte, where MQTT 3.1.1 §3.8.3.1 makes the reserved bits
+//!   malformed, and accepts an UNSUBSCRIBE without a topic filter: [`subscribe`] and [`unsubscribe`] check both.
+//!
+//! One difference from the front's former hand-written reader: mqttbytes reads the CONNECT password as UTF-8 text, as
+//! every device secret is, so a binary password now makes a malformed CONNECT (closed) instead of a wrong password
+//! (`CONNACK 4`).
 
 use std::fmt;
 
-/// The largest remaining length MQTT can express (four length bytes).
-pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{self, ConnAck, LastWill, Login, SubAck, SubscribeReasonCode, UnsubAck};
+use rumqttc::mqttbytes::{self, FixedHeader, QoS};
 
-/// Control packet types (the high nibble of the first byte).
-pub mod kind {
-    pub const CONNECT: u8 = 1;
-    pub const CONNACK: u8 = 2;
-    pub const PUBLISH: u8 = 3;
-    pub const PUBACK: u8 = 4;
-    pub const PUBREC: u8 = 5;
-    pub const PUBREL: u8 = 6;
-    pub const PUBCOMP: u8 = 7;
-    pub const SUBSCRIBE: u8 = 8;
-    pub const SUBACK: u8 = 9;
-    pub const UNSUBSCRIBE: u8 = 10;
-    pub const UNSUBACK: u8 = 11;
-    pub const PINGREQ: u8 = 12;
-    pub const PINGRESP: u8 = 13;
-    pub const DISCONNECT: u8 = 14;
-}
-
-/// CONNACK return codes of MQTT 3.1.1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnectReturn {
-    Accepted = 0,
-    UnacceptableProtocol = 1,
-    IdentifierRejected = 2,
-    ServerUnavailable = 3,
-    BadUsernameOrPassword = 4,
-    NotAuthorized = 5,
-}
+pub use rumqttc::mqttbytes::v4::{ConnectReturnCode, Subscribe, Unsubscribe};
+pub use rumqttc::mqttbytes::PacketType;
 
 /// Why bytes from a client are not a well-formed MQTT 3.1.1 packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The remaining-length field uses more than four bytes.
-    BadLength,
+    /// mqttbytes refused the packet.
+    #[error("{0}")]
+    Mqtt(#[from] mqttbytes::Error),
     /// The packet is larger than the front accepts.
-    TooLarge { size: usize, limit: usize },
-    /// The packet ends before a field it announces.
-    Truncated(&'static str),
-    /// A string field is not UTF-8.
-    NotUtf8(&'static str),
-    /// Anything else that breaks the protocol.
+    #[error("packet larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Something mqttbytes lets through that breaks the protocol.
+    #[error("{0}")]
     Protocol(String),
 }
 
-impl fmt::Display for WireError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WireError::BadLength => f.write_str("malformed remaining length"),
-            WireError::TooLarge { size, limit } => write!(f, "packet of {size} bytes exceeds the limit of {limit}"),
-            WireError::Truncated(what) => write!(f, "packet ends inside {what}"),
-            WireError::NotUtf8(what) => write!(f, "{what} is not UTF-8"),
-            WireError::Protocol(what) => f.write_str(what),
+/// Where the next frame in a buffer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// A whole frame of this many bytes (fixed header included) starts the buffer.
+    Whole(usize),
+    /// At least this many more bytes are needed.
+    Partial(usize),
+}
+
+/// Where the next frame in `buf` ends. A frame larger than `limit` (fixed header included) is an error as soon as its
+/// fixed header is in, before its body is.
+pub fn frame(buf: &[u8], limit: usize) -> Result<Framing, WireError> {
+    match mqttbytes::check(buf.iter(), limit) {
+        Ok(header) if header.frame_length() > limit => Err(WireError::TooLarge { limit }),
+        Ok(header) => Ok(Framing::Whole(header.frame_length())),
+        // Once the fixed header is in, `more` completes the frame; before, the total is at most 6 bytes.
+        Err(mqttbytes::Error::InsufficientBytes(more)) if buf.len().saturating_add(more) > limit => {
+            Err(WireError::TooLarge { limit })
         }
+        Err(mqttbytes::Error::InsufficientBytes(more)) => Ok(Framing::Partial(more)),
+        Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => Err(WireError::TooLarge { limit }),
+        Err(e) => Err(e.into()),
     }
 }
 
-impl std::error::Error for WireError {}
-
-/// Where the next frame in `buf` ends: `Ok(Some((header_len, body_len)))` once the fixed header is complete,
-/// `Ok(None)` when more bytes are needed. The body may not be in `buf` yet.
-pub fn frame_len(buf: &[u8], limit: usize) -> Result<Option<(usize, usize)>, WireError> {
-    let mut len: usize = 0;
-    let mut shift = 0;
-    for i in 1..=4 {
-        let Some(&b) = buf.get(i) else { return Ok(None) };
-        len |= usize::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            let header = i + 1;
-            if header + len > limit {
-                return Err(WireError::TooLarge { size: header + len, limit });
-            }
-            return Ok(Some((header, len)));
-        }
-        shift += 7;
-    }
-    Err(WireError::BadLength)
+/// The fixed header of `frame` (one whole frame) and the packet bytes mqttbytes reads.
+fn packet(frame: &[u8]) -> Result<(FixedHeader, Bytes), WireError> {
+    let header = mqttbytes::check(frame.iter(), usize::MAX)?;
+    let len = header.frame_length();
+    Ok((header, Bytes::copy_from_slice(&frame[..len])))
 }
 
-/// Appends a remaining-length field.
-fn put_length(out: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
+/// The packet type of a frame's first byte (`Err` for the reserved types 0 and 15).
+pub fn packet_type(first: u8) -> Result<PacketType, WireError> {
+    Ok(FixedHeader::new(first, 0, 0).packet_type()?)
 }
 
-/// A cursor over a packet body.
-struct Reader<'a> {
-    buf: &'a [u8],
+/// The length of the fixed header of a frame `check` accepted: the first byte and one to four length bytes.
+fn fixed_header_len(frame: &[u8]) -> usize {
+    1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0).map_or(4, |i| i + 1)
 }
 
-impl<'a> Reader<'a> {
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
-        let (&b, rest) = self.buf.split_first().ok_or(WireError::Truncated(what))?;
-        self.buf = rest;
-        Ok(b)
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
-        let hi = self.u8(what)?;
-        let lo = self.u8(what)?;
-        Ok(u16::from_be_bytes([hi, lo]))
-    }
-
-    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
-        let n = usize::from(self.u16(what)?);
-        if self.buf.len() < n {
-            return Err(WireError::Truncated(what));
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Ok(head)
-    }
-
-    fn str(&mut self, what: &'static str) -> Result<&'a str, WireError> {
-        std::str::from_utf8(self.bytes(what)?).map_err(|_| WireError::NotUtf8(what))
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Callers only pass fields that came out of a 16-bit length field, or short strings of our own.
-    let n = b.len().min(usize::from(u16::MAX));
-    out.extend_from_slice(&(n as u16).to_be_bytes());
-    out.extend_from_slice(&b[..n]);
-}
-
-/// The last will of a CONNECT.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Will {
-    pub topic: String,
-    pub message: Vec<u8>,
-    pub qos: u8,
-    pub retain: bool,
-}
-
-/// A parsed CONNECT packet.
+/// A CONNECT as the front reads it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Connect {
-    /// 4 for MQTT 3.1.1, 3 for MQTT 3.1, 5 for MQTT 5.
-    pub level: u8,
-    pub clean_session: bool,
-    pub keep_alive: u16,
-    pub client_id: String,
-    pub will: Option<Will>,
-    pub username: Option<String>,
-    pub password: Option<Vec<u8>>,
+pub enum Connect {
+    /// MQTT 5 (protocol level 5), which the front refuses with `CONNACK 1`; nothing after its keep alive is read.
+    Mqtt5,
+    /// MQTT 3.1.1 (or 3.1), as the packet mqttbytes read.
+    V4(Box<ConnectV4>),
 }
 
-impl fmt::Debug for Connect {
+/// An MQTT 3.1.1 or 3.1 CONNECT.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectV4 {
+    /// 4 for MQTT 3.1.1, 3 for MQTT 3.1.
+    pub level: u8,
+    /// The packet as MQTT 3.1.1. Its `login` is as mqttbytes reads it (an absent field is empty); [`ConnectV4::username`]
+    /// and [`ConnectV4::password`] tell an absent field from an empty one.
+    pub packet: v4::Connect,
+    has_username: bool,
+    has_password: bool,
+}
+
+impl fmt::Debug for ConnectV4 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connect")
+        f.debug_struct("ConnectV4")
             .field("level", &self.level)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "****"))
+            .field("client_id", &self.packet.client_id)
+            .field("username", &self.username())
+            .field("password", &self.password().map(|_| "****"))
             .finish()
     }
 }
 
-/// Parses the body of a CONNECT (after the fixed header). MQTT 5 is recognised by its level so it can be refused
-/// properly, but its properties are not parsed.
-pub fn parse_connect(body: &[u8]) -> Result<Connect, WireError> {
-    let mut r = Reader { buf: body };
-    let name = r.bytes("protocol name")?;
-    let level = r.u8("protocol level")?;
-    if !matches!((name, level), (b"MQTT", 4) | (b"MQIsdp", 3) | (b"MQTT", 5)) {
-        return Err(WireError::Protocol(format!(
-            "unsupported protocol {:?} level {level}",
-            String::from_utf8_lossy(name)
-        )));
+impl fmt::Debug for Connect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Connect::Mqtt5 => f.write_str("Mqtt5"),
+            Connect::V4(c) => c.fmt(f),
+        }
     }
-    let flags = r.u8("connect flags")?;
-    let keep_alive = r.u16("keep alive")?;
-    if level == 5 {
-        return Ok(Connect {
-            level,
-            clean_session: flags & 0x02 != 0,
-            keep_alive,
-            client_id: String::new(),
-            will: None,
-            username: None,
-            password: None,
-        });
+}
+
+impl ConnectV4 {
+    /// The username, when the CONNECT has one.
+    pub fn username(&self) -> Option<&str> {
+        self.has_username.then(|| self.packet.login.as_ref().map_or("", |l| l.username.as_str()))
+    }
+
+    /// The password, when the CONNECT has one.
+    pub fn password(&self) -> Option<&[u8]> {
+        self.has_password.then(|| self.packet.login.as_ref().map_or(&b""[..], |l| l.password.as_bytes()))
+    }
+
+    /// The last will, when the CONNECT has one.
+    pub fn will(&self) -> Option<&LastWill> {
+        self.packet.last_will.as_ref()
+    }
+
+    /// This CONNECT as MQTT 3.1.1 with client id and username `id` and password `password` (the front's rewrite for
+    /// the broker); keep alive, clean session and last will unchanged.
+    pub fn rewritten(&self, id: &str, password: &str) -> Result<Vec<u8>, WireError> {
+        let mut packet = self.packet.clone();
+        packet.client_id = id.to_owned();
+        packet.login = Some(Login::new(id, password));
+        encode(|out| packet.write(out))
+    }
+}
+
+/// Parses a CONNECT frame (fixed header included).
+pub fn parse_connect(frame: &[u8]) -> Result<Connect, WireError> {
+    let header = mqttbytes::check(frame.iter(), usize::MAX)?;
+    if header.packet_type()? != PacketType::Connect {
+        return Err(WireError::Protocol("not a CONNECT".into()));
+    }
+    let body = &frame[fixed_header_len(frame)..header.frame_length()];
+    // Protocol name (a string), level, connect flags and keep alive: read here, see the module documentation.
+    let truncated = || WireError::Protocol("packet ends inside its variable header".into());
+    let name_len =
+        usize::from(u16::from_be_bytes([*body.first().ok_or_else(truncated)?, *body.get(1).ok_or_else(truncated)?]));
+    let (name, level, flags) = match body.get(2..2 + name_len + 4) {
+        Some([name @ .., level, flags, _, _]) => (name, *level, *flags),
+        _ => return Err(truncated()),
+    };
+    match (name, level) {
+        (b"MQTT", 5) => return Ok(Connect::Mqtt5),
+        (b"MQTT", 4) | (b"MQIsdp", 3) => {}
+        _ => {
+            return Err(WireError::Protocol(format!(
+                "unsupported protocol {:?} level {level}",
+                String::from_utf8_lossy(name)
+            )))
+        }
     }
     if flags & 0x01 != 0 {
         return Err(WireError::Protocol("reserved connect flag is set".into()));
     }
-    let client_id = r.str("client id")?.to_owned();
-    let will = if flags & 0x04 != 0 {
-        let qos = (flags >> 3) & 0x03;
-        if qos == 3 {
-            return Err(WireError::Protocol("will QoS 3".into()));
-        }
-        let topic = r.str("will topic")?.to_owned();
-        let message = r.bytes("will message")?.to_vec();
-        Some(Will { topic, message, qos, retain: flags & 0x20 != 0 })
-    } else {
-        if flags & 0x38 != 0 {
-            return Err(WireError::Protocol("will QoS or retain set without a will".into()));
-        }
-        None
-    };
-    let username = if flags & 0x80 != 0 { Some(r.str("username")?.to_owned()) } else { None };
-    let password = if flags & 0x40 != 0 { Some(r.bytes("password")?.to_vec()) } else { None };
-    if !r.buf.is_empty() {
+    // The packet as MQTT 3.1.1: a placeholder fixed header of two bytes, the 3.1.1 protocol name and level, the rest.
+    let rest = &body[3 + name_len..];
+    let mut v311 = BytesMut::with_capacity(9 + rest.len());
+    v311.extend_from_slice(&[0x10, 0, 0, 4, b'M', b'Q', b'T', b'T', 4]);
+    v311.extend_from_slice(rest);
+    let packet = v4::Connect::read(FixedHeader::new(0x10, 1, v311.len() - 2), v311.freeze())?;
+    let (has_username, has_password) = (flags & 0x80 != 0, flags & 0x40 != 0);
+    let login = packet.login.as_ref();
+    let field = |present: bool, len: usize| if present { 2 + len } else { 0 };
+    let parsed = 2
+        + name_len
+        + 4
+        + 2
+        + packet.client_id.len()
+        + packet.last_will.as_ref().map_or(0, |w| 4 + w.topic.len() + w.message.len())
+        + field(has_username, login.map_or(0, |l| l.username.len()))
+        + field(has_password, login.map_or(0, |l| l.password.len()));
+    if parsed != body.len() {
         return Err(WireError::Protocol("bytes after the CONNECT payload".into()));
     }
-    Ok(Connect { level, clean_session: flags & 0x02 != 0, keep_alive, client_id, will, username, password })
+    Ok(Connect::V4(Box::new(ConnectV4 { level, packet, has_username, has_password })))
 }
 
-/// Encodes a CONNECT as MQTT 3.1.1 (whatever level it was read as).
-pub fn encode_connect(c: &Connect) -> Vec<u8> {
-    let mut body = Vec::with_capacity(64);
-    put_bytes(&mut body, b"MQTT");
-    body.push(4);
-    let mut flags = 0u8;
-    if c.clean_session {
-        flags |= 0x02;
-    }
-    if let Some(w) = &c.will {
-        flags |= 0x04 | ((w.qos & 0x03) << 3);
-        if w.retain {
-            flags |= 0x20;
-        }
-    }
-    if c.username.is_some() {
-        flags |= 0x80;
-    }
-    if c.password.is_some() {
-        flags |= 0x40;
-    }
-    body.push(flags);
-    body.extend_from_slice(&c.keep_alive.to_be_bytes());
-    put_bytes(&mut body, c.client_id.as_bytes());
-    if let Some(w) = &c.will {
-        put_bytes(&mut body, w.topic.as_bytes());
-        put_bytes(&mut body, &w.message);
-    }
-    if let Some(u) = &c.username {
-        put_bytes(&mut body, u.as_bytes());
-    }
-    if let Some(p) = &c.password {
-        put_bytes(&mut body, p);
-    }
-    let mut out = Vec::with_capacity(body.len() + 5);
-    out.push(kind::CONNECT << 4);
-    put_length(&mut out, body.len());
-    out.extend_from_slice(&body);
-    out
+/// A clean-session MQTT 3.1.1 CONNECT of `client_id` with username `client_id` and `password`.
+pub fn login(client_id: &str, password: &str, keep_alive: u16) -> Result<Vec<u8>, WireError> {
+    let mut packet = v4::Connect::new(client_id);
+    packet.keep_alive = keep_alive;
+    packet.set_login(client_id, password);
+    encode(|out| packet.write(out))
 }
 
-/// A CONNACK packet with `code` (session not present).
-pub fn connack(code: ConnectReturn) -> [u8; 4] {
-    [kind::CONNACK << 4, 2, 0, code as u8]
+/// Encodes with mqttbytes.
+fn encode(write: impl FnOnce(&mut BytesMut) -> Result<usize, mqttbytes::Error>) -> Result<Vec<u8>, WireError> {
+    let mut out = BytesMut::new();
+    write(&mut out)?;
+    Ok(out.to_vec())
 }
 
-/// The return code of a CONNACK frame (header included), if it is one.
+/// A CONNACK with `code` (session not present).
+pub fn connack(code: ConnectReturnCode) -> Vec<u8> {
+    // [0x20, 2, 0, code]: a CONNACK always encodes.
+    encode(|out| ConnAck::new(code, false).write(out)).unwrap_or_default()
+}
+
+/// The return code of a CONNACK frame (header included), if it is one; also a code MQTT 3.1.1 does not define.
 pub fn connack_code(frame: &[u8]) -> Option<u8> {
-    match frame {
-        [b0, 2, _, code] if b0 >> 4 == kind::CONNACK => Some(*code),
-        _ => None,
+    let (header, bytes) = packet(frame).ok()?;
+    if header.packet_type().ok()? != PacketType::ConnAck {
+        return None;
+    }
+    match ConnAck::read(header, bytes) {
+        Ok(ack) => Some(ack.code as u8),
+        Err(mqttbytes::Error::InvalidConnectReturnCode(code)) => Some(code),
+        Err(_) => None,
     }
 }
 
-/// The topic of a PUBLISH packet, given its first byte and body.
-pub fn publish_topic(first: u8, body: &[u8]) -> Result<&str, WireError> {
-    let qos = (first >> 1) & 0x03;
-    if qos == 3 {
-        return Err(WireError::Protocol("PUBLISH with QoS 3".into()));
-    }
-    let mut r = Reader { buf: body };
-    let topic = r.str("topic")?;
-    if qos > 0 {
-        r.u16("packet id")?;
-    }
-    Ok(topic)
+/// A DISCONNECT.
+pub fn disconnect() -> Vec<u8> {
+    encode(|out| v4::Disconnect.write(out)).unwrap_or_default()
 }
 
-/// A parsed SUBSCRIBE or UNSUBSCRIBE body.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Subscription<'a> {
-    pub packet_id: u16,
-    /// Each topic filter with its requested QoS (0 for UNSUBSCRIBE).
-    pub filters: Vec<(&'a str, u8)>,
+/// The topic of a PUBLISH frame.
+pub fn publish_topic(frame: &[u8]) -> Result<String, WireError> {
+    let (header, bytes) = packet(frame)?;
+    Ok(v4::Publish::read(header, bytes)?.topic)
 }
 
-/// Parses a SUBSCRIBE (or UNSUBSCRIBE when `with_qos` is false) body.
-pub fn subscription(body: &[u8], with_qos: bool) -> Result<Subscription<'_>, WireError> {
-    let mut r = Reader { buf: body };
-    let packet_id = r.u16("packet id")?;
-    let mut filters = Vec::new();
-    while !r.buf.is_empty() {
-        let filter = r.str("topic filter")?;
-        let mut qos = 0;
-        if with_qos {
-            qos = r.u8("requested QoS")?;
-            if qos > 2 {
-                return Err(WireError::Protocol(format!("requested QoS {qos}")));
-            }
-        }
-        filters.push((filter, qos));
+/// Parses a SUBSCRIBE frame.
+pub fn subscribe(frame: &[u8]) -> Result<Subscribe, WireError> {
+    let (header, bytes) = packet(frame)?;
+    let sub = Subscribe::read(header, bytes)?;
+    // mqttbytes keeps only the QoS bits of each options byte: the packet must encode back to itself.
+    let again = encode(|out| sub.write(out))?;
+    if again.get(fixed_header_len(&again)..) != frame.get(fixed_header_len(frame)..header.frame_length()) {
+        return Err(WireError::Protocol("reserved bits set in a subscription's options".into()));
     }
-    if filters.is_empty() {
+    Ok(sub)
+}
+
+/// Parses an UNSUBSCRIBE frame.
+pub fn unsubscribe(frame: &[u8]) -> Result<Unsubscribe, WireError> {
+    let (header, bytes) = packet(frame)?;
+    let unsub = Unsubscribe::read(header, bytes)?;
+    if unsub.topics.is_empty() {
         return Err(WireError::Protocol("subscription without a topic filter".into()));
     }
-    Ok(Subscription { packet_id, filters })
+    Ok(unsub)
 }
 
-/// The topic filters of a SUBSCRIBE (or UNSUBSCRIBE when `with_qos` is false) body.
-pub fn subscription_filters(body: &[u8], with_qos: bool) -> Result<Vec<&str>, WireError> {
-    Ok(subscription(body, with_qos)?.filters.into_iter().map(|(f, _)| f).collect())
-}
-
-/// A SUBACK granting `granted` (one return code per filter, in order).
-pub fn suback(packet_id: u16, granted: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind::SUBACK << 4];
-    put_length(&mut out, 2 + granted.len());
-    out.extend_from_slice(&packet_id.to_be_bytes());
-    out.extend_from_slice(granted);
-    out
+/// A SUBACK granting each filter of `sub` the QoS it asked for, at most 1.
+pub fn suback(sub: &Subscribe) -> Vec<u8> {
+    let granted = sub
+        .filters
+        .iter()
+        .map(|f| {
+            SubscribeReasonCode::Success(if f.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce })
+        })
+        .collect();
+    // A SUBACK has one byte per filter of a SUBSCRIBE that fitted a frame: it always encodes.
+    encode(|out| SubAck::new(sub.pkid, granted).write(out)).unwrap_or_default()
 }
 
 /// An UNSUBACK.
-pub fn unsuback(packet_id: u16) -> [u8; 4] {
-    let [hi, lo] = packet_id.to_be_bytes();
-    [kind::UNSUBACK << 4, 2, hi, lo]
+pub fn unsuback(pkid: u16) -> Vec<u8> {
+    encode(|out| UnsubAck::new(pkid).write(out)).unwrap_or_default()
 }
 
-/// A QoS 0 PUBLISH of `payload` to `topic`.
-pub fn publish_qos0(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let topic = &topic.as_bytes()[..topic.len().min(usize::from(u16::MAX))];
-    let mut out = Vec::with_capacity(5 + 2 + topic.len() + payload.len());
-    out.push(kind::PUBLISH << 4);
-    put_length(&mut out, 2 + topic.len() + payload.len());
-    put_bytes(&mut out, topic);
-    out.extend_from_slice(payload);
-    out
+/// Appends a QoS 0 PUBLISH of `payload` to `topic` to `out`.
+pub fn put_publish_qos0(out: &mut BytesMut, topic: &str, payload: Vec<u8>) -> Result<(), WireError> {
+    v4::Publish::from_bytes(topic, QoS::AtMostOnce, Bytes::from(payload)).write(out)?;
+    Ok(())
 }
 
 /// True when the topic filter `filter` (with `+` and `#` wildcards) matches the topic `topic` (MQTT 3.1.1 §4.7).
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        match (f, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (f, Some(t)) if f == t => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
+    mqttbytes::matches(topic, filter)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn put_len(out: &mut Vec<u8>, mut len: usize) {
+        loop {
+            let b = (len % 128) as u8;
+            len /= 128;
+            out.push(if len > 0 { b | 0x80 } else { b });
+            if len == 0 {
+                return;
+            }
+        }
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    fn frame_of(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        put_len(&mut out, body.len());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A CONNECT body: protocol `name` level `level`, a will, username and password.
+    fn connect_body(name: &[u8], level: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        put_str(&mut b, name);
+        b.push(level);
+        b.push(0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02);
+        b.extend_from_slice(&30u16.to_be_bytes());
+        put_str(&mut b, b"face-1");
+        put_str(&mut b, b"gw/v1/dev/face-1/status");
+        put_str(&mut b, b"offline");
+        put_str(&mut b, b"face-1");
+        put_str(&mut b, b"secret-1");
+        b
+    }
+
+    fn v4(c: Connect) -> ConnectV4 {
+        match c {
+            Connect::V4(c) => *c,
+            Connect::Mqtt5 => panic!("MQTT 5"),
+        }
+    }
+
     #[test]
-    fn subscription_acks_and_publishes_encode_as_mqtt_3_1_1() {
-        // SUBSCRIBE body: packet id 10, "a/b" QoS 1, "c/#" QoS 0.
-        let body = [0, 10, 0, 3, b'a', b'/', b'b', 1, 0, 3, b'c', b'/', b'#', 0];
-        let sub = subscription(&body, true).unwrap();
-        assert_eq!(sub, Subscription { packet_id: 10, filters: vec![("a/b", 1), ("c/#", 0)] });
-        assert!(subscription(&[0, 10, 0, 1, b'a', 3], true).unwrap_err().to_string().contains("requested QoS 3"));
-        assert!(subscription(&[0, 10], true).is_err());
-        assert_eq!(suback(10, &[1, 0]), vec![0x90, 4, 0, 10, 1, 0]);
-        assert_eq!(unsuback(0x1234), [0xb0, 2, 0x12, 0x34]);
-        let p = publish_qos0("gw/v1/dev/a/ack", b"{}");
+    fn connects_of_3_1_1_and_3_1_parse_and_rewrite() {
+        for (name, level) in [(&b"MQTT"[..], 4), (&b"MQIsdp"[..], 3)] {
+            let c = v4(parse_connect(&frame_of(0x10, &connect_body(name, level))).unwrap());
+            assert_eq!(c.level, level);
+            assert_eq!((c.username(), c.password()), (Some("face-1"), Some(&b"secret-1"[..])));
+            assert_eq!(
+                (c.packet.client_id.as_str(), c.packet.keep_alive, c.packet.clean_session),
+                ("face-1", 30, true)
+            );
+            let will = c.will().unwrap();
+            assert_eq!(
+                (will.topic.as_str(), &will.message[..], will.qos, will.retain),
+                ("gw/v1/dev/face-1/status", &b"offline"[..], QoS::AtLeastOnce, true)
+            );
+            // The rewrite for the broker is MQTT 3.1.1 with the new identity, and parses back.
+            let back = v4(parse_connect(&c.rewritten("dev-9", "token").unwrap()).unwrap());
+            assert_eq!(back.level, 4);
+            assert_eq!((back.username(), back.password()), (Some("dev-9"), Some(&b"token"[..])));
+            assert_eq!((back.packet.client_id.as_str(), back.will()), ("dev-9", c.will()));
+        }
+        // Without username and password; an empty username is still a username.
+        let mut b = Vec::new();
+        put_str(&mut b, b"MQTT");
+        b.extend_from_slice(&[4, 0x02, 0, 10]);
+        put_str(&mut b, b"x");
+        let c = v4(parse_connect(&frame_of(0x10, &b)).unwrap());
+        assert_eq!((c.username(), c.password(), c.will()), (None, None, None));
+        b[7] |= 0x80;
+        put_str(&mut b, b"");
+        assert_eq!(v4(parse_connect(&frame_of(0x10, &b)).unwrap()).username(), Some(""));
+    }
+
+    #[test]
+    fn mqtt_5_is_recognised_by_its_level() {
+        let mut body = connect_body(b"MQTT", 5);
+        body.truncate(10); // whatever follows the keep alive (properties) is not read
+        assert_eq!(parse_connect(&frame_of(0x10, &body)).unwrap(), Connect::Mqtt5);
+    }
+
+    #[test]
+    fn malformed_connects_are_errors() {
+        let body = connect_body(b"MQTT", 4);
+        for cut in 0..body.len() {
+            assert!(parse_connect(&frame_of(0x10, &body[..cut])).is_err(), "cut at {cut}");
+        }
+        let broken = |at: usize, value: u8| {
+            let mut b = body.clone();
+            b[at] = value;
+            parse_connect(&frame_of(0x10, &b)).unwrap_err().to_string()
+        };
+        assert!(broken(6, 9).contains("unsupported protocol"));
+        assert!(broken(2, b'X').contains("unsupported protocol"));
+        assert!(broken(7, body[7] | 0x01).contains("reserved connect flag"));
+        assert!(broken(7, body[7] | 0x18).contains("QoS"), "will QoS 3");
+        assert!(broken(12, 0xff).contains("UTF-8"), "client id not UTF-8");
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert!(parse_connect(&frame_of(0x10, &trailing)).unwrap_err().to_string().contains("bytes after"));
+        assert!(parse_connect(&frame_of(0x30, &body)).is_err(), "a PUBLISH is not a CONNECT");
+    }
+
+    #[test]
+    fn frames_and_their_limits() {
+        assert_eq!(frame(&[0x30], 100).unwrap(), Framing::Partial(1));
+        assert!(matches!(frame(&[0x30, 0x80], 1 << 20).unwrap(), Framing::Partial(_)));
+        assert_eq!(frame(&[0x30, 0xc1, 0x02], 1 << 20).unwrap(), Framing::Partial(321));
+        assert_eq!(frame(&[0xc0, 0x00, 0xe0], 1 << 20).unwrap(), Framing::Whole(2));
+        assert!(matches!(frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX), Err(WireError::Mqtt(_))));
+        // The limit counts the fixed header too, and is checked before the body is in.
+        assert!(matches!(frame(&[0x30, 0x7f], 10), Err(WireError::TooLarge { limit: 10 })));
+        assert!(matches!(frame(&[0x30, 9], 10), Err(WireError::TooLarge { .. })));
+        assert_eq!(frame(&[0x30, 8], 10).unwrap(), Framing::Partial(8));
+        assert!(matches!(frame(&[0x30, 0xff, 0xff, 0xff, 0x7f], 1 << 20), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn publishes_subscriptions_and_acks() {
+        let mut p = BytesMut::new();
+        put_publish_qos0(&mut p, "gw/v1/dev/a/ack", b"{}".to_vec()).unwrap();
         assert_eq!(&p[..4], &[0x30, 2 + 15 + 2, 0, 15]);
-        assert_eq!(publish_topic(p[0], &p[2..]).unwrap(), "gw/v1/dev/a/ack");
-        assert_eq!(frame_len(&p, 1024).unwrap(), Some((2, p.len() - 2)));
-        // A payload long enough for a two-byte remaining length.
-        let long = publish_qos0("t", &[7; 200]);
-        assert_eq!(frame_len(&long, 1024).unwrap(), Some((3, 203)));
+        assert_eq!(publish_topic(&p).unwrap(), "gw/v1/dev/a/ack");
+        assert_eq!(frame(&p, 1024).unwrap(), Framing::Whole(p.len()));
+        let mut body = Vec::new();
+        put_str(&mut body, b"gw/v1/dev/a/punch");
+        body.extend_from_slice(&[0, 7]);
+        body.extend_from_slice(b"{}");
+        assert_eq!(publish_topic(&frame_of(0x32, &body)).unwrap(), "gw/v1/dev/a/punch");
+        assert!(publish_topic(&frame_of(0x36, &body)).is_err(), "QoS 3");
+        assert!(publish_topic(&frame_of(0x32, &body[..3])).is_err());
+
+        // SUBSCRIBE: packet id 10, "a/b" QoS 1, "c/#" QoS 2; granted at most QoS 1.
+        let body = [0, 10, 0, 3, b'a', b'/', b'b', 1, 0, 3, b'c', b'/', b'#', 2];
+        let sub = subscribe(&frame_of(0x82, &body)).unwrap();
+        assert_eq!(sub.filters.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a/b", "c/#"]);
+        assert_eq!(suback(&sub), [0x90, 4, 0, 10, 1, 1]);
+        assert!(subscribe(&frame_of(0x82, &[0, 10, 0, 1, b'a', 3])).is_err(), "QoS 3");
+        assert!(subscribe(&frame_of(0x82, &[0, 10, 0, 1, b'a', 4])).is_err(), "reserved option bits");
+        assert!(subscribe(&frame_of(0x82, &[0, 10])).is_err(), "no filter");
+        let unsub = unsubscribe(&frame_of(0xa2, &[0, 11, 0, 3, b'a', b'/', b'b'])).unwrap();
+        assert_eq!((unsub.pkid, unsub.topics), (11, vec!["a/b".to_owned()]));
+        assert!(unsubscribe(&frame_of(0xa2, &[0, 11])).is_err(), "no filter");
+        assert_eq!(unsuback(0x1234), [0xb0, 2, 0x12, 0x34]);
+        assert_eq!(connack(ConnectReturnCode::RefusedProtocolVersion), [0x20, 2, 0, 1]);
+        assert_eq!(connack_code(&connack(ConnectReturnCode::NotAuthorized)), Some(5));
+        assert_eq!(connack_code(&[0x20, 2, 0, 9]), Some(9));
+        assert_eq!(connack_code(&[0x30, 2, 0, 0]), None);
+        assert_eq!(disconnect(), [0xe0, 0]);
+        assert!(packet_type(0x00).is_err() && packet_type(0xf0).is_err());
+        assert_eq!(packet_type(0xc0).unwrap(), PacketType::PingReq);
     }
 
     #[test]
@@ -404,84 +470,5 @@ mod tests {
         for no in ["gw/v1/dev/a", "gw/v1/dev/b/ack", "gw/v1/dev/a/ack/x", "gw/v1/dev/+", "+/+/+/+", "gw/v1/dev/a/+/x"] {
             assert!(!filter_matches(no, topic), "{no}");
         }
-    }
-
-    fn sample() -> Connect {
-        Connect {
-            level: 4,
-            clean_session: true,
-            keep_alive: 30,
-            client_id: "face-1".into(),
-            will: Some(Will {
-                topic: "gw/v1/dev/face-1/status".into(),
-                message: b"offline".to_vec(),
-                qos: 1,
-                retain: true,
-            }),
-            username: Some("face-1".into()),
-            password: Some(b"secret-1".to_vec()),
-        }
-    }
-
-    #[test]
-    fn connect_round_trips() {
-        let bytes = encode_connect(&sample());
-        let (header, body) = frame_len(&bytes, 1 << 20).unwrap().unwrap();
-        assert_eq!(header + body, bytes.len());
-        assert_eq!(parse_connect(&bytes[header..]).unwrap(), sample());
-    }
-
-    #[test]
-    fn lengths() {
-        assert_eq!(frame_len(&[0x30], 100), Ok(None));
-        assert_eq!(frame_len(&[0x30, 0x80], 1 << 20), Ok(None));
-        assert_eq!(frame_len(&[0x30, 0xc1, 0x02], 1 << 20), Ok(Some((3, 321))));
-        assert_eq!(frame_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX), Err(WireError::BadLength));
-        assert!(matches!(frame_len(&[0x30, 0x7f], 10), Err(WireError::TooLarge { .. })));
-        let mut out = Vec::new();
-        put_length(&mut out, 321);
-        assert_eq!(out, [0xc1, 0x02]);
-    }
-
-    #[test]
-    fn malformed_connects_are_errors() {
-        let bytes = encode_connect(&sample());
-        let body = &bytes[2..];
-        for cut in 0..body.len() {
-            assert!(parse_connect(&body[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut bad = body.to_vec();
-        bad[6] = 9; // protocol level
-        assert!(parse_connect(&bad).is_err());
-        let mut reserved = body.to_vec();
-        reserved[7] |= 1;
-        assert!(parse_connect(&reserved).is_err());
-        let mut trailing = body.to_vec();
-        trailing.push(0);
-        assert!(parse_connect(&trailing).is_err());
-    }
-
-    #[test]
-    fn publish_and_subscribe_fields() {
-        let mut body = Vec::new();
-        put_bytes(&mut body, b"gw/v1/dev/a/punch");
-        body.extend_from_slice(&[0, 7]);
-        body.extend_from_slice(b"{}");
-        assert_eq!(publish_topic(0x32, &body), Ok("gw/v1/dev/a/punch"));
-        assert!(publish_topic(0x36, &body).is_err());
-        assert!(publish_topic(0x32, &body[..3]).is_err());
-        let mut sub = vec![0, 1];
-        put_bytes(&mut sub, b"gw/v1/dev/a/ack");
-        sub.push(1);
-        assert_eq!(subscription_filters(&sub, true), Ok(vec!["gw/v1/dev/a/ack"]));
-        assert!(subscription_filters(&sub[..2], true).is_err());
-        sub.push(3);
-        assert!(subscription_filters(&sub, true).is_err());
-    }
-
-    #[test]
-    fn connack_codes() {
-        assert_eq!(connack_code(&connack(ConnectReturn::NotAuthorized)), Some(5));
-        assert_eq!(connack_code(&[0x30, 2, 0, 0]), None);
     }
 }
