@@ -7,11 +7,12 @@
 //! - [`sink`]: the bounded ingest channel a driver submits punches into, and the per-punch outcome;
 //! - [`status`]: online state, last seen, last error and reconnects per device;
 //! - [`telemetry`]: the metrics every driver reports (received, stored, rejected, online, ack latency);
-//! - [`driver`]: what a running driver task is given ([`DriverContext`]) and the registry of drivers;
+//! - [`context`]: what a running driver task is given ([`DriverContext`]) and how it ends; [`driver`]: the registry
+//!   of drivers;
 //! - one folder per device driver: [`pn532`] (NFC reader) and [`r30x`] (fingerprint module), each with its framing
 //!   codec and its simulator, over [`transport`] (serial port, TCP serial server, Bluetooth RFCOMM) and what the two
 //!   share ([`session`], [`framing`]); [`mqtt`] (face terminals through the embedded broker) and [`adms`] (ZKTeco push);
-//! - [`sim`]: the device simulators for tests and `gatewayd demo`;
+//! - [`sim`]: what the device simulators (`pn532::sim`, `r30x::sim`) share, for tests and `gatewayd demo` ([`demo`]);
 //! - shared by the daemon too: [`backoff`] (jittered exponential backoff) and [`tls`] (certificates, keys, rustls
 //!   configurations).
 #![forbid(unsafe_code)]
@@ -19,6 +20,8 @@
 pub mod adms;
 pub mod backoff;
 pub mod config;
+pub mod context;
+pub mod demo;
 pub mod driver;
 pub mod framing;
 pub mod mqtt;
@@ -33,5 +36,5 @@ pub mod tls;
 pub mod transport;
 
 pub use config::{DeviceConfig, DriverKind};
-pub use driver::DriverContext;
+pub use context::DriverContext;
 pub use sink::{DevicePunch, Method, Outcome, PunchSink, Rejection};

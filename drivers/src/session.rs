@@ -21,7 +21,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::time::{Instant, Interval};
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-use crate::driver::{DriverContext, DriverError};
+use crate::context::{DriverContext, DriverError};
 use crate::framing::FrameFault;
 use crate::sink::{DevicePunch, Method, Subject};
 use crate::transport::{Link, Stream};

@@ -62,8 +62,8 @@ pub async fn run() -> Result<(), DemoError> {
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     let config_path = dir.join("gatewayd.toml");
     // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
-    let serial = drivers::sim::scenario::SerialBench::open()
-        .map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
+    let serial =
+        drivers::demo::SerialBench::open().map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
     let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1") + &attendance_files(&dir)?;
     let config_text = config_text + &upstream;
     std::fs::write(&config_path, config_text)

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use drivers::sim::pn532::Pn532Sim;
+use drivers::pn532::sim::Pn532Sim;
+use drivers::r30x::sim::{self as r30x, R30xSim};
 use drivers::sim::pty::VirtualPort;
-use drivers::sim::r30x::{self, R30xSim};
 use drivers::sim::{serve_tcp, Fault};
 use gatewayd::store::Store;
 use tokio_util::sync::CancellationToken;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use self::codec::{parse_passive_target, Frame, Pn532Codec, TFI_PN532};
 use crate::config::HumanDuration;
-use crate::driver::{DriverContext, DriverError};
+use crate::context::{DriverContext, DriverError};
 use crate::session::{self, Exchange, Heard, SerialDevice, SessionError, ATTEMPTS};
 use crate::sink::{Method, Outcome, Rejection, Subject};
 use crate::transport::{Link, Stream};
@@ -219,7 +219,12 @@ impl Presence {
 
 #[cfg(test)]
 mod tests {
+    use super::sim::Pn532Sim;
     use super::*;
+    use crate::config::DriverKind;
+    use crate::sim::testkit::{device, next_punch, on_tcp, until, Running};
+    use crate::sim::Fault;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn a_held_card_is_one_punch_and_a_new_presentation_another() {
@@ -255,5 +260,95 @@ mod tests {
         // hold_off zero: the first "no card" answer ends the presentation.
         assert!(p.observe(None, t0).is_none());
         assert!(p.observe(Some("CAFE"), t0).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pn532_driver_against_the_simulator() {
+        let sim = Pn532Sim::new();
+        let s = sim.clone();
+        let (port, stop) = on_tcp(move |conn| {
+            let s = s.clone();
+            async move { s.serve(conn, CancellationToken::new()).await }
+        })
+        .await;
+        let mut dev = device(DriverKind::Pn532, &port);
+        dev.hold_off = Some(HumanDuration(Duration::ZERO));
+        let mut driver = Running::start(dev, crate::driver::run);
+        let (punches, metrics, status) = (&mut driver.punches, driver.metrics.clone(), driver.status.clone());
+
+        sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
+        let p = next_punch(punches).await;
+        assert_eq!((p.method, p.subject), (Method::Card, Subject::Credential("04A1B2C3".into())));
+        // Held for many polls: still one punch.
+        let held = sim.stats().polls_with_card;
+        until("polls with the card held", || sim.stats().polls_with_card >= held + 5).await;
+        assert!(punches.try_recv().is_err(), "a held card punched twice");
+        // Taken away and presented again: a second punch.
+        sim.remove();
+        let empty = sim.stats().polls_without_card;
+        until("a poll without the card", || sim.stats().polls_without_card > empty).await;
+        sim.present(&[0x04, 0xA1, 0xB2, 0xC3]);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("04A1B2C3".into()));
+
+        // Corrupted frames, noise, wrong replies and silence: counted, and the driver carries on.
+        sim.remove();
+        for fault in [
+            Fault::Garbage(b"\x13\x37line noise".to_vec()),
+            Fault::CorruptChecksum,
+            Fault::WrongReply,
+            Fault::Truncate,
+            Fault::Silence,
+        ] {
+            sim.inject(fault);
+        }
+        let commands = sim.stats().commands;
+        until("the faults to be served", || sim.stats().commands >= commands + 8).await;
+        sim.present(&[0x08, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66]);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("08112233445566".into()));
+        for reason in ["garbage", "bad_checksum", "wrong_reply"] {
+            assert!(metrics.rejected_count("pn532", "dev1", reason) > 0, "{reason} not counted");
+        }
+
+        // Unplugged and back: the driver reconnects by itself.
+        sim.remove();
+        sim.hang_up();
+        until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
+        sim.present(&[0xDE, 0xAD, 0xBE, 0xEF]);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("DEADBEEF".into()));
+
+        driver.stop().await;
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pn532_over_a_pseudo_terminal_survives_unplugging() {
+        let dir = std::env::temp_dir().join(format!("drivers-pty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("ttyNFC");
+        let sim = Pn532Sim::new();
+        let plug = |sim: &Pn532Sim| {
+            let port = crate::sim::pty::VirtualPort::open().unwrap();
+            port.link_at(&link).unwrap();
+            let stop = CancellationToken::new();
+            let (s, st) = (sim.clone(), stop.clone());
+            tokio::spawn(async move { s.serve(port, st).await });
+            stop
+        };
+        let first = plug(&sim);
+        let mut dev = device(DriverKind::Pn532, link.to_str().unwrap());
+        dev.hold_off = Some(HumanDuration(Duration::ZERO));
+        let mut driver = Running::start(dev, crate::driver::run);
+        let (punches, status) = (&mut driver.punches, driver.status.clone());
+        sim.present(&[1, 2, 3, 4]);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("01020304".into()));
+        sim.remove();
+        first.cancel(); // unplug: the pseudo-terminal closes
+        until("offline", || status.get("dev1").is_some_and(|s| !s.online)).await;
+        let _second = plug(&sim);
+        until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
+        sim.present(&[5, 6, 7, 8]);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("05060708".into()));
+        driver.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

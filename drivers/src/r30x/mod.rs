@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use self::codec::{cmd, confirm, Packet, R30xCodec, DEFAULT_ADDRESS, PID_ACK};
 use crate::config::HumanDuration;
-use crate::driver::{DriverContext, DriverError};
+use crate::context::{DriverContext, DriverError};
 use crate::session::{self, Exchange, Heard, SerialDevice, SessionError, ATTEMPTS};
 use crate::sink::{Method, Outcome, Subject};
 use crate::transport::{Link, Stream};
@@ -263,5 +263,104 @@ impl Module<'_> {
                 }
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::sim::{color, Model, R30xSim};
+    use crate::config::DriverKind;
+    use crate::sim::testkit::{device, next_punch, on_tcp, until, Running};
+    use crate::sim::Fault;
+    use crate::sink::{Method, Subject};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r30x_driver_against_the_simulator() {
+        let sim = R30xSim::new(Model::R503).with_password(0x0000_1234);
+        let s = sim.clone();
+        let (port, stop) = on_tcp(move |conn| {
+            let s = s.clone();
+            async move { s.serve(conn, CancellationToken::new()).await }
+        })
+        .await;
+        let mut dev = device(DriverKind::R30x, &port);
+        dev.password = Some(0x1234);
+        dev.min_score = Some(60);
+        let mut driver = Running::start(dev, crate::driver::run);
+        let (punches, metrics, status) = (&mut driver.punches, driver.metrics.clone(), driver.status.clone());
+
+        until("the module online", || status.get("dev1").is_some_and(|s| s.online)).await;
+        sim.place_finger(7, 120);
+        let p = next_punch(punches).await;
+        assert_eq!((p.method, p.subject.clone()), (Method::Fingerprint, Subject::Credential("fp:7".into())));
+        assert_eq!(p.score, Some(120.0));
+        until("the green LED", || sim.leds().last() == Some(&color::GREEN)).await;
+        // Held: one punch.
+        let polls = sim.stats().polls;
+        until("polls with the finger held", || sim.stats().polls >= polls + 5).await;
+        assert!(punches.try_recv().is_err(), "a held finger punched twice");
+
+        // An unknown finger and a weak match: no punch, red LED, counted.
+        sim.lift();
+        let polls = sim.stats().polls;
+        until("the finger lifted", || sim.stats().polls > polls + 1).await;
+        sim.place_unknown_finger();
+        until("no_match counted", || metrics.rejected_count("r30x", "dev1", "no_match") == 1).await;
+        until("the red LED", || sim.leds().last() == Some(&color::RED)).await;
+        sim.lift();
+        let polls = sim.stats().polls;
+        until("the finger lifted", || sim.stats().polls > polls + 1).await;
+        sim.place_finger(9, 30);
+        until("low_score counted", || metrics.rejected_count("r30x", "dev1", "low_score") == 1).await;
+        sim.lift();
+
+        // Bad images are counted; line noise and corrupted packets too; then a good finger still punches.
+        let polls = sim.stats().polls;
+        until("the finger lifted", || sim.stats().polls > polls + 1).await;
+        for fault in [Fault::Garbage(vec![0x55; 9]), Fault::CorruptChecksum, Fault::WrongReply, Fault::Truncate] {
+            sim.inject(fault);
+        }
+        let commands = sim.stats().commands;
+        until("the faults to be served", || sim.stats().commands >= commands + 6).await;
+        sim.image_errors(3);
+        sim.place_finger(7, 120);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("fp:7".into()));
+        assert_eq!(metrics.rejected_count("r30x", "dev1", "image_error"), 3);
+        for reason in ["garbage", "bad_checksum", "wrong_reply"] {
+            assert!(metrics.rejected_count("r30x", "dev1", reason) > 0, "{reason} not counted");
+        }
+
+        // Hang up: reconnect (password verified again) and carry on.
+        sim.lift();
+        sim.hang_up();
+        until("a reconnect", || status.get("dev1").is_some_and(|s| s.reconnects >= 1 && s.online)).await;
+        sim.place_finger(3, 200);
+        assert_eq!(next_punch(punches).await.subject, Subject::Credential("fp:3".into()));
+
+        driver.stop().await;
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn r30x_wrong_password_is_reported() {
+        let sim = R30xSim::new(Model::R307).with_password(42);
+        let (port, stop) = on_tcp(move |conn| {
+            let s = sim.clone();
+            async move { s.serve(conn, CancellationToken::new()).await }
+        })
+        .await;
+        let mut dev = device(DriverKind::R30x, &port);
+        dev.password = Some(41);
+        let driver = Running::start(dev, crate::driver::run);
+        let status = driver.status.clone();
+        until("the password error", || {
+            status.get("dev1").and_then(|s| s.last_error).is_some_and(|e| e.contains("password"))
+        })
+        .await;
+        assert!(!status.get("dev1").is_some_and(|s| s.online));
+        driver.stop().await;
+        stop.cancel();
     }
 }

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::pn532::Pn532Sim;
-use super::pty::VirtualPort;
-use super::r30x::{Model, R30xSim};
+use crate::pn532::sim::Pn532Sim;
+use crate::r30x::sim::{Model, R30xSim};
+use crate::sim::pty::VirtualPort;
+use crate::sim::Fault;
 
 /// A PN532 reader and an R503 module on pseudo-terminals, ready to be named in a configuration.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ async fn card_holders(sim: &Pn532Sim) {
     for round in 0usize.. {
         tokio::time::sleep(Duration::from_millis(2600)).await;
         if round % 4 == 3 {
-            sim.inject(super::Fault::Garbage(b"\x13\x37 noise on the line".to_vec()));
+            sim.inject(Fault::Garbage(b"\x13\x37 noise on the line".to_vec()));
         }
         sim.present(cards[round % cards.len()]);
         tokio::time::sleep(Duration::from_millis(1200)).await;
