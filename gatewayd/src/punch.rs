@@ -82,12 +82,7 @@ pub fn punch_id(gateway_id: &str, p: &DevicePunch) -> String {
                 h.update(g.lng.to_bits().to_be_bytes());
             }
             let digest = h.finalize();
-            let mut hex = String::with_capacity(33);
-            hex.push('h');
-            for b in &digest[..16] {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            format!("{gateway_id}:{}:{hex}", p.device_id)
+            format!("{gateway_id}:{}:h{}", p.device_id, hex::encode(&digest[..16]))
         }
     }
 }
