@@ -8,13 +8,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
     match which % 5 {
         0 => {
-            let _ = gatewayd::sink::decode_batch(rest);
+            let _ = gatewayd::cli::upstream_sink::decode_batch(rest);
         }
         1 => {
-            let _ = gatewayd::sink::restore_line(&String::from_utf8_lossy(rest));
+            let _ = gatewayd::cli::upstream_sink::restore_line(&String::from_utf8_lossy(rest));
         }
         2 => {
-            if let Ok(mut plan) = gatewayd::sink::faults::FaultPlan::parse(&String::from_utf8_lossy(rest)) {
+            if let Ok(mut plan) = gatewayd::cli::upstream_sink::faults::FaultPlan::parse(&String::from_utf8_lossy(rest)) {
                 for _ in 0..4 {
                     plan.next_fault();
                 }

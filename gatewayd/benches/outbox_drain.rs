@@ -106,7 +106,7 @@ fn main() -> Result<(), Error> {
     }
     let items = items();
     let dir = tempfile::tempdir()?;
-    let certs = gatewayd::certs::write_dev_set(&dir.path().join("certs"), "bench-gw", 10)?;
+    let certs = gatewayd::cli::certs::write_dev_set(&dir.path().join("certs"), "bench-gw", 10)?;
 
     // The receiver, in its own process.
     let mut sink = Command::new(env!("CARGO_BIN_EXE_gatewayd"))

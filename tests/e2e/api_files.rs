@@ -223,7 +223,7 @@ fn pem_der(pem: &str) -> Vec<u8> {
 
 #[test]
 fn api_client_certificates_map_to_roles_and_the_certificate_rotates_on_sighup() {
-    use gatewayd::certs::{DevPki, Validity};
+    use gatewayd::cli::certs::{DevPki, Validity};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let pki = DevPki::new("site api ca").unwrap();

@@ -1,11 +1,11 @@
 //! The sender against the reference receiver over real mutual TLS, in one process.
 
 use super::*;
-use crate::certs::{write_file, DevPki, Validity};
+use crate::cli::certs::{write_file, DevPki, Validity};
+use crate::cli::upstream_sink::{self as sink, faults::FaultPlan, Ledger, Summary};
 use crate::outbox::feeder;
 use crate::proto::upstream::Punch;
 use crate::reconcile::changes::{Change, ChangeLog};
-use crate::sink::{self, faults::FaultPlan, Ledger, Summary};
 use crate::store::Store;
 
 struct Rig {

@@ -27,7 +27,7 @@ pub fn cert_days_left(path: &Path, now: jiff::Timestamp) -> Result<i64, TlsError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{DevPki, Validity};
+    use crate::cli::certs::{DevPki, Validity};
 
     #[test]
     fn mismatched_key_is_refused() {

@@ -52,14 +52,21 @@ serial_number = "DEMO0000ZK01"
     )
 }
 
+/// `gatewayd demo`: logs on stderr, the tour on stdout, until Ctrl-C.
+pub fn execute() -> Result<(), super::CliError> {
+    crate::telemetry::init_logging();
+    super::block_on(run())
+}
+
 pub async fn run() -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("gatewayd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
     // The cloud side: the reference receiver behind mutual TLS with throwaway certificates.
     let receiver_stop = CancellationToken::new();
-    let (upstream, receiver) = crate::sink::demo_receiver(&dir.join("upstream"), "demo-gw", receiver_stop.clone())
-        .await
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let (upstream, receiver) =
+        super::upstream_sink::demo_receiver(&dir.join("upstream"), "demo-gw", receiver_stop.clone())
+            .await
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
     let config_path = dir.join("gatewayd.toml");
     // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
     let serial =

@@ -1,5 +1,12 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+
 use super::*;
-use crate::certs::{DevPki, Validity};
+use crate::cli::certs::{DevPki, Validity};
+use crate::outbox::digest::ids_sha256;
+use crate::proto::upstream::{AttendanceRecord, DayDigest, Punch, UploadBatch};
 use crate::upstream::client::{Client, Endpoint, SendError};
 
 fn punch(id: &str, t: i64) -> Punch {

@@ -214,6 +214,27 @@ pub fn write_dev_set(dir: &Path, client_name: &str, days: i32) -> Result<DevSet,
     Ok(set)
 }
 
+/// `gatewayd certs dev`: writes a development set into `out` and prints where each file is and how to use it.
+pub fn execute(out: &Path, client_name: &str, days: i32) -> Result<(), super::CliError> {
+    let set = write_dev_set(out, client_name, days)?;
+    println!("wrote a development CA and certificates (valid {days} days) to {}:", out.display());
+    for (what, path) in [
+        ("CA certificate (trust anchor)", &set.ca),
+        ("CA key (keep private)", &set.ca_key),
+        ("server certificate (localhost, 127.0.0.1, ::1)", &set.server_cert),
+        ("server key", &set.server_key),
+        (&format!("client certificate (CN={client_name})"), &set.client_cert),
+        ("client key", &set.client_key),
+    ] {
+        println!("  {:<48} {}", what, path.display());
+    }
+    println!("\ntry it:\n  gatewayd upstream-sink --listen 127.0.0.1:8443 --ca {ca} --cert {sc} --key {sk} --out received.jsonl",
+        ca = set.ca.display(), sc = set.server_cert.display(), sk = set.server_key.display());
+    println!("and in gatewayd.toml:\n  [upstream]\n  url = \"https://localhost:8443\"\n  ca = \"{ca}\"\n  cert = \"{cc}\"\n  key = \"{ck}\"",
+        ca = set.ca.display(), cc = set.client_cert.display(), ck = set.client_key.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //!
 //! **gatewayd**: `gatewayd upstream-sink` (the reference receiver, mutual TLS, every batch `fdatasync`ed before its
 //! answer) and `gatewayd run` with its `[upstream]` pointed at it (development certificates from
-//! [`gatewayd::certs`]); N devices publish to the gateway's MQTT listener and wait for the durable `stored` acks; the
-//! punches go through the store, the engine and the outbox to the receiver, whose per-batch lines are counted.
+//! [`gatewayd::cli::certs`]); N devices publish to the gateway's MQTT listener and wait for the durable `stored` acks;
+//! the punches go through the store, the engine and the outbox to the receiver, whose per-batch lines are counted.
 //!
 //! **bridge**: what a user would assemble instead — Mosquitto A (persistence on, device passwords and per-device ACL)
 //! bridged with QoS 1 over TLS with a client certificate to Mosquitto B (persistence on, client certificate required);
@@ -209,7 +209,7 @@ fn spec(w: &Workload, broker: std::net::SocketAddr, answer: Answer, drain: u64) 
 
 async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path) -> anyhow::Result<Side> {
     std::fs::create_dir_all(dir)?;
-    let certs = gatewayd::certs::write_dev_set(&dir.join("certs"), "bench-gw", 365)?;
+    let certs = gatewayd::cli::certs::write_dev_set(&dir.join("certs"), "bench-gw", 365)?;
 
     // The receiver; its stdout says where it listens, then one line per batch.
     let mut cmd = Command::new(gatewayd);
@@ -428,15 +428,15 @@ async fn bridge_side(args: &E2eArgs, w: &Workload, dir: &Path) -> anyhow::Result
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     // Certificates: B's server certificate, A's bridge client certificate, one CA.
-    let pki = gatewayd::certs::DevPki::new("bench CA")?;
-    let server = pki.server(&["localhost", "127.0.0.1"], gatewayd::certs::Validity::days(365))?;
-    let client = pki.client("bridge-a", gatewayd::certs::Validity::days(365))?;
+    let pki = gatewayd::cli::certs::DevPki::new("bench CA")?;
+    let server = pki.server(&["localhost", "127.0.0.1"], gatewayd::cli::certs::Validity::days(365))?;
+    let client = pki.client("bridge-a", gatewayd::cli::certs::Validity::days(365))?;
     let ca = dir.join("ca.pem");
-    gatewayd::certs::write_file(&ca, pki.ca_pem(), false)?;
-    gatewayd::certs::write_file(&b_dir.join("server.pem"), &server.cert_pem, false)?;
-    gatewayd::certs::write_file(&b_dir.join("server.key"), &server.key_pem, true)?;
-    gatewayd::certs::write_file(&a_dir.join("bridge.pem"), &client.cert_pem, false)?;
-    gatewayd::certs::write_file(&a_dir.join("bridge.key"), &client.key_pem, true)?;
+    gatewayd::cli::certs::write_file(&ca, pki.ca_pem(), false)?;
+    gatewayd::cli::certs::write_file(&b_dir.join("server.pem"), &server.cert_pem, false)?;
+    gatewayd::cli::certs::write_file(&b_dir.join("server.key"), &server.key_pem, true)?;
+    gatewayd::cli::certs::write_file(&a_dir.join("bridge.pem"), &client.cert_pem, false)?;
+    gatewayd::cli::certs::write_file(&a_dir.join("bridge.key"), &client.key_pem, true)?;
     // Device passwords (hashed by mosquitto_passwd -U) and a per-device ACL on A.
     let passwd = a_dir.join("passwd");
     let plain: String = (0..w.devices)
