@@ -257,15 +257,51 @@ fn table_of_rules() {
             want: Some(Expect { worked: 530, ..expect(Some("2026-11-23T09:10:00"), Some("2026-11-23T18:00:00"), &[]) }),
         },
         Row {
-            name: "one second after the grace is late, minutes counted from start and rounded up",
+            name: "one second after the grace is late, whole minutes from start rounded down (SPEC: 09:10:01 -> 10)",
             employee: "E-DAY",
             punches: &[(Face, "2026-11-23T09:10:01"), (Face, "2026-11-23T18:00")],
             date: MON,
             now: CLOSED,
             want: Some(Expect {
-                late: 11,
+                late: 10,
                 worked: 529,
                 ..expect(Some("2026-11-23T09:10:01"), Some("2026-11-23T18:00:00"), &["late"])
+            }),
+        },
+        Row {
+            name: "late minutes round down: 09:59:59 is 59 minutes late",
+            employee: "E-DAY",
+            punches: &[(Face, "2026-11-23T09:59:59"), (Face, "2026-11-23T18:00")],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect {
+                late: 59,
+                worked: 480,
+                ..expect(Some("2026-11-23T09:59:59"), Some("2026-11-23T18:00:00"), &["late"])
+            }),
+        },
+        Row {
+            name: "early leave minutes round up: out at 17:59:59 is one minute early",
+            employee: "E-DAY",
+            punches: &[(Face, "2026-11-23T09:00"), (Face, "2026-11-23T17:59:59")],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect {
+                early: 1,
+                worked: 539,
+                ..expect(Some("2026-11-23T09:00:00"), Some("2026-11-23T17:59:59"), &["early_leave"])
+            }),
+        },
+        Row {
+            name: "overtime minutes round down: out at 18:45:59 is 45 minutes",
+            employee: "E-DAY",
+            punches: &[(Face, "2026-11-23T09:00"), (Face, "2026-11-23T18:45:59")],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect {
+                overtime: 45,
+                worked: 585,
+                ..expect(Some("2026-11-23T09:00:00"), Some("2026-11-23T18:45:59"), &["overtime"])
             }),
         },
         Row {
@@ -442,7 +478,7 @@ fn table_of_rules() {
             }),
         },
         Row {
-            name: "dual verification: fingerprint 08:50 + card 09:06 verified (window 20m)",
+            name: "dual verification: fingerprint 08:50 + card 09:06 verified (window 20m), clock-in at the first factor",
             employee: "E-DUAL",
             punches: &[
                 (Fp, "2026-11-23T08:50"),
@@ -452,7 +488,64 @@ fn table_of_rules() {
             ],
             date: MON,
             now: CLOSED,
-            want: Some(Expect { worked: 536, ..expect(Some("2026-11-23T09:06:00"), Some("2026-11-23T18:02:00"), &[]) }),
+            want: Some(Expect { worked: 552, ..expect(Some("2026-11-23T08:50:00"), Some("2026-11-23T18:02:00"), &[]) }),
+        },
+        Row {
+            name: "dual verification: fingerprint 09:10:00 + card 09:10:30 is on time (the first factor is the clock-in)",
+            employee: "E-DUAL",
+            punches: &[
+                (Fp, "2026-11-23T09:10:00"),
+                (Card, "2026-11-23T09:10:30"),
+                (Fp, "2026-11-23T18:00"),
+                (Card, "2026-11-23T18:01"),
+            ],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect { worked: 531, ..expect(Some("2026-11-23T09:10:00"), Some("2026-11-23T18:01:00"), &[]) }),
+        },
+        Row {
+            name: "dual verification: fingerprint 09:10:01 + card 09:11:00 is 10 minutes late, not 11",
+            employee: "E-DUAL",
+            punches: &[
+                (Fp, "2026-11-23T09:10:01"),
+                (Card, "2026-11-23T09:11:00"),
+                (Fp, "2026-11-23T18:00"),
+                (Card, "2026-11-23T18:01"),
+            ],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect {
+                late: 10,
+                worked: 530,
+                ..expect(Some("2026-11-23T09:10:01"), Some("2026-11-23T18:01:00"), &["late"])
+            }),
+        },
+        Row {
+            name: "dual verification: the clock-out is the later punch of the last pair (card 17:58 + fingerprint 18:03)",
+            employee: "E-DUAL",
+            punches: &[
+                (Card, "2026-11-23T08:58"),
+                (Fp, "2026-11-23T09:00"),
+                (Card, "2026-11-23T17:58"),
+                (Fp, "2026-11-23T18:03"),
+            ],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect { worked: 545, ..expect(Some("2026-11-23T08:58:00"), Some("2026-11-23T18:03:00"), &[]) }),
+        },
+        Row {
+            name: "dual verification: the first factor of the first pair, not a lone earlier factor (fp 08:30, fp 08:50 + card 08:55)",
+            employee: "E-DUAL15",
+            punches: &[
+                (Fp, "2026-11-23T08:30"),
+                (Fp, "2026-11-23T08:50"),
+                (Card, "2026-11-23T08:55"),
+                (Fp, "2026-11-23T18:00"),
+                (Card, "2026-11-23T18:01"),
+            ],
+            date: MON,
+            now: CLOSED,
+            want: Some(Expect { worked: 551, ..expect(Some("2026-11-23T08:50:00"), Some("2026-11-23T18:01:00"), &[]) }),
         },
         Row {
             name: "dual verification: card 30 minutes after the fingerprint is dual_timeout",
@@ -481,7 +574,7 @@ fn table_of_rules() {
             ],
             date: MON,
             now: CLOSED,
-            want: Some(Expect { worked: 536, ..expect(Some("2026-11-23T09:05:00"), Some("2026-11-23T18:01:00"), &[]) }),
+            want: Some(Expect { worked: 551, ..expect(Some("2026-11-23T08:50:00"), Some("2026-11-23T18:01:00"), &[]) }),
         },
         Row {
             name: "dual verification: one second beyond the window is dual_timeout",
@@ -497,7 +590,7 @@ fn table_of_rules() {
             punches: &[(Fp, "2026-11-23T08:50"), (Card, "2026-11-23T08:52"), (Card, "2026-11-23T18:00")],
             date: MON,
             now: CLOSED,
-            want: Some(expect(Some("2026-11-23T08:52:00"), None, &["missing_out", "single_factor"])),
+            want: Some(expect(Some("2026-11-23T08:50:00"), None, &["missing_out", "single_factor"])),
         },
         Row {
             name: "dual verification: a face punch does not count for a fingerprint+card group",
