@@ -9,7 +9,9 @@
 //!
 //! # How a batch is applied
 //! [`Engine::apply_batch`] takes any number of inputs, marks the (employee, work date) pairs they touch, then settles:
-//! records whose window closed by `now` and whole work dates that closed are marked too, every marked record is
+//! records whose window closed by `now` are marked too, and so is every employee scheduled (a working day, by the
+//! roster and rules in force) on a shift whose window closed by `now` (so `absent`, `missing_in` and `missing_out` come
+//! at the close of each shift's own window, also for employees who never punched); every marked record is
 //! recomputed ([`super::day::evaluate`]) and compared with its last revision by digest, and only records whose content
 //! changed get a new revision. The output order is: punch changes, record changes (by date, then employee), then
 //! `DayClosed` dates in order.
@@ -151,6 +153,10 @@ pub struct Engine {
     decisions: Map<PunchId, bool>,
     records: Map<(Arc<str>, Date), Vec<RecState>>,
     closing: BTreeMap<(i64, Date), Set<Arc<str>>>,
+    /// Shift windows (work date, rules version, shift index) of dates not yet closed whose close has been handled: their
+    /// scheduled employees were marked. Cleared when the roster changes, so that employees who changed groups are looked
+    /// at again; a rules change gives open dates a new version, so their windows are handled again under it.
+    windows_done: BTreeSet<(Date, u32, usize)>,
     pending_days: BTreeSet<Date>,
     spans: Map<(u32, usize, Date), (DayPlan, ShiftSpan)>,
     evicted_before: Option<Date>,
@@ -312,6 +318,7 @@ impl Engine {
             decisions: Map::default(),
             records: Map::default(),
             closing: BTreeMap::new(),
+            windows_done: BTreeSet::new(),
             pending_days: BTreeSet::new(),
             spans: Map::default(),
             evicted_before: None,
@@ -725,7 +732,9 @@ impl Engine {
                 }
             }
         }
-        // Departments and group membership may have changed.
+        // Departments and group membership may have changed: open records, and the closed windows of open dates (an
+        // employee moved into a group whose window has closed is absent now, not never).
+        self.windows_done.clear();
         self.remark_open();
     }
 
@@ -783,20 +792,49 @@ impl Engine {
         self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
-    /// Employees that have a group on `date` (and so a record, absent or not, on working days).
-    fn scheduled_employees(&mut self, date: Date) -> Vec<Arc<str>> {
-        let rules = self.rules_for(date);
+    /// Employees whose plan on `date` (rules `version`) is a working day on shift `shift`: when that shift's window
+    /// closes they have a record, absent or not.
+    fn scheduled_on(&mut self, date: Date, version: u32, shift: usize) -> Vec<Arc<str>> {
+        let Some(rules) = self.rules.get(&version).cloned() else { return Vec::new() };
         if rules.groups.is_empty() {
             return Vec::new();
         }
         let roster = self.roster.clone();
         let mut out = Vec::new();
         for e in roster.employees() {
-            if rules.group_of(&e.id, &e.department).is_some() {
-                out.push(self.intern(&e.id));
+            let Some(g) = rules.group_of(&e.id, &e.department) else { continue };
+            if let Some((plan, _)) = self.span_for(version, g, date) {
+                if plan.workday && plan.shift == shift {
+                    out.push(self.intern(&e.id));
+                }
             }
         }
         out
+    }
+
+    /// Marks the scheduled employees of every shift window that has closed by now on a date not yet closed (SPEC: missing
+    /// punches and absence are raised at the close of each shift's window, not when the whole date closes).
+    fn close_windows(&mut self, now: i64) {
+        let Some(through) = self.marks.closed_through else { return };
+        let today = local_date(now, &self.settings.tz);
+        let mut d = next_day(through);
+        while d <= today {
+            let version = self.version_for(d);
+            let rules = self.rules_for(d);
+            for (s, shift) in rules.shifts.iter().enumerate() {
+                if self.windows_done.contains(&(d, version, s)) || shift.span(d, &self.settings.tz).close_ms >= now {
+                    continue;
+                }
+                self.windows_done.insert((d, version, s));
+                for e in self.scheduled_on(d, version, s) {
+                    self.touch(d, e);
+                }
+            }
+            if next_day(d) == d {
+                break;
+            }
+            d = next_day(d);
+        }
     }
 
     fn settle(&mut self) -> Vec<Change> {
@@ -813,27 +851,27 @@ impl Engine {
                 }
             }
         }
+        // Dates older than the horizon are not closed one by one.
+        if let (Some(through), Some(start)) = (self.marks.closed_through, self.horizon_start()) {
+            if through < prev_day(start) {
+                self.marks.closed_through = Some(prev_day(start));
+            }
+        }
+        // Shift windows that have closed: everyone scheduled gets their record.
+        self.close_windows(now);
         // Work dates whose last window has closed, in order.
         let mut announce: Vec<Date> = Vec::new();
         if let Some(mut through) = self.marks.closed_through {
-            if let Some(start) = self.horizon_start() {
-                if through < prev_day(start) {
-                    through = prev_day(start);
-                    self.marks.closed_through = Some(through);
-                }
-            }
             loop {
                 let d = next_day(through);
                 if d == through || self.rules_for(d).day_close_ms(d, &tz) >= now {
                     break;
                 }
-                for e in self.scheduled_employees(d) {
-                    self.touch(d, e);
-                }
                 announce.push(d);
                 through = d;
                 self.marks.closed_through = Some(d);
             }
+            self.windows_done = self.windows_done.split_off(&(next_day(through), 0, 0));
         }
         let due: Vec<Date> =
             self.pending_days.iter().copied().filter(|d| self.rules_for(*d).day_close_ms(*d, &tz) < now).collect();

@@ -369,6 +369,70 @@ fn table_of_rules() {
             want: Some(expect(None, None, &["absent"])),
         },
         Row {
+            name: "no punch: absent as soon as the day window closes (24:00), before Monday's night window (10:00 Tuesday)",
+            employee: "E-DAY",
+            punches: &[],
+            date: MON,
+            now: "2026-11-24T00:00:01",
+            want: Some(expect(None, None, &["absent"])),
+        },
+        Row {
+            name: "no punch: nothing while the day window is open",
+            employee: "E-DAY",
+            punches: &[],
+            date: MON,
+            now: "2026-11-23T23:59:59",
+            want: None,
+        },
+        Row {
+            name: "no punch on a night shift: absent when the night window closes (10:00 the next day)",
+            employee: "E-NIGHT",
+            punches: &[],
+            date: MON,
+            now: "2026-11-24T10:00:01",
+            want: Some(expect(None, None, &["absent"])),
+        },
+        Row {
+            name: "no punch on a night shift: nothing at 09:59 the next day (the window is open)",
+            employee: "E-NIGHT",
+            punches: &[],
+            date: MON,
+            now: "2026-11-24T09:59:00",
+            want: None,
+        },
+        Row {
+            name: "dual verification, one factor only: missing_in and missing_out at the day window's close",
+            employee: "E-DUAL",
+            punches: &[(Card, "2026-11-23T09:00")],
+            date: MON,
+            now: "2026-11-24T00:00:01",
+            want: Some(expect(None, None, &["missing_in", "missing_out", "single_factor"])),
+        },
+        Row {
+            name: "rotation: a day-shift day of the rotation is absent at the day window's close",
+            employee: "E-ROT",
+            punches: &[],
+            date: "2026-11-26",
+            now: "2026-11-27T00:00:01",
+            want: Some(expect(None, None, &["absent"])),
+        },
+        Row {
+            name: "a Sunday raises nothing when its window closes",
+            employee: "E-DAY",
+            punches: &[],
+            date: "2026-11-22",
+            now: "2026-11-23T00:00:01",
+            want: None,
+        },
+        Row {
+            name: "a holiday raises nothing when its window closes",
+            employee: "E-DAY",
+            punches: &[],
+            date: "2026-10-01",
+            now: "2026-10-02T00:00:01",
+            want: None,
+        },
+        Row {
             name: "punches outside the window belong to no record",
             employee: "E-DAY",
             punches: &[(Face, "2026-11-23T06:59:59")],
@@ -704,6 +768,31 @@ fn absent_records_for_everyone_scheduled_when_the_day_closes() {
     // closes at 10:00 on the 24th, so they are absent too; the manager has no group.
     assert_eq!(absent, vec!["E-DAY", "E-DUAL", "E-DUAL15", "E-GEO", "E-NIGHT", "E-POLY", "E-ROT"]);
     assert_eq!(days_closed(&changes), vec!["2026-11-23"]);
+}
+
+#[test]
+fn absence_follows_a_group_change_during_the_day() {
+    const MON: &str = "2026-11-23";
+    let mut e = engine();
+    e.apply(Input::Tick(at("2026-11-23T00:00")));
+    // At 23:00 on Monday E-DAY moves to the night group, while its day window is still open...
+    let moved = ROSTER.replace("E-DAY,Day Worker,D-DAY", "E-DAY,Day Worker,D-NIGHT");
+    let mut all = e.apply_batch([Input::Tick(at("2026-11-23T23:00")), Input::Roster(roster(&moved))]);
+    // ...so the day window's close raises nothing for it.
+    all.extend(e.apply(Input::Tick(at("2026-11-24T00:00:01"))));
+    assert!(record_of(&latest(&all), "E-DAY", MON).is_none(), "{:?}", record_of(&latest(&all), "E-DAY", MON));
+    assert_eq!(latest(&all)["gw:E-DUAL:2026-11-23:day"].statuses, vec!["absent"]);
+    // At 03:00 E-NIGHT moves to the day group, whose Monday window has closed: absent at once.
+    let moved = moved.replace("E-NIGHT,Night Worker,D-NIGHT", "E-NIGHT,Night Worker,D-DAY");
+    let c = e.apply_batch([Input::Tick(at("2026-11-24T03:00")), Input::Roster(roster(&moved))]);
+    let r = latest(&c);
+    assert_eq!(r.get("gw:E-NIGHT:2026-11-23:day").map(|r| r.statuses.clone()), Some(vec!["absent".to_owned()]));
+    // E-DAY is absent from Monday's night shift when that window closes, at 10:00 on Tuesday.
+    assert!(latest(&e.apply(Input::Tick(at("2026-11-24T10:00:00")))).is_empty());
+    let c = e.apply(Input::Tick(at("2026-11-24T10:00:01")));
+    let r = latest(&c);
+    assert_eq!(r.get("gw:E-DAY:2026-11-23:night").map(|r| r.statuses.clone()), Some(vec!["absent".to_owned()]));
+    assert!(record_of(&r, "E-NIGHT", MON).is_none(), "no second record for E-NIGHT: {r:?}");
 }
 
 #[test]
