@@ -267,8 +267,11 @@ fn dual_events(counting: &[&DayPunch], v: Verification, statuses: &mut Vec<Statu
                 last_in(other, (t - v.window_ms).max(after), t).map(|p| Event { at: t, first: p, last: t })
             })
         };
-        let candidates =
-            [latest_from(&ta, &tb), latest_from(&tb, &ta), makeups.last().copied().filter(|&t| t >= after).map(Event::single)];
+        let candidates = [
+            latest_from(&ta, &tb),
+            latest_from(&tb, &ta),
+            makeups.last().copied().filter(|&t| t >= after).map(Event::single),
+        ];
         candidates.into_iter().flatten().max_by_key(|e| (e.at, std::cmp::Reverse(e.first)))
     });
 
