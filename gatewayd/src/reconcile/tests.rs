@@ -9,7 +9,7 @@ use drivers::Method;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
 
-use super::engine::{Engine, EngineSettings, Input, Watermarks};
+use super::engine::{Engine, EngineSettings, Input, StoredDay, Watermarks};
 use crate::proto::upstream::{AttendanceRecord, Punch as UpPunch};
 use crate::punch::Punch;
 use crate::reconcile::changes::Change;
@@ -977,13 +977,98 @@ fn no_rules_still_forwards_punches_and_closes_days_at_midnight() {
     assert_eq!(days_closed(&e.apply(Input::Tick(at("2026-11-24T00:00:01")))), vec!["2026-11-23"]);
 }
 
+/// What the stage does for dates beyond the horizon, with `store` as the punch store and `stored` as the record store:
+/// every date on the engine's backfill set is reconciled from the punches in its range; the record store is updated.
+fn backfill(e: &mut Engine, store: &[Punch], stored: &mut BTreeMap<String, AttendanceRecord>) -> Vec<Change> {
+    let mut out = Vec::new();
+    while let Some(date) = e.backfill_next() {
+        let records: Vec<AttendanceRecord> =
+            stored.values().filter(|r| r.work_date == date.to_string()).cloned().collect();
+        let version = e.stored_day_version(date, &records);
+        let (from, to) = e.stored_day_range(date, version, None);
+        let punches = store.iter().filter(|p| (from..to).contains(&p.device_time_ms)).cloned();
+        let changes =
+            e.reconcile_stored_day(StoredDay { date, records, version, rules: None, decisions: vec![] }, punches);
+        stored.extend(latest(&changes));
+        out.extend(changes);
+    }
+    out
+}
+
 #[test]
-fn punches_older_than_the_horizon_are_forwarded_but_not_reconciled() {
+fn punches_older_than_the_horizon_reconcile_their_day_from_the_store() {
     let mut e = engine();
     e.apply(Input::Tick(at("2026-11-23T00:00")));
-    let c = e.apply(Input::Punch(punch(1, "E-DAY", Method::Face, "2026-09-01T09:00")));
-    assert_eq!(punches_out(&c)[0].flags, vec!["not_reconciled"]);
+    let mut store = vec![punch(1, "E-DAY", Method::Face, "2026-09-01T09:20")];
+    let mut stored = BTreeMap::new();
+    // Forwarded at once (no flag: it is reconciled), no record in memory; its date waits for the store.
+    let c = e.apply(Input::Punch(store[0].clone()));
+    assert_eq!(
+        punches_out(&c).iter().map(|p| (p.punch_id.as_str(), p.flags.len())).collect::<Vec<_>>(),
+        [("gw:dev:1", 0)]
+    );
     assert!(latest(&c).is_empty());
+    assert_eq!(e.watermarks().backfill.iter().map(ToString::to_string).collect::<Vec<_>>(), ["2026-09-01"]);
+    let c = backfill(&mut e, &store, &mut stored);
+    let r = &latest(&c)["gw:E-DAY:2026-09-01:day"];
+    assert_eq!((r.revision, r.closed, r.late_minutes), (1, true, 20));
+    assert_eq!(r.statuses, ["late", "missing_out"]);
+    assert_eq!(days_closed(&c), ["2026-09-01"], "the day's digest goes again");
+    // Its clock-out, also weeks late: the record is revised like any late punch's.
+    store.push(punch(2, "E-DAY", Method::Face, "2026-09-01T18:00"));
+    e.apply(Input::Punch(store[1].clone()));
+    let c = backfill(&mut e, &store, &mut stored);
+    let r = &latest(&c)["gw:E-DAY:2026-09-01:day"];
+    assert_eq!((r.revision, r.statuses.clone(), r.worked_minutes), (2, vec!["late".to_owned()], 520));
+    // Sent again: nothing changes. And the engine keeps nothing of that date.
+    e.apply(Input::Punch(store[1].clone()));
+    assert!(backfill(&mut e, &store, &mut stored).is_empty());
+    assert_eq!((e.punches_kept(), e.records_tracked()), (0, 0));
+    assert!(e.watermarks().backfill.is_empty());
+    // Restored after a restart, an old punch does not ask for its date again (it was reconciled when it came).
+    e.apply(Input::Restore(store[1].clone()));
+    assert!(e.watermarks().backfill.is_empty());
+}
+
+#[test]
+fn a_late_punch_beyond_the_horizon_revises_a_stored_absence() {
+    // The engine ran since 1 September: its absences are stored. Today is 23 November (horizon: 23 October).
+    let mut e = engine();
+    let mut stored = latest(&e.apply(Input::Tick(at("2026-09-01T00:00"))));
+    for day in 1..=83 {
+        let now = at("2026-09-01T12:00") + day * 86_400_000;
+        stored.extend(latest(&e.apply(Input::Tick(now))));
+    }
+    let absent = stored["gw:E-DAY:2026-09-15:day"].clone();
+    assert_eq!((absent.statuses.clone(), absent.revision), (vec!["absent".to_owned()], 1));
+    // A terminal offline since then delivers E-DAY's punches of 15 September.
+    let store =
+        vec![punch(1, "E-DAY", Method::Face, "2026-09-15T08:58"), punch(2, "E-DAY", Method::Face, "2026-09-15T18:01")];
+    e.apply_batch(store.iter().cloned().map(Input::Punch));
+    let c = backfill(&mut e, &store, &mut stored);
+    let records = latest(&c);
+    assert_eq!(records.len(), 1, "only the record that changed: {records:?}");
+    let r = &records["gw:E-DAY:2026-09-15:day"];
+    assert_eq!((r.revision, r.statuses.len(), r.worked_minutes, r.closed), (2, 0, 543, true));
+    assert_eq!(days_closed(&c), ["2026-09-15"]);
+}
+
+#[test]
+fn a_punch_in_the_horizon_for_a_night_shift_before_it_asks_for_that_date() {
+    let mut e = engine();
+    e.apply(Input::Tick(at("2026-11-23T00:00")));
+    // The horizon starts on 23 October; 05:00 that morning ends the night shift of the 22nd.
+    let store = vec![
+        punch(1, "E-NIGHT", Method::Face, "2026-10-22T22:00"),
+        punch(2, "E-NIGHT", Method::Face, "2026-10-23T05:00"),
+    ];
+    e.apply(Input::Punch(store[1].clone()));
+    assert_eq!(e.watermarks().backfill.iter().map(ToString::to_string).collect::<Vec<_>>(), ["2026-10-22"]);
+    e.apply(Input::Punch(store[0].clone()));
+    let mut stored = BTreeMap::new();
+    let c = backfill(&mut e, &store, &mut stored);
+    let r = &latest(&c)["gw:E-NIGHT:2026-10-22:night"];
+    assert_eq!((r.punch_ids.len(), r.early_leave_minutes), (2, 60));
 }
 
 // ---- properties ----
@@ -1155,6 +1240,37 @@ proptest! {
         ids.dedup();
         prop_assert_eq!(n, ids.len());
         prop_assert_eq!(n, punches.len());
+    }
+
+    /// A date reconciled from the store (beyond the horizon) gets the records the engine's memory gives it (in the
+    /// horizon) for the same punches, absences included.
+    #[test]
+    fn the_store_path_agrees_with_the_memory_path(punches in arb_punches()) {
+        let strip = |r: &AttendanceRecord| AttendanceRecord { revision: 0, ..r.clone() };
+        let dates = ["2026-11-22", "2026-11-23", "2026-11-24", "2026-11-25"];
+        let mut a = engine();
+        let mut ca = a.apply(Input::Tick(at("2026-11-22T00:00")));
+        ca.extend(a.apply_batch(punches.iter().cloned().map(Input::Punch)));
+        ca.extend(a.apply(Input::Tick(at("2026-11-29T00:00"))));
+        let memory: BTreeMap<String, AttendanceRecord> = latest(&ca)
+            .values()
+            .filter(|r| dates.contains(&r.work_date.as_str()) && !(r.statuses.is_empty() && r.punch_ids.is_empty()))
+            .map(|r| (r.record_id.clone(), strip(r)))
+            .collect();
+        // The same punches, weeks late: the engine (running since the 22nd) reconciles their dates from the store.
+        let mut b = engine();
+        b.apply(Input::Tick(at("2026-11-22T00:00")));
+        b.apply(Input::Tick(at("2027-01-10T00:00")));
+        b.apply_batch(punches.iter().cloned().map(Input::Punch));
+        let mut from_store = BTreeMap::new();
+        for d in dates {
+            let date: jiff::civil::Date = d.parse().unwrap();
+            let (from, to) = b.stored_day_range(date, 1, None);
+            let day = punches.iter().filter(|p| (from..to).contains(&p.device_time_ms)).cloned();
+            let changes = b.reconcile_stored_day(StoredDay { date, records: vec![], version: 1, rules: None, decisions: vec![] }, day);
+            from_store.extend(latest(&changes).values().map(|r| (r.record_id.clone(), strip(r))));
+        }
+        prop_assert_eq!(memory, from_store);
     }
 
     /// A restart that re-derives records from the stored punches and compares with the stored revisions emits nothing.
