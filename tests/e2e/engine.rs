@@ -1,6 +1,7 @@
 //! The attendance engine through the real daemon: punches published by an MQTT device become records (read back from
 //! the daemon's own store after it stopped); a restart and a kill -9 add no revisions; a roster learned on SIGHUP resolves
-//! an earlier unknown card.
+//! an earlier unknown card; a shift window that closes during the test makes its absences within seconds; a punch 40
+//! days old reaches the upstream receiver as a record of its day.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use gatewayd::store::Store;
 use nix::sys::signal::Signal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use crate::harness::{base_config, Gateway};
+use crate::harness::{base_config, dev_certs, http, wait_until, Gateway};
+use crate::upstream::Sink;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -157,4 +159,172 @@ fn punches_become_records_and_restarts_add_no_revisions() {
     let e2 = all.iter().find(|r| r.employee_id == "E2").expect("E2 resolved after SIGHUP");
     assert_eq!(e2.punch_ids, vec!["engine-gw:face-1:3"]);
     assert_eq!(e2.statuses, vec!["missing_out", "clock_skew"]);
+}
+
+/// A site time zone in which it is now between 03:00 and 21:00, so that a shift a few minutes around now does not
+/// cross midnight (the three zones are 8 and 16 hours apart).
+fn daytime_zone() -> &'static str {
+    let now = jiff::Timestamp::now();
+    ["Asia/Shanghai", "UTC", "America/Los_Angeles"]
+        .into_iter()
+        .max_by_key(|z| {
+            let t = now.to_zoned(jiff::tz::TimeZone::get(z).unwrap()).time();
+            let minutes = i32::from(t.hour()) * 60 + i32::from(t.minute());
+            minutes.min(24 * 60 - minutes)
+        })
+        .unwrap()
+}
+
+/// The records of `date` through the API, as JSON.
+fn api_records(gw: &Gateway, token: &str, date: &str) -> Vec<serde_json::Value> {
+    let auth = format!("Bearer {token}");
+    let (status, body) = http(
+        "GET",
+        gw.addr("api"),
+        &format!("/api/v1/records?from={date}&to={date}"),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["records"].as_array().unwrap().clone()
+}
+
+fn statuses_of(records: &[serde_json::Value], employee: &str) -> Option<Vec<String>> {
+    records
+        .iter()
+        .find(|r| r["employee_id"] == employee)
+        .map(|r| r["statuses"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+}
+
+/// SPEC 4: missing punches and absence are raised at the close of each shift's own window. The rules have a short
+/// shift whose window closes a few seconds after the daemon starts, and a night shift whose window closes tomorrow:
+/// E1 (no punch) is absent and E2 (a clock-in only) is missing_out within seconds of the short window's close, while
+/// E3 on the night shift has nothing. The engine is given the time every 200 ms (`GATEWAYD_ENGINE_TICK_MS`) instead of
+/// every 10 s.
+#[test]
+fn a_shift_window_closing_during_the_test_raises_absent_within_seconds() {
+    let zone = daytime_zone();
+    let tz = jiff::tz::TimeZone::get(zone).unwrap();
+    // The short shift: 3 minutes to 1 minute before the close, which comes 15 s from now (whole seconds).
+    let close = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 15).unwrap();
+    let local = |t: jiff::Timestamp| t.to_zoned(tz.clone());
+    let hms = |t: jiff::Timestamp| local(t).strftime("%H:%M:%S").to_string();
+    let start = close - jiff::SignedDuration::from_mins(3);
+    let end = close - jiff::SignedDuration::from_mins(1);
+    let date = local(start).date().to_string();
+    let rules = format!(
+        "[[shift]]\nid = \"short\"\nstart = \"{}\"\nend = \"{}\"\nopens_before = \"1h\"\ncloses_after = \"1m\"\n\n\
+         [[shift]]\nid = \"night\"\nstart = \"22:00\"\nend = \"06:00\"\ncloses_after = \"4h\"\n\n\
+         [[group]]\nid = \"office\"\ndepartments = [\"D-OFF\"]\nshift = \"short\"\n\
+         workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\n\
+         [[group]]\nid = \"nights\"\ndepartments = [\"D-NIGHT\"]\nshift = \"night\"\n\
+         workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n",
+        hms(start),
+        hms(end)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), rules).unwrap();
+    std::fs::write(
+        dir.path().join("roster.csv"),
+        "employee,name,department\nE1,Li Wei,D-OFF\nE2,Wang Fang,D-OFF\nE3,Zhang Min,D-NIGHT\n",
+    )
+    .unwrap();
+    // The test polls the API every 20 ms: more than a token's default rate.
+    let config =
+        config().replace("Asia/Shanghai", zone).replace("[api]\n", "[api]\nrate_per_sec = 1000\nrate_burst = 1000\n");
+    assert!(config.contains("rate_per_sec"), "{config}");
+    let gw = Gateway::start_in_env(dir, &config, &[("GATEWAYD_ENGINE_TICK_MS", "200")]);
+    let token = gw.token(&["--role", "admin"]);
+    // E2 clocks in one minute before the start (the device reports in real time: within max_clock_skew of now).
+    let clock_in = local(start - jiff::SignedDuration::from_mins(1)).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    publish(&gw, &[format!(r#"{{"seq": 1, "time": "{clock_in}", "method": "face", "employee": "E2"}}"#)]);
+    // E2's record appears, and nothing is missing while the window is open.
+    let before =
+        wait_until("E2's record", LIMIT, || api_records(&gw, &token, &date), |r| statuses_of(r, "E2").is_some());
+    assert!(jiff::Timestamp::now() < close, "the daemon took too long to start for this test");
+    assert_eq!(statuses_of(&before, "E1"), None, "{before:?}");
+    assert_eq!(statuses_of(&before, "E2"), Some(vec![]), "{before:?}");
+
+    let absent = Some(vec!["absent".to_owned()]);
+    let records = wait_until(
+        "E1 absent after the short shift's window closed",
+        LIMIT,
+        || api_records(&gw, &token, &date),
+        |r| statuses_of(r, "E1") == absent,
+    );
+    let seen = jiff::Timestamp::now();
+    let after_close = seen.duration_since(close);
+    assert!(after_close >= jiff::SignedDuration::ZERO, "absent before the window closed ({after_close:?})");
+    assert!(after_close < jiff::SignedDuration::from_secs(5), "absent {after_close:?} after the close");
+    assert_eq!(statuses_of(&records, "E2"), Some(vec!["missing_out".to_owned()]), "{records:?}");
+    assert_eq!(statuses_of(&records, "E3"), None, "the night window is still open: {records:?}");
+    let e1 = records.iter().find(|r| r["employee_id"] == "E1").unwrap();
+    assert_eq!((e1["shift_id"].as_str(), e1["closed"].as_bool()), (Some("short"), Some(true)));
+}
+
+/// SPEC 4: a punch older than the horizon (`reconcile_days`, 31 by default) is reconciled from the store, and its
+/// record reaches the upstream receiver (`gatewayd upstream-sink`), followed by the digest of its day.
+#[test]
+fn a_punch_40_days_old_reaches_the_receiver_as_a_record_of_its_day() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = dev_certs(work.path());
+    let out = work.path().join("received.jsonl");
+    let sink = Sink::start(&certs, &out, "127.0.0.1:0", "");
+    let port = sink.addr.rsplit(':').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    std::fs::write(dir.path().join("roster.csv"), ROSTER).unwrap();
+    let config = format!(
+        "{}[upstream]\nurl = \"https://localhost:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         batch_max_items = 20\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n",
+        config(),
+        ca = certs.join("ca.pem").display(),
+        cert = certs.join("client.pem").display(),
+        key = certs.join("client.key").display(),
+    );
+    let mut gw = Gateway::start_in(dir, &config);
+    publish(
+        &gw,
+        &[
+            format!(r#"{{"seq": 1, "time": "{}", "method": "face", "employee": "E1"}}"#, time(40, 9, 5)),
+            format!(r#"{{"seq": 2, "time": "{}", "method": "card", "credential": "0A0A0A01"}}"#, time(40, 18, 10)),
+        ],
+    );
+    let record_id = format!("engine-gw:E1:{}:day", day(40));
+    let work_date = day(40).to_string();
+    let lines = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.split_inclusive('\n').filter(|l| l.ends_with('\n')).map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let received = wait_until(
+        "the 40-day-old day's record with both punches, and its digest, at the receiver",
+        Duration::from_secs(60),
+        lines,
+        |ls| {
+            let complete = ls.iter().any(|l| {
+                l["kind"] == "record"
+                    && l["record_id"] == record_id.as_str()
+                    && l["punch_ids"].as_array().map(Vec::len) == Some(2)
+            });
+            let digest = ls.iter().any(|l| l["kind"] == "digest" && l["work_date"] == work_date.as_str());
+            complete && digest
+        },
+    );
+    let newest = received
+        .iter()
+        .filter(|l| l["kind"] == "record" && l["record_id"] == record_id.as_str())
+        .max_by_key(|l| l["revision"].as_u64())
+        .unwrap();
+    // The device reports in real time, so punches 40 days old are clock_skew (SPEC: max_clock_skew).
+    assert_eq!(newest["statuses"], serde_json::json!(["clock_skew"]), "{newest}");
+    assert_eq!((newest["worked_minutes"].as_i64(), newest["closed"].as_bool()), (Some(545), Some(true)), "{newest}");
+    let punches: Vec<&serde_json::Value> = received.iter().filter(|l| l["kind"] == "punch").collect();
+    assert_eq!(punches.len(), 2);
+    assert!(
+        punches.iter().all(|p| p["employee_id"] == "E1" && p["flags"] == serde_json::json!(["clock_skew"])),
+        "{punches:?}"
+    );
+    gw.stop();
+    sink.stop();
 }

@@ -3,8 +3,13 @@
 //! This is SPEC section 4 in one pure function, [`evaluate`]. The engine ([`super::engine`]) decides which punches belong
 //! to which record; here they are merged, paired, and turned into clock-in, clock-out, minutes and statuses.
 //!
-//! Rounding: late and early-leave minutes round up (09:10:01 with a 10 minute grace is late by 11 minutes: one second late
-//! is never "late by 0 minutes"); worked and overtime minutes round down (only completed minutes count).
+//! Rounding (SPEC section 4): late minutes are the whole minutes from the shift's start, rounded down (09:10:01 with a 10
+//! minute grace is late by 10 minutes); early-leave minutes are the minutes to the shift's end, rounded up (out at
+//! 17:59:59 is one minute early); worked and overtime minutes round down (only completed minutes count).
+//!
+//! Dual verification: a clock event is a verified pair, two punches of the two required methods within the window of
+//! each other. The clock-in is the EARLIER punch of the first pair (the first factor proves presence, the second only
+//! confirms it); the clock-out is the LATER punch of the last pair whose punches both follow the clock-in pair.
 
 use drivers::Method;
 
@@ -131,11 +136,19 @@ pub fn merge_duplicates(punches: &[DayPunch], window_ms: i64) -> Vec<bool> {
         .collect()
 }
 
-/// One clock event: when it completed and when its first punch was.
+/// One clock event: the time it counts at (the earlier punch of a clock-in pair, the later punch of a clock-out pair),
+/// and its first and last punch (the same for a single punch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Event {
     at: i64,
     first: i64,
+    last: i64,
+}
+
+impl Event {
+    fn single(t: i64) -> Event {
+        Event { at: t, first: t, last: t }
+    }
 }
 
 /// Evaluates a record. `punches` must be sorted by (time, id) and are all the punches assigned to this record.
@@ -149,7 +162,7 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
         None => {
             let cin = counting.first().map(|p| p.time_ms);
             let cout = cin.and_then(|t| counting.iter().rev().map(|p| p.time_ms).find(|&u| u > t));
-            (cin.map(|t| Event { at: t, first: t }), cout.map(|t| Event { at: t, first: t }))
+            (cin.map(Event::single), cout.map(Event::single))
         }
         Some(v) => dual_events(&counting, v, &mut statuses),
     };
@@ -165,7 +178,7 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
         if let Some(i) = clock_in {
             if i.at > span.start_ms + ctx.shift.late_grace_ms {
                 statuses.push(Status::Late);
-                e.late_minutes = minutes_up(i.at - span.start_ms);
+                e.late_minutes = minutes_down(i.at - span.start_ms);
             }
         }
         if let Some(o) = clock_out {
@@ -212,58 +225,54 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
     e
 }
 
-/// Clock events under dual verification. A clock event is a `makeup` punch, or a punch of one required method with a
-/// punch of the other within the window before it (the event completes at the later punch). Clock-in is the earliest
-/// completed event; clock-out the latest event whose punches are all after the clock-in. Attempts that fail raise
-/// `single_factor` (one method only) or `dual_timeout` (both methods, too far apart).
+/// Clock events under dual verification. A verified pair is a punch of each required method, at most the window apart
+/// (inclusive); a `makeup` punch is a clock event on its own. The clock-in is the earliest punch of any verified pair (that
+/// pair's earlier punch; its partner is the earliest punch of the other method that confirms it); the clock-out is the
+/// latest punch of a verified pair whose two punches both follow the clock-in pair (that pair's later punch). Attempts
+/// that fail raise `single_factor` (one method only) or `dual_timeout` (both methods, too far apart).
 fn dual_events(counting: &[&DayPunch], v: Verification, statuses: &mut Vec<Status>) -> (Option<Event>, Option<Event>) {
     let [a, b] = v.methods;
     let times = |m: Method| -> Vec<i64> { counting.iter().filter(|p| p.method == m).map(|p| p.time_ms).collect() };
     let (ta, tb) = (times(a), times(b));
     let makeups = times(Method::Makeup);
-    // The latest punch of `other` in [t - window, t] that is also after `after`.
-    let partner = |other: &[i64], t: i64, after: Option<i64>| -> Option<i64> {
-        let lo = (t - v.window_ms).max(after.map_or(i64::MIN, |x| x + 1));
-        let idx = other.partition_point(|&x| x <= t);
-        other[..idx].last().copied().filter(|&x| x >= lo)
+    // The earliest punch of `other` (sorted) in [lo, hi].
+    let first_in = |other: &[i64], lo: i64, hi: i64| -> Option<i64> {
+        other.get(other.partition_point(|&x| x < lo)).copied().filter(|&x| x <= hi)
     };
-    // Candidate events in time order of completion.
-    let mut events: Vec<Event> = Vec::new();
-    for &t in &ta {
-        if let Some(p) = partner(&tb, t, None) {
-            events.push(Event { at: t, first: p });
-        }
-    }
-    for &t in &tb {
-        if let Some(p) = partner(&ta, t, None) {
-            events.push(Event { at: t, first: p });
-        }
-    }
-    events.extend(makeups.iter().map(|&t| Event { at: t, first: t }));
-    events.sort_by_key(|e| (e.at, e.first));
-    let clock_in = events.first().copied();
+    // The latest punch of `other` (sorted) in [lo, hi].
+    let last_in = |other: &[i64], lo: i64, hi: i64| -> Option<i64> {
+        other[..other.partition_point(|&x| x <= hi)].last().copied().filter(|&x| x >= lo)
+    };
 
+    // Clock-in: the earliest punch with a partner of the other method within the window. No punch before it is
+    // verified, so its partner is at or after it: the earliest such partner.
+    let verified_from = |mine: &[i64], other: &[i64]| -> Option<Event> {
+        mine.iter().find_map(|&t| {
+            first_in(other, t - v.window_ms, t + v.window_ms).map(|p| Event { at: t, first: t, last: t.max(p) })
+        })
+    };
+    let earliest = |x: Option<Event>, y: Option<Event>| match (x, y) {
+        (Some(x), Some(y)) => Some(if (y.at, y.last) < (x.at, x.last) { y } else { x }),
+        (x, y) => x.or(y),
+    };
+    let paired_in = earliest(verified_from(&ta, &tb), verified_from(&tb, &ta));
+    let clock_in = earliest(paired_in, makeups.first().copied().map(Event::single));
+
+    // Clock-out: the latest punch, after the clock-in pair, with a partner of the other method within the window
+    // before it and also after the clock-in pair (a partner after it would itself be a later candidate).
     let clock_out = clock_in.and_then(|cin| {
-        let mut best: Option<Event> = None;
-        let mut consider = |e: Event| {
-            if e.first > cin.at && e.at > cin.at && best.is_none_or(|b| e.at > b.at) {
-                best = Some(e);
-            }
+        let after = cin.last + 1;
+        let latest_from = |mine: &[i64], other: &[i64]| -> Option<Event> {
+            mine.iter().rev().take_while(|&&t| t >= after).find_map(|&t| {
+                last_in(other, (t - v.window_ms).max(after), t).map(|p| Event { at: t, first: p, last: t })
+            })
         };
-        for &t in &ta {
-            if let Some(p) = partner(&tb, t, Some(cin.at)) {
-                consider(Event { at: t, first: p });
-            }
-        }
-        for &t in &tb {
-            if let Some(p) = partner(&ta, t, Some(cin.at)) {
-                consider(Event { at: t, first: p });
-            }
-        }
-        for &t in &makeups {
-            consider(Event { at: t, first: t });
-        }
-        best
+        let candidates = [
+            latest_from(&ta, &tb),
+            latest_from(&tb, &ta),
+            makeups.last().copied().filter(|&t| t >= after).map(Event::single),
+        ];
+        candidates.into_iter().flatten().max_by_key(|e| (e.at, std::cmp::Reverse(e.first)))
     });
 
     let attempt = |from: Option<i64>, to: Option<i64>| {
@@ -272,7 +281,7 @@ fn dual_events(counting: &[&DayPunch], v: Verification, statuses: &mut Vec<Statu
     };
     let failed = match (clock_in, clock_out) {
         (None, _) => Some(attempt(None, None)),
-        (Some(cin), None) => Some(attempt(Some(cin.at), None)),
+        (Some(cin), None) => Some(attempt(Some(cin.last), None)),
         (Some(_), Some(_)) => None,
     };
     match failed {

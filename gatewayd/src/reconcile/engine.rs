@@ -7,9 +7,18 @@
 //! latest revision and a content digest of every record in that horizon, the dates whose windows are still open, and
 //! the watermarks ([`Watermarks`]) the stage persists. Records themselves are not kept: they are recomputed from punches.
 //!
+//! # Beyond the horizon
+//! A punch whose work date is older than the horizon is forwarded but not kept; its date goes on the backfill set
+//! ([`Watermarks::backfill`], persisted with the other watermarks), and so does any older date something else reaches (a
+//! punch in the horizon that belongs to a night shift started before it). The stage reads such a date's stored records
+//! and punches and hands them to [`Engine::reconcile_stored_day`], which revises the records like any late punch's and
+//! keeps nothing of the date: memory stays that of the horizon, plus one date's punches while it is reconciled.
+//!
 //! # How a batch is applied
 //! [`Engine::apply_batch`] takes any number of inputs, marks the (employee, work date) pairs they touch, then settles:
-//! records whose window closed by `now` and whole work dates that closed are marked too, every marked record is
+//! records whose window closed by `now` are marked too, and so is every employee scheduled (a working day, by the
+//! roster and rules in force) on a shift whose window closed by `now` (so `absent`, `missing_in` and `missing_out` come
+//! at the close of each shift's own window, also for employees who never punched); every marked record is
 //! recomputed ([`super::day::evaluate`]) and compared with its last revision by digest, and only records whose content
 //! changed get a new revision. The output order is: punch changes, record changes (by date, then employee), then
 //! `DayClosed` dates in order.
@@ -41,7 +50,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use super::day::{evaluate, DayContext, DayPunch, Fence};
+use super::day::{evaluate, DayContext, DayPunch, Evaluation, Fence};
 use super::punch_id::PunchId;
 use super::punches::{mark_punch, Dict, Fact, Key, Map, Punches};
 use crate::proto::upstream;
@@ -49,7 +58,7 @@ use crate::punch::Punch;
 use crate::reconcile::approvals::FenceRequest;
 use crate::reconcile::changes::Change;
 use crate::reconcile::roster::Roster;
-use crate::reconcile::rules::{local_date, local_ms, DayPlan, Rules, ShiftSpan};
+use crate::reconcile::rules::{local_date, local_ms, DayPlan, Geofence, Rules, ShiftSpan};
 
 /// Flags on punches as they go upstream.
 pub mod flags {
@@ -57,8 +66,6 @@ pub mod flags {
     pub const CLOCK_SKEW: &str = "clock_skew";
     pub const DUPLICATE_MERGED: &str = "duplicate_merged";
     pub const OUT_OF_FENCE: &str = "out_of_fence";
-    /// The punch's work date is older than `reconcile_days`: forwarded, but no record changes.
-    pub const NOT_RECONCILED: &str = "not_reconciled";
 }
 
 /// One input to the engine.
@@ -92,6 +99,25 @@ pub struct Watermarks {
     /// Work dates whose closing has been announced (`DayClosed`) at least once.
     #[serde(default)]
     pub announced: BTreeSet<Date>,
+    /// Work dates older than the horizon that punches reached since: each is reconciled again from the store (the stage
+    /// reads its punches and gives them to [`Engine::reconcile_stored_day`], which takes it off this set).
+    #[serde(default)]
+    pub backfill: BTreeSet<Date>,
+}
+
+/// A work date older than the engine's horizon, as the store has it: the input of [`Engine::reconcile_stored_day`].
+#[derive(Clone, Debug)]
+pub struct StoredDay {
+    pub date: Date,
+    /// The latest stored revision of every record of the date.
+    pub records: Vec<upstream::AttendanceRecord>,
+    /// The rules version to reconcile the date with ([`Engine::stored_day_version`]) ...
+    pub version: u32,
+    /// ... and its rules, when the engine does not hold that version (`None` with an unknown version: the rules in
+    /// force, under their own version).
+    pub rules: Option<Arc<Rules>>,
+    /// Managers' decisions on out-of-fence punches: (punch id, approved).
+    pub decisions: Vec<(String, bool)>,
 }
 
 /// Fixed settings of an engine.
@@ -151,9 +177,18 @@ pub struct Engine {
     decisions: Map<PunchId, bool>,
     records: Map<(Arc<str>, Date), Vec<RecState>>,
     closing: BTreeMap<(i64, Date), Set<Arc<str>>>,
+    /// Shift windows (work date, rules version, shift index) of dates not yet closed whose close has been handled: their
+    /// scheduled employees were marked. Cleared when the roster changes, so that employees who changed groups are looked
+    /// at again; a rules change gives open dates a new version, so their windows are handled again under it.
+    windows_done: BTreeSet<(Date, u32, usize)>,
     pending_days: BTreeSet<Date>,
     spans: Map<(u32, usize, Date), (DayPlan, ShiftSpan)>,
     evicted_before: Option<Date>,
+    /// The first work date in the horizon (`reconcile_days` before the date of `now`), when the engine has a time.
+    horizon: Option<Date>,
+    /// Applying [`Input::Restore`]: dates older than the horizon that restored punches reach are not reconciled again
+    /// (they were when the punches first came).
+    replaying: bool,
     // Per batch.
     dirty: BTreeMap<Date, Set<Arc<str>>>,
     fresh: Vec<(Owner, Key)>,
@@ -288,6 +323,75 @@ fn days_before(d: Date, n: u32) -> Date {
     d.checked_sub(jiff::Span::new().days(i64::from(n))).unwrap_or(d)
 }
 
+/// Where a punch stands with its group's geofence; `decision` is asked only for a punch outside it.
+fn fence_status(
+    geo: Option<GeoPoint>,
+    fence: Option<&Geofence>,
+    method: Method,
+    decision: impl FnOnce() -> Option<bool>,
+) -> Fence {
+    match (geo, fence) {
+        (Some(pt), Some(fence)) if method != Method::Makeup => {
+            if fence.contains(pt.lat, pt.lng) {
+                Fence::Inside
+            } else {
+                match decision() {
+                    Some(true) => Fence::Approved,
+                    Some(false) => Fence::Rejected,
+                    None => Fence::Pending,
+                }
+            }
+        }
+        _ => Fence::NotApplicable,
+    }
+}
+
+/// What names a record besides its evaluation.
+struct RecordParts<'a> {
+    employee: &'a str,
+    date: Date,
+    shift: &'a str,
+    closed: bool,
+    version: u32,
+}
+
+impl RecordParts<'_> {
+    /// The record (revision 0: the caller numbers it).
+    fn build(&self, gateway_id: &str, ev: &Evaluation, punch_ids: Vec<String>) -> upstream::AttendanceRecord {
+        upstream::AttendanceRecord {
+            record_id: record_id(gateway_id, self.employee, self.date, self.shift),
+            revision: 0,
+            employee_id: self.employee.to_owned(),
+            work_date: self.date.to_string(),
+            shift_id: self.shift.to_owned(),
+            clock_in_ms: ev.clock_in_ms,
+            clock_out_ms: ev.clock_out_ms,
+            statuses: ev.statuses.iter().map(|s| s.as_str().to_owned()).collect(),
+            late_minutes: ev.late_minutes,
+            early_leave_minutes: ev.early_leave_minutes,
+            worked_minutes: ev.worked_minutes,
+            overtime_minutes: ev.overtime_minutes,
+            punch_ids,
+            closed: self.closed,
+            rules_version: self.version,
+        }
+    }
+
+    /// The revision that clears a record that no longer exists (its shift changed, or it has no punch any more).
+    fn cleared(&self, gateway_id: &str, revision: u32) -> upstream::AttendanceRecord {
+        upstream::AttendanceRecord {
+            record_id: record_id(gateway_id, self.employee, self.date, self.shift),
+            revision,
+            employee_id: self.employee.to_owned(),
+            work_date: self.date.to_string(),
+            shift_id: self.shift.to_owned(),
+            closed: self.closed,
+            rules_version: self.version,
+            ..Default::default()
+        }
+    }
+}
+
 impl Engine {
     /// An engine with the given rules versions (`current` must be among them), roster and watermarks.
     pub fn new(
@@ -298,7 +402,7 @@ impl Engine {
         roster: Arc<Roster>,
     ) -> Engine {
         rules.entry(current).or_insert_with(|| Arc::new(Rules::none()));
-        Engine {
+        let mut engine = Engine {
             settings,
             rules,
             current,
@@ -312,9 +416,12 @@ impl Engine {
             decisions: Map::default(),
             records: Map::default(),
             closing: BTreeMap::new(),
+            windows_done: BTreeSet::new(),
             pending_days: BTreeSet::new(),
             spans: Map::default(),
             evicted_before: None,
+            horizon: None,
+            replaying: false,
             dirty: BTreeMap::new(),
             fresh: Vec::new(),
             fresh_set: Set::default(),
@@ -323,7 +430,9 @@ impl Engine {
             touched_closed: BTreeSet::new(),
             requests: Vec::new(),
             requested: Set::default(),
-        }
+        };
+        engine.refresh_horizon();
+        engine
     }
 
     pub fn watermarks(&self) -> &Watermarks {
@@ -362,6 +471,199 @@ impl Engine {
     /// Out-of-fence punches found since the last call that have no request yet.
     pub fn take_fence_requests(&mut self) -> Vec<FenceRequest> {
         std::mem::take(&mut self.requests)
+    }
+
+    /// The first work date waiting to be reconciled from the store (see [`Watermarks::backfill`]).
+    pub fn backfill_next(&self) -> Option<Date> {
+        self.marks.backfill.first().copied()
+    }
+
+    /// Whether the engine holds the rules of `version`.
+    pub fn has_rules(&self, version: u32) -> bool {
+        self.rules.contains_key(&version)
+    }
+
+    /// The rules version to reconcile a date older than the horizon with: the one frozen for it when the engine still
+    /// knows it, else the newest one its stored records were made with, else the one in force.
+    pub fn stored_day_version(&self, date: Date, records: &[upstream::AttendanceRecord]) -> u32 {
+        match self.marks.day_versions.get(&date) {
+            Some(v) => *v,
+            None => records.iter().map(|r| r.rules_version).max().unwrap_or(self.current),
+        }
+    }
+
+    /// The device times `[from, to)` whose punches can belong to `date`: from the earliest opening to the latest close of
+    /// any shift window on that date (by `rules`, else the rules of `version`, else the rules in force).
+    pub fn stored_day_range(&self, date: Date, version: u32, rules: Option<&Rules>) -> (i64, i64) {
+        let rules = rules.or_else(|| self.rules.get(&version).map(|r| &**r)).unwrap_or_else(|| &**self.rules());
+        let tz = &self.settings.tz;
+        let midnight = local_ms(date, 0, tz);
+        let spans = rules.shifts.iter().map(|s| s.span(date, tz));
+        let from = spans.clone().map(|s| s.open_ms).fold(midnight, i64::min);
+        let to = spans.map(|s| s.close_ms).fold(local_ms(next_day(date), 0, tz), i64::max);
+        (from, to.saturating_add(1))
+    }
+
+    /// Reconciles a work date older than the horizon from its stored punches (every punch the store has in
+    /// [`Engine::stored_day_range`], in any order) and its stored records, and takes it off the backfill set. Records
+    /// whose content changed get the next revision, like a late punch's record; `DayClosed` follows when any changed,
+    /// so the day's digest is sent again. Nothing of the date is kept afterwards. A date in the horizon (it moved back
+    /// meanwhile) is left to the engine's memory and gives nothing.
+    pub fn reconcile_stored_day(&mut self, day: StoredDay, punches: impl IntoIterator<Item = Punch>) -> Vec<Change> {
+        let date = day.date;
+        self.marks.backfill.remove(&date);
+        if self.horizon.is_none_or(|h| date >= h) {
+            return Vec::new();
+        }
+        let (version, rules) = match (day.rules, self.rules.get(&day.version)) {
+            (Some(r), _) => (day.version, r),
+            (None, Some(r)) => (day.version, r.clone()),
+            (None, None) => (self.current, self.rules().clone()),
+        };
+        let tz = self.settings.tz.clone();
+        let roster = self.roster.clone();
+        let now = self.marks.now_ms;
+        let decisions: Map<String, bool> = day.decisions.into_iter().collect();
+        let mut spans: Map<(usize, Date), Option<(DayPlan, ShiftSpan)>> = Map::default();
+        let mut span_of = |g: usize, d: Date| -> Option<(DayPlan, ShiftSpan)> {
+            *spans.entry((g, d)).or_insert_with(|| {
+                let plan = rules.plan(g, d)?;
+                Some((plan, rules.shifts.get(plan.shift)?.span(d, &tz)))
+            })
+        };
+        let around = [prev_day(prev_day(date)), prev_day(date), date, next_day(date), next_day(next_day(date))];
+
+        // The punches that belong to the date, by employee.
+        struct Entry {
+            time_ms: i64,
+            id: String,
+            method: Method,
+            skew: bool,
+            geo: Option<GeoPoint>,
+        }
+        let mut mine: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for p in punches {
+            let employee = match &p.subject {
+                Subject::Employee(e) => roster.resolve_employee(e).map(|x| x.id.clone()).unwrap_or_else(|| e.clone()),
+                Subject::Credential(c) => match roster.resolve(c, &p.device_id, p.method) {
+                    Some(x) => x.id.clone(),
+                    None => continue,
+                },
+            };
+            let Some(g) = rules.group_of(&employee, department_of(&roster, &employee)) else { continue };
+            let mut windows = Windows::default();
+            for d in around {
+                if let Some((_, span)) = span_of(g, d) {
+                    windows.items[windows.len] = (d, span);
+                    windows.len += 1;
+                }
+            }
+            if pick(windows.as_slice(), p.device_time_ms) != Some(date) {
+                continue;
+            }
+            let skew = p.realtime && (p.device_time_ms - p.received_time_ms).abs() > rules.max_clock_skew_ms;
+            mine.entry(employee).or_default().push(Entry {
+                time_ms: p.device_time_ms,
+                id: p.punch_id,
+                method: p.method,
+                skew,
+                geo: p.geo,
+            });
+        }
+
+        // Who has a record: employees with punches, employees scheduled to work (when the engine ran that day, as for
+        // any date: absences are raised from the engine's first day on), and every stored record (it may clear).
+        let mut stored: BTreeMap<String, Vec<upstream::AttendanceRecord>> = BTreeMap::new();
+        for r in day.records {
+            stored.entry(r.employee_id.clone()).or_default().push(r);
+        }
+        let absences = self.marks.epoch.is_some_and(|epoch| date >= epoch);
+        let mut employees: BTreeSet<String> = mine.keys().cloned().chain(stored.keys().cloned()).collect();
+        if absences {
+            for e in roster.employees() {
+                if let Some(g) = rules.group_of(&e.id, &e.department) {
+                    if span_of(g, date).is_some_and(|(plan, _)| plan.workday) {
+                        employees.insert(e.id.clone());
+                    }
+                }
+            }
+        }
+
+        let gateway = self.settings.gateway_id.clone();
+        let mut out = Vec::new();
+        for employee in employees {
+            let department = department_of(&roster, &employee);
+            let entries = mine.get_mut(&employee).map(std::mem::take).unwrap_or_default();
+            let computed = rules.group_of(&employee, department).and_then(|g| {
+                let (plan, span) = span_of(g, date)?;
+                let closed = now > span.close_ms;
+                if entries.is_empty() && !(plan.workday && closed && absences) {
+                    return None;
+                }
+                let group = &rules.groups[g];
+                let shift = &rules.shifts[plan.shift];
+                let mut entries = entries;
+                entries.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
+                let day_punches: Vec<DayPunch> = entries
+                    .iter()
+                    .map(|p| DayPunch {
+                        time_ms: p.time_ms,
+                        method: p.method,
+                        clock_skew: p.skew,
+                        fence: fence_status(p.geo, group.geofence.as_ref(), p.method, || decisions.get(&p.id).copied()),
+                    })
+                    .collect();
+                let ctx = DayContext {
+                    shift,
+                    span,
+                    workday: plan.workday,
+                    verification: group.verification,
+                    dedupe_window_ms: rules.dedupe_window_ms,
+                    closed,
+                };
+                let ev = evaluate(&ctx, &day_punches);
+                for (p, e) in day_punches.iter().zip(&entries) {
+                    if p.fence == Fence::Pending {
+                        self.requests.push(FenceRequest {
+                            punch_id: e.id.clone(),
+                            employee: employee.clone(),
+                            department: department.to_owned(),
+                            time_ms: p.time_ms,
+                        });
+                    }
+                }
+                let parts = RecordParts { employee: &employee, date, shift: &shift.id, closed, version };
+                Some(parts.build(&gateway, &ev, entries.into_iter().map(|e| e.id).collect()))
+            });
+            let before = stored.remove(&employee).unwrap_or_default();
+            for old in &before {
+                let replaced = computed.as_ref().is_none_or(|r| r.shift_id != old.shift_id);
+                let cleared = old.statuses.is_empty() && old.punch_ids.is_empty();
+                if replaced && !cleared {
+                    let parts =
+                        RecordParts { employee: &employee, date, shift: &old.shift_id, closed: old.closed, version };
+                    out.push(parts.cleared(&gateway, old.revision + 1));
+                }
+            }
+            if let Some(mut record) = computed {
+                match before.iter().find(|old| old.shift_id == record.shift_id) {
+                    Some(old) if content_digest(old) == content_digest(&record) => {}
+                    Some(old) => {
+                        record.revision = old.revision + 1;
+                        out.push(record);
+                    }
+                    None => {
+                        record.revision = 1;
+                        out.push(record);
+                    }
+                }
+            }
+        }
+        let mut changes: Vec<Change> = out.into_iter().map(Change::Record).collect();
+        if !changes.is_empty() {
+            changes.push(Change::DayClosed(date.to_string()));
+        }
+        changes
     }
 
     /// Tells the engine a request already exists for this punch (after a restart).
@@ -437,8 +739,16 @@ impl Engine {
     }
 
     fn horizon_start(&self) -> Option<Date> {
+        self.horizon
+    }
+
+    /// Recomputes [`Engine::horizon`] after the time or the rules changed. It never moves back: when `reconcile_days`
+    /// grows, the dates it adds have no punches in memory, so they stay with the store until the horizon reaches them (a
+    /// restart loads them).
+    fn refresh_horizon(&mut self) {
         let days = self.rules().reconcile_days;
-        self.today().map(|d| days_before(d, days))
+        let start = self.today().map(|d| days_before(d, days));
+        self.horizon = self.horizon.max(start);
     }
 
     fn resolve(&mut self, fact: &Fact) -> Option<Arc<str>> {
@@ -518,8 +828,15 @@ impl Engine {
         }
     }
 
-    /// Marks a record for recomputation in this batch.
+    /// Marks a record for recomputation in this batch. A date older than the horizon is not in memory: it is put on
+    /// the backfill set instead, to be reconciled from the store.
     fn touch(&mut self, date: Date, employee: Arc<str>) {
+        if self.horizon.is_some_and(|h| date < h) {
+            if !self.replaying {
+                self.marks.backfill.insert(date);
+            }
+            return;
+        }
         self.dirty.entry(date).or_default().insert(employee);
     }
 
@@ -549,6 +866,7 @@ impl Engine {
         }
     }
 
+    /// The local date of `t` is older than the horizon.
     fn too_old(&self, t: i64) -> bool {
         match self.horizon_start() {
             Some(start) => local_date(t, &self.settings.tz) < start,
@@ -556,37 +874,66 @@ impl Engine {
         }
     }
 
+    /// A punch older than the horizon: forwarded (when fresh) but not kept; the work date it belongs to (by the rules in
+    /// force) goes on the backfill set, to be reconciled from the store. Returns false when it belongs to a date in the
+    /// horizon after all (a window that opens the day before), so that it is kept like any other.
+    fn ingest_old(&mut self, p: &Punch, id: PunchId, fresh: bool) -> bool {
+        let employee = match &p.subject {
+            Subject::Employee(e) => {
+                Some(self.roster.resolve_employee(e).map(|x| x.id.clone()).unwrap_or_else(|| e.clone()))
+            }
+            Subject::Credential(c) => self.roster.resolve(c, &p.device_id, p.method).map(|x| x.id.clone()),
+        };
+        let department = employee.as_deref().map(|e| department_of(&self.roster, e).to_owned()).unwrap_or_default();
+        let date = employee.as_deref().and_then(|e| self.assign(e, &department, p.device_time_ms));
+        if date.is_some_and(|d| self.horizon.is_none_or(|h| d >= h)) {
+            return false;
+        }
+        if !fresh {
+            return true;
+        }
+        if let Some(d) = date {
+            self.marks.backfill.insert(d);
+        }
+        if !self.fresh_set.insert(id) {
+            return true;
+        }
+        let rules = self.rules().clone();
+        let mut flags = Vec::new();
+        if employee.is_none() {
+            flags.push(flags::UNKNOWN_CREDENTIAL.to_owned());
+        }
+        if p.realtime && (p.device_time_ms - p.received_time_ms).abs() > rules.max_clock_skew_ms {
+            flags.push(flags::CLOCK_SKEW.to_owned());
+        }
+        let fence = employee
+            .as_deref()
+            .and_then(|e| rules.group_of(e, &department))
+            .and_then(|g| rules.groups[g].geofence.as_ref());
+        if let (Some(fence), Some(g), false) = (fence, p.geo, p.method == Method::Makeup) {
+            if !fence.contains(g.lat, g.lng) {
+                flags.push(flags::OUT_OF_FENCE.to_owned());
+            }
+        }
+        self.fresh_unkept.push(upstream::Punch {
+            punch_id: p.punch_id.clone(),
+            device_id: p.device_id.clone(),
+            employee_id: employee.unwrap_or_default(),
+            method: p.method.as_str().to_owned(),
+            device_time_ms: p.device_time_ms,
+            received_time_ms: p.received_time_ms,
+            flags,
+            lat: p.geo.map(|g| g.lat),
+            lng: p.geo.map(|g| g.lng),
+            score: p.score,
+            credential: p.credential().unwrap_or_default().to_owned(),
+        });
+        true
+    }
+
     fn ingest(&mut self, p: Punch, fresh: bool) {
         let id = self.punch_id(&p.punch_id);
-        if self.too_old(p.device_time_ms) {
-            if fresh && self.fresh_set.insert(id) {
-                let employee = match &p.subject {
-                    Subject::Employee(e) => {
-                        self.roster.resolve_employee(e).map(|x| x.id.clone()).unwrap_or_else(|| e.clone())
-                    }
-                    Subject::Credential(c) => {
-                        self.roster.resolve(c, &p.device_id, p.method).map(|x| x.id.clone()).unwrap_or_default()
-                    }
-                };
-                let mut flags = vec![flags::NOT_RECONCILED.to_owned()];
-                if employee.is_empty() {
-                    flags.insert(0, flags::UNKNOWN_CREDENTIAL.to_owned());
-                }
-                let credential = p.credential().unwrap_or_default().to_owned();
-                self.fresh_unkept.push(upstream::Punch {
-                    punch_id: p.punch_id,
-                    device_id: p.device_id,
-                    employee_id: employee,
-                    method: p.method.as_str().to_owned(),
-                    device_time_ms: p.device_time_ms,
-                    received_time_ms: p.received_time_ms,
-                    flags,
-                    lat: p.geo.map(|g| g.lat),
-                    lng: p.geo.map(|g| g.lng),
-                    score: p.score,
-                    credential,
-                });
-            }
+        if self.too_old(p.device_time_ms) && self.ingest_old(&p, id.clone(), fresh) {
             return;
         }
         let (subject, credential) = match &p.subject {
@@ -610,10 +957,12 @@ impl Engine {
         if let Some(g) = p.geo {
             self.geo.insert(id.clone(), (g, p.device_time_ms));
         }
+        self.replaying = !fresh;
         match &employee {
             Some(e) => self.mark(&e.clone(), p.device_time_ms),
             None => self.note_day(local_date(p.device_time_ms, &self.settings.tz)),
         }
+        self.replaying = false;
         if fresh && self.fresh_set.insert(id) {
             self.fresh.push((employee, key));
         }
@@ -624,6 +973,7 @@ impl Engine {
             return;
         }
         self.marks.now_ms = now;
+        self.refresh_horizon();
         if self.marks.epoch.is_none() {
             let today = local_date(now, &self.settings.tz);
             self.marks.epoch = Some(today);
@@ -671,6 +1021,7 @@ impl Engine {
         }
         self.rules.insert(version, rules);
         self.current = version;
+        self.refresh_horizon();
         self.spans.retain(|(v, _, _), _| *v != version);
         self.remark_open();
     }
@@ -725,7 +1076,9 @@ impl Engine {
                 }
             }
         }
-        // Departments and group membership may have changed.
+        // Departments and group membership may have changed: open records, and the closed windows of open dates (an
+        // employee moved into a group whose window has closed is absent now, not never).
+        self.windows_done.clear();
         self.remark_open();
     }
 
@@ -769,7 +1122,8 @@ impl Engine {
             mark_punch(key, fact, &self.dict, &mut used);
         }
         self.dict.sweep(&used);
-        self.records.retain(|(_, d), _| *d >= keep_from);
+        // Records before the horizon are reconciled from the store (with their stored revisions) when punches reach them.
+        self.records.retain(|(_, d), _| *d >= start);
         self.spans.retain(|(_, _, d), _| *d >= keep_from);
         self.pending_days.retain(|d| *d >= keep_from);
         let versions_needed: BTreeSet<u32> = self.marks.day_versions.range(keep_from..).map(|(_, v)| *v).collect();
@@ -783,20 +1137,49 @@ impl Engine {
         self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
-    /// Employees that have a group on `date` (and so a record, absent or not, on working days).
-    fn scheduled_employees(&mut self, date: Date) -> Vec<Arc<str>> {
-        let rules = self.rules_for(date);
+    /// Employees whose plan on `date` (rules `version`) is a working day on shift `shift`: when that shift's window
+    /// closes they have a record, absent or not.
+    fn scheduled_on(&mut self, date: Date, version: u32, shift: usize) -> Vec<Arc<str>> {
+        let Some(rules) = self.rules.get(&version).cloned() else { return Vec::new() };
         if rules.groups.is_empty() {
             return Vec::new();
         }
         let roster = self.roster.clone();
         let mut out = Vec::new();
         for e in roster.employees() {
-            if rules.group_of(&e.id, &e.department).is_some() {
-                out.push(self.intern(&e.id));
+            let Some(g) = rules.group_of(&e.id, &e.department) else { continue };
+            if let Some((plan, _)) = self.span_for(version, g, date) {
+                if plan.workday && plan.shift == shift {
+                    out.push(self.intern(&e.id));
+                }
             }
         }
         out
+    }
+
+    /// Marks the scheduled employees of every shift window that has closed by now on a date not yet closed (SPEC: missing
+    /// punches and absence are raised at the close of each shift's window, not when the whole date closes).
+    fn close_windows(&mut self, now: i64) {
+        let Some(through) = self.marks.closed_through else { return };
+        let today = local_date(now, &self.settings.tz);
+        let mut d = next_day(through);
+        while d <= today {
+            let version = self.version_for(d);
+            let rules = self.rules_for(d);
+            for (s, shift) in rules.shifts.iter().enumerate() {
+                if self.windows_done.contains(&(d, version, s)) || shift.span(d, &self.settings.tz).close_ms >= now {
+                    continue;
+                }
+                self.windows_done.insert((d, version, s));
+                for e in self.scheduled_on(d, version, s) {
+                    self.touch(d, e);
+                }
+            }
+            if next_day(d) == d {
+                break;
+            }
+            d = next_day(d);
+        }
     }
 
     fn settle(&mut self) -> Vec<Change> {
@@ -813,27 +1196,27 @@ impl Engine {
                 }
             }
         }
+        // Dates older than the horizon are not closed one by one.
+        if let (Some(through), Some(start)) = (self.marks.closed_through, self.horizon_start()) {
+            if through < prev_day(start) {
+                self.marks.closed_through = Some(prev_day(start));
+            }
+        }
+        // Shift windows that have closed: everyone scheduled gets their record.
+        self.close_windows(now);
         // Work dates whose last window has closed, in order.
         let mut announce: Vec<Date> = Vec::new();
         if let Some(mut through) = self.marks.closed_through {
-            if let Some(start) = self.horizon_start() {
-                if through < prev_day(start) {
-                    through = prev_day(start);
-                    self.marks.closed_through = Some(through);
-                }
-            }
             loop {
                 let d = next_day(through);
                 if d == through || self.rules_for(d).day_close_ms(d, &tz) >= now {
                     break;
                 }
-                for e in self.scheduled_employees(d) {
-                    self.touch(d, e);
-                }
                 announce.push(d);
                 through = d;
                 self.marks.closed_through = Some(d);
             }
+            self.windows_done = self.windows_done.split_off(&(next_day(through), 0, 0));
         }
         let due: Vec<Date> =
             self.pending_days.iter().copied().filter(|d| self.rules_for(*d).day_close_ms(*d, &tz) < now).collect();
@@ -940,20 +1323,9 @@ impl Engine {
                 let day_punches: Vec<DayPunch> = mine
                     .iter()
                     .map(|((t, id), method, skew)| {
-                        let fence = match (self.geo.get(id), &group.geofence) {
-                            (Some((pt, _)), Some(fence)) if *method != Method::Makeup => {
-                                if fence.contains(pt.lat, pt.lng) {
-                                    Fence::Inside
-                                } else {
-                                    match self.decisions.get(id) {
-                                        Some(true) => Fence::Approved,
-                                        Some(false) => Fence::Rejected,
-                                        None => Fence::Pending,
-                                    }
-                                }
-                            }
-                            _ => Fence::NotApplicable,
-                        };
+                        let geo = self.geo.get(id).map(|(g, _)| *g);
+                        let fence =
+                            fence_status(geo, group.geofence.as_ref(), *method, || self.decisions.get(id).copied());
                         DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence }
                     })
                     .collect();
@@ -986,23 +1358,12 @@ impl Engine {
                         ));
                     }
                 }
-                let record = upstream::AttendanceRecord {
-                    record_id: record_id(&self.settings.gateway_id, employee, date, &shift.id),
-                    revision: 0,
-                    employee_id: employee.to_string(),
-                    work_date: date.to_string(),
-                    shift_id: shift.id.clone(),
-                    clock_in_ms: ev.clock_in_ms,
-                    clock_out_ms: ev.clock_out_ms,
-                    statuses: ev.statuses.iter().map(|s| s.as_str().to_owned()).collect(),
-                    late_minutes: ev.late_minutes,
-                    early_leave_minutes: ev.early_leave_minutes,
-                    worked_minutes: ev.worked_minutes,
-                    overtime_minutes: ev.overtime_minutes,
-                    punch_ids: mine.iter().map(|((_, id), _, _)| id.text()).collect(),
-                    closed,
-                    rules_version: version,
-                };
+                let punch_ids = mine.iter().map(|((_, id), _, _)| id.text()).collect();
+                let record = RecordParts { employee, date, shift: &shift.id, closed, version }.build(
+                    &self.settings.gateway_id,
+                    &ev,
+                    punch_ids,
+                );
                 for (id, r) in requests {
                     self.requested.insert(id);
                     self.requests.push(r);
@@ -1025,16 +1386,8 @@ impl Engine {
         for st in states.iter_mut() {
             let replaced = computed.as_ref().is_none_or(|(s, _, _)| *s != st.shift);
             if replaced && !st.cleared {
-                let cleared = upstream::AttendanceRecord {
-                    record_id: record_id(&gateway, employee, date, &st.shift),
-                    revision: st.revision + 1,
-                    employee_id: employee.to_string(),
-                    work_date: date.to_string(),
-                    shift_id: st.shift.to_string(),
-                    closed: st.closed,
-                    rules_version: version,
-                    ..Default::default()
-                };
+                let parts = RecordParts { employee, date, shift: &st.shift, closed: st.closed, version };
+                let cleared = parts.cleared(&gateway, st.revision + 1);
                 st.revision += 1;
                 st.digest = content_digest(&cleared);
                 st.cleared = true;

@@ -25,6 +25,8 @@ pub struct EngineMetrics {
     pub records: Gauge,
     pub punches_kept: Gauge,
     pub rules_version: Gauge,
+    pub days_backfilled: Counter,
+    pub backfill_waiting: Gauge,
 }
 
 impl StageMetrics for EngineMetrics {
@@ -86,6 +88,18 @@ impl StageMetrics for EngineMetrics {
                 "The rules version in force",
                 Gauge::default(),
             ),
+            days_backfilled: registered(
+                registry,
+                "gatewayd_engine_days_backfilled",
+                "Work dates older than the horizon reconciled from the store",
+                Counter::default(),
+            ),
+            backfill_waiting: registered(
+                registry,
+                "gatewayd_engine_backfill_days",
+                "Work dates older than the horizon waiting to be reconciled from the store",
+                Gauge::default(),
+            ),
         }
     }
 }
@@ -118,6 +132,7 @@ pub mod events {
             e.records.set(gauge_value(engine.records_tracked()));
             e.punches_kept.set(gauge_value(engine.punches_kept()));
             e.rules_version.set(i64::from(engine.rules_version()));
+            e.backfill_waiting.set(gauge_value(engine.watermarks().backfill.len()));
         }
         tracing::debug!(
             punches,
@@ -126,6 +141,15 @@ pub mod events {
             elapsed_ms = elapsed.as_millis() as u64,
             "engine batch"
         );
+    }
+
+    /// A work date older than the horizon was reconciled from the store; `revisions` of its records changed.
+    pub fn day_backfilled(m: &Metrics, date: jiff::civil::Date, revisions: usize, engine: &Engine) {
+        if let Some(e) = m.get::<EngineMetrics>() {
+            e.days_backfilled.inc();
+            e.backfill_waiting.set(gauge_value(engine.watermarks().backfill.len()));
+        }
+        tracing::info!(work_date = %date, revisions, waiting = engine.watermarks().backfill.len(), "work date older than the horizon reconciled from the store");
     }
 
     /// The engine was rebuilt from the store (start or after a failure). `revisions` are record revisions the

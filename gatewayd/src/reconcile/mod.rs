@@ -25,7 +25,7 @@ pub mod rules;
 pub mod stage;
 pub use approvals::FenceRequest;
 pub use day::Status;
-pub use engine::{Engine, EngineSettings, Input, Watermarks};
+pub use engine::{Engine, EngineSettings, Input, StoredDay, Watermarks};
 pub use records::{RecordQuery, RecordStore};
 pub use stage::{Attendance, EngineHandle, StageError};
 

@@ -10,6 +10,10 @@
 //! - On SIGHUP (a configuration update) it re-reads the rules and roster files; a file with problems is reported and
 //!   the rules or roster in force stay.
 //! - Commands from the API ([`EngineHandle`]): a roster imported through the API, a manager's out-of-fence decision.
+//! - Work dates older than the engine's horizon that punches reached ([`Engine::backfill_next`]): once every durable
+//!   punch is applied, one such date per batch is reconciled from the store ([`backfill_one`]): its stored records and
+//!   its punches, read through the store's time index, are handed to the engine, which revises the records and keeps
+//!   nothing of the date.
 //!
 //! Each engine batch is committed with [`RecordStore::commit`]: changes, record revisions, `applied_seq` and watermarks in
 //! one sled transaction, then the change log is flushed (which wakes the outbox). The engine work and the sled writes
@@ -33,11 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::PunchSink;
+use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Engine, EngineSettings, Input};
+use super::engine::{Engine, EngineSettings, Input, StoredDay};
 use super::records::RecordStore;
 use crate::config::reload::Updates;
 use crate::config::Config;
@@ -54,8 +59,20 @@ pub const BATCH: usize = 4096;
 /// Least time between the starts of two engine batches of punches, unless [`BATCH`] punches are waiting. A punch
 /// reaches the engine at most this much later; a lone punch after a quiet spell goes at once.
 pub const COALESCE: Duration = Duration::from_millis(50);
-/// How often the engine is given the time.
+/// How often the engine is given the time, unless `GATEWAYD_ENGINE_TICK_MS` says otherwise (see [`tick_interval`]).
 pub const TICK: Duration = Duration::from_secs(10);
+/// The environment variable that sets the tick interval in milliseconds (100 to 10,000), for tests that wait for a shift
+/// window to close. Not a configuration key: a site has no reason to change it.
+pub const TICK_ENV: &str = "GATEWAYD_ENGINE_TICK_MS";
+
+/// The tick interval: [`TICK`], or [`TICK_ENV`] when it is set to a number of milliseconds from 100 to 10,000.
+pub fn tick_interval() -> Duration {
+    std::env::var(TICK_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| (100..=10_000).contains(ms))
+        .map_or(TICK, Duration::from_millis)
+}
 /// Commands waiting for the stage.
 pub const COMMAND_QUEUE: usize = 256;
 
@@ -199,11 +216,15 @@ fn compile(version: u32, text: &str) -> Rules {
     }
 }
 
+/// What one engine batch did: its changes, the last punch applied, how many punches, and the date beyond the horizon it
+/// reconciled from the store with the number of its record revisions.
+type Stepped = (Vec<Change>, u64, usize, Option<(Date, usize)>);
+
 impl Stage {
     /// Runs until cancelled. Errors are logged and the engine is rebuilt from the store after a pause.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut engine: Option<Engine> = None;
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(tick_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures = 0u32;
         let mut last_punches: Option<tokio::time::Instant> = None;
@@ -238,6 +259,14 @@ impl Stage {
                 }
                 last_punches = Some(tokio::time::Instant::now());
                 engine = self.step(engine.take(), Vec::new(), true).await;
+                continue;
+            }
+            // Then the dates older than the horizon that punches reached, one per batch.
+            if engine.as_ref().is_some_and(|e| e.backfill_next().is_some()) {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                engine = self.step(engine.take(), Vec::new(), false).await;
                 continue;
             }
             tokio::select! {
@@ -425,8 +454,9 @@ impl Stage {
         let log = self.log.clone();
         let applied = self.applied;
         let durable = *self.durable.borrow();
+        let approvals = self.approvals.clone();
         let job = move || {
-            let result = (|| -> Result<(Vec<Change>, u64, usize), StageError> {
+            let result = (|| -> Result<Stepped, StageError> {
                 let mut inputs = inputs;
                 let mut last = applied;
                 let mut n = 0;
@@ -445,11 +475,20 @@ impl Stage {
                         last = durable.max(applied);
                     }
                 }
-                let changes = engine.apply_batch(inputs);
-                if !changes.is_empty() || last != applied {
+                let mut changes = engine.apply_batch(inputs);
+                // Caught up with the store: one date beyond the horizon, in the same transaction.
+                let mut backfilled = None;
+                if last >= durable && engine.backfill_next().is_some() {
+                    let decisions = approvals.fence_decisions()?;
+                    if let Some((date, more)) = backfill_one(&mut engine, &store, &records, decisions, last)? {
+                        backfilled = Some((date, more.iter().filter(|c| matches!(c, Change::Record(_))).count()));
+                        changes.extend(more);
+                    }
+                }
+                if !changes.is_empty() || last != applied || backfilled.is_some() {
                     records.commit(&log, &changes, last, engine.watermarks())?;
                 }
-                Ok((changes, last, n))
+                Ok((changes, last, n, backfilled))
             })();
             (engine, result)
         };
@@ -461,8 +500,11 @@ impl Stage {
             }
         };
         match result {
-            Ok((changes, last, n)) => {
+            Ok((changes, last, n, backfilled)) => {
                 self.applied = last;
+                if let Some((date, revisions)) = backfilled {
+                    events::day_backfilled(&self.metrics, date, revisions, &engine);
+                }
                 if !changes.is_empty() {
                     if let Err(e) = self.log.flush().await {
                         events::engine_failed(&self.metrics, &StageError::Store(e));
@@ -492,6 +534,40 @@ impl Stage {
             }
         }
     }
+}
+
+/// Reconciles the first date of the engine's backfill set from the store: the date's stored records and the punches in
+/// its windows ([`Engine::stored_day_range`], through the store's time index, only those the engine has applied:
+/// sequence numbers up to `applied`) are handed to [`Engine::reconcile_stored_day`]. The punches are streamed from the
+/// store into the engine, so memory holds one date's punches at most (as the engine's compact per-date list). `decisions`
+/// are the managers' out-of-fence decisions. Returns the date and its changes, or `None` when no date waits.
+pub fn backfill_one(
+    engine: &mut Engine,
+    store: &Store,
+    records: &RecordStore,
+    decisions: Vec<(String, bool)>,
+    applied: u64,
+) -> Result<Option<(Date, Vec<Change>)>, StageError> {
+    let Some(date) = engine.backfill_next() else { return Ok(None) };
+    let stored = records.between(date, date).collect::<Result<Vec<_>, _>>()?;
+    let version = engine.stored_day_version(date, &stored);
+    let rules = if engine.has_rules(version) {
+        None
+    } else {
+        records.rules_versions()?.get(&version).map(|text| Arc::new(compile(version, text)))
+    };
+    let (from_ms, to_ms) = engine.stored_day_range(date, version, rules.as_deref());
+    let mut failed: Option<StoreError> = None;
+    let punches =
+        store.by_time(from_ms, to_ms).map_while(|p| p.map_err(|e| failed = Some(e)).ok()).filter(|p| p.seq <= applied);
+    let day = StoredDay { date, records: stored, version, rules, decisions };
+    let changes = engine.reconcile_stored_day(day, punches);
+    if let Some(e) = failed {
+        // The date was reconciled from part of its punches: the engine is dropped and rebuilt from the store, where
+        // the date is still waiting.
+        return Err(e.into());
+    }
+    Ok(Some((date, changes)))
 }
 
 /// The site time zone of a configuration (for callers that build an engine directly, such as the benchmark).

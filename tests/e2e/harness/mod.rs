@@ -71,6 +71,8 @@ pub struct Gateway {
     pub listeners: serde_json::Value,
     /// Drains the daemon's stderr while it runs (a full pipe would block the daemon's logging, and with it the daemon).
     stderr_reader: Option<std::thread::JoinHandle<String>>,
+    /// Extra environment of the daemon process (every start).
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -81,6 +83,11 @@ impl Gateway {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Gateway::start_in_env(dir, config, &[])
+    }
+
+    /// [`Gateway::start_in`] with extra environment variables for the daemon, e.g. `GATEWAYD_ENGINE_TICK_MS`.
+    pub fn start_in_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
         let config_path = dir.path().join("gatewayd.toml");
         std::fs::write(&config_path, config).expect("write config");
         let notify_path = dir.path().join("notify.sock");
@@ -97,6 +104,7 @@ impl Gateway {
             stderr: String::new(),
             listeners: serde_json::Value::Null,
             stderr_reader: None,
+            env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
         gw.spawn();
         gw
@@ -110,6 +118,7 @@ impl Gateway {
             .arg(&self.config_path)
             .env("NOTIFY_SOCKET", &self.notify_path)
             .env("RUST_LOG", std::env::var("GATEWAYD_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -211,6 +211,47 @@ async fn punches_become_records_and_a_restart_adds_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punches_older_than_the_horizon_are_reconciled_from_the_store() {
+    let gw = Gateway::open(tempfile::tempdir().unwrap());
+    let (attendance, cancel, task) = gw.start_stage();
+    // 40 days ago (the horizon is 31 days): in at 09:00, then, in a later batch, out at 18:30.
+    gw.submit(1, Subject::Employee("E1".into()), Method::Face, local(40, 9, 0), None).await;
+    let id = format!("gw:E1:{}:day", date(40));
+    gw.wait_for("the old day's record", |c| matches!(c, Change::Record(r) if r.record_id == id)).await;
+    gw.submit(2, Subject::Credential("0a0a0a01".into()), Method::Card, local(40, 18, 30), None).await;
+    let all = gw
+        .wait_for("its revision", |c| matches!(c, Change::Record(r) if r.record_id == id && r.clock_out_ms.is_some()))
+        .await;
+    let revisions: Vec<u32> = records(&all).iter().filter(|r| r.record_id == id).map(|r| r.revision).collect();
+    assert_eq!(revisions, [1, 2]);
+    assert!(all.iter().any(|c| matches!(c, Change::DayClosed(d) if *d == date(40))));
+    let stored = attendance.records.get(&date(40), "E1", "day").unwrap().unwrap();
+    assert_eq!((stored.revision, stored.punch_ids.len(), stored.overtime_minutes), (2, 2, 30));
+    assert_eq!(stored.statuses, ["overtime"]);
+
+    // A restart re-derives only the horizon: nothing about the old day comes out again.
+    cancel.cancel();
+    task.await.unwrap();
+    let before = gw.log.last_seq().unwrap();
+    let (_attendance, cancel, task) = gw.start_stage();
+    gw.submit(3, Subject::Employee("E1".into()), Method::Face, local(1, 9, 0), None).await;
+    let after = gw.wait_for("the new punch", |c| matches!(c, Change::Punch(p) if p.punch_id == "gw:dev:3")).await;
+    let new: Vec<&Change> = after.iter().skip(usize::try_from(before).unwrap()).collect();
+    assert!(
+        new.iter().all(|c| match c {
+            Change::Record(r) => r.work_date == date(1),
+            Change::DayClosed(d) => *d != date(40),
+            Change::Punch(p) => p.punch_id == "gw:dev:3",
+        }),
+        "after the restart: {new:#?}"
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    gw.ingest_cancel.cancel();
+    drop(gw.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn makeup_and_fence_approvals_revise_records() {
     let gw = Gateway::open(tempfile::tempdir().unwrap());
     let (attendance, cancel, task) = gw.start_stage();
