@@ -11,7 +11,8 @@ const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages
                       INA1,Ann A,DEPTA,04AA0001,,,,\n\
                       INA2,Amy A,DEPTA,04AA0002,,,,\n\
                       MGRA,Max A,DEPTA,04AA0003,,,,DEPTA\n\
-                      OUTB1,Bob B,DEPTB,04BB0001,,,,\n";
+                      OUTB1,Bob B,DEPTB,04BB0001,,,,\n\
+                      MGRB,Meg B,DEPTB,04BB0002,,,,DEPTB\n";
 
 const RULES: &str = "dedupe_window = \"5m\"\n\n\
                      [[shift]]\nid = \"day\"\nstart = \"09:00\"\nend = \"18:00\"\nlate_grace = \"10m\"\n\
@@ -81,12 +82,12 @@ fn role_matrix() {
     // Tokens, created while the daemon holds the store: through the control socket.
     let admin = gw.token(&["--role", "admin"]);
     let mgr_a = gw.token(&["--role", "manager", "--department", "DEPTA", "--employee", "MGRA"]);
-    let mgr_b = gw.token(&["--role", "manager", "--department", "DEPTB"]);
+    let mgr_b = gw.token(&["--role", "manager", "--employee", "MGRB"]); // its scope: what MGRB manages
     let emp_a = gw.token(&["--role", "employee", "--employee", "INA1"]);
     let emp_b = gw.token(&["--role", "employee", "--employee", "OUTB1"]);
     let (code, _, err) =
         run_cli(&["token", "create", "--role", "manager", "--config", gw.config_path.to_str().unwrap()], &[]);
-    assert_eq!(code, 64, "a manager without departments is a usage error: {err}");
+    assert_eq!(code, 64, "a manager naming neither employee nor departments is a usage error: {err}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(gw.data_dir().join("control.sock")).unwrap().permissions(),
     );
@@ -349,4 +350,89 @@ fn api_over_mutual_tls() {
     // Plain HTTP on the TLS port gets no answer either.
     let plain = std::panic::catch_unwind(|| http("GET", addr, "/healthz", &[], None));
     assert!(plain.map(|(s, _)| s != 200).unwrap_or(true));
+}
+
+const DECIDING_ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages\n\
+                               INA1,Ann A,DEPTA,,,,,\n\
+                               MGRA,Max A,DEPTA,,,,,DEPTA\n\
+                               BOSS,Bea S,DEPTA,,,,,DEPTA|DEPTB\n\
+                               OUTB1,Bob B,DEPTB,,,,,\n";
+
+/// Who may decide: a manager token naming its employee, within what that employee manages in the roster in force
+/// (narrowed by the token's departments), never for its own request, whatever the token; admins and employees never.
+#[test]
+fn deciding_is_scoped_by_the_roster_and_never_ones_own() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-decide") + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+
+    let admin = gw.token(&["--role", "admin"]);
+    // Every shape of token MGRA may hold.
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let mgra_narrowed = gw.token(&["--role", "manager", "--employee", "MGRA", "--department", "DEPTA"]);
+    let mgra_unnamed = gw.token(&["--role", "manager", "--department", "DEPTA"]);
+    let mgra_as_employee = gw.token(&["--role", "employee", "--employee", "MGRA"]);
+    // BOSS manages both departments; a token narrowed to DEPTB; a manager token for someone who manages nothing.
+    let boss = gw.token(&["--role", "manager", "--employee", "BOSS"]);
+    let boss_b = gw.token(&["--role", "manager", "--employee", "BOSS", "--department", "DEPTB"]);
+    let ina1_mgr = gw.token(&["--role", "manager", "--employee", "INA1", "--department", "DEPTA"]);
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let outb1 = gw.token(&["--role", "employee", "--employee", "OUTB1"]);
+
+    let t = yesterday_at("18:00");
+    let ask = |tok: &str| -> u64 {
+        let body =
+            expect(api.post("/api/v1/approvals", tok, &format!(r#"{{"time":"{t}","reason":"forgot"}}"#)), 201, &[]);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap()
+    };
+    let (own, a1, a2, b1) = (ask(&mgra_as_employee), ask(&ina1), ask(&ina1), ask(&outb1));
+    let decide = |id: u64, tok: &str| api.post(&format!("/api/v1/approvals/{id}/approve"), tok, "").0;
+
+    // Nobody decides their own request, whatever token they hold; admins and employees decide nothing.
+    for tok in [&mgra, &mgra_narrowed, &mgra_unnamed, &mgra_as_employee, &admin, &ina1, &outb1] {
+        assert_eq!(decide(own, tok), 403, "MGRA's own request");
+    }
+    let body = expect(api.post(&format!("/api/v1/approvals/{own}/approve"), &mgra, ""), 403, &[]);
+    assert!(body.contains("own request"), "{body}");
+    // A manager token naming no employee reads its departments and decides nothing.
+    let list = expect(api.get("/api/v1/approvals", &mgra_unnamed), 200, &["OUTB1"]);
+    assert!(list.contains("INA1"), "{list}");
+    let body = expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), &mgra_unnamed, ""), 403, &[]);
+    assert!(body.contains("--employee"), "{body}");
+    // Out of scope: a department the roster does not give, or one the token narrows away; a manager managing nothing.
+    assert_eq!(decide(b1, &mgra), 403);
+    assert_eq!(decide(a1, &boss_b), 403);
+    assert_eq!(decide(a1, &ina1_mgr), 403, "INA1 manages nothing (and a1 is its own)");
+    expect(api.get("/api/v1/approvals", &ina1_mgr), 200, &["OUTB1", "MGRA"]);
+    expect(api.get("/api/v1/records?department=DEPTA", &boss_b), 403, &[]);
+    // In scope.
+    assert_eq!(decide(own, &boss), 200, "another manager decides MGRA's request");
+    assert_eq!(decide(b1, &boss_b), 200);
+    assert_eq!(decide(a1, &mgra_narrowed), 200);
+
+    // A roster import that takes DEPTA from MGRA's `manages` takes the right away at once.
+    let without = DECIDING_ROSTER.replace("MGRA,Max A,DEPTA,,,,,DEPTA", "MGRA,Max A,DEPTA,,,,,");
+    expect(api.post("/api/v1/employees/import", &admin, &without), 200, &[]);
+    assert_eq!(decide(a2, &mgra), 403);
+    assert_eq!(decide(a2, &mgra_narrowed), 403);
+    expect(api.get("/api/v1/records?department=DEPTA", &mgra), 403, &[]);
+    expect(api.get("/api/v1/approvals", &mgra), 200, &["INA1"]);
+    assert_eq!(decide(a2, &boss), 200);
+
+    // The audit log names who decided and on which scope, refusals included.
+    let log = expect(api.get("/api/v1/audit", &admin), 200, &[]);
+    for needle in [
+        format!("approval {own} approve by employee BOSS"),
+        "on scope [DEPTA, DEPTB]".to_owned(),
+        format!("approval {b1} approve by employee BOSS"),
+        "on scope [DEPTB]".to_owned(),
+        format!("approval {a2} approve by employee MGRA"),
+        "(names no employee)".to_owned(),
+        "on scope []".to_owned(),
+    ] {
+        assert!(log.contains(&needle), "audit lacks {needle}: {log}");
+    }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::audit::{Actor, AuditLog};
 use super::error::ApiError;
 use crate::config::{ClientCertRole, Config};
-use crate::reconcile::roster::Roster;
+use crate::reconcile::roster::{Roster, RosterStore};
 use crate::tokens::{Role, TokenRecord, TokenStore, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
 
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
@@ -35,6 +35,8 @@ pub struct Principal {
     pub peer: String,
     /// `token:{id}` or `cert:{common name}`: the audit identity and the rate limit key.
     pub who: String,
+    /// For a manager: the departments it sees and decides for, worked out per request ([`manager_scope`]).
+    pub departments: Vec<String>,
 }
 
 impl Principal {
@@ -47,7 +49,7 @@ impl Principal {
         Actor { who: self.who.clone(), role: self.token.role.as_str().into(), from: self.peer.clone() }
     }
 
-    /// The employee an employee token belongs to.
+    /// The employee an employee token belongs to (for a manager: the manager's own employee id, if it names one).
     pub fn employee(&self) -> Option<&str> {
         self.token.employee.as_deref()
     }
@@ -56,7 +58,7 @@ impl Principal {
     pub fn sees_department(&self, department: &str) -> bool {
         match self.token.role {
             Role::Admin => true,
-            Role::Manager => self.token.departments.iter().any(|d| d == department),
+            Role::Manager => self.departments.iter().any(|d| d == department),
             Role::Employee => false,
         }
     }
@@ -67,6 +69,24 @@ impl Principal {
             Role::Admin => true,
             Role::Manager => roster.get(employee).is_some_and(|e| self.sees_department(&e.department)),
             Role::Employee => self.token.employee.as_deref() == Some(employee),
+        }
+    }
+}
+
+/// The departments a manager sees and decides for, from the roster in force at this request: what the roster's
+/// `manages` column gives the manager's employee, narrowed by the token's departments if it names any. A manager token
+/// naming no employee keeps the departments it names (it reads them and decides nothing: see
+/// [`crate::api::v1`]). An employee missing from the roster manages nothing.
+pub fn manager_scope(token: &TokenRecord, manages: Option<&[String]>) -> Vec<String> {
+    match (&token.employee, manages) {
+        (None, _) => token.departments.clone(),
+        (Some(_), None) => Vec::new(),
+        (Some(_), Some(m)) => {
+            let mut out: Vec<String> =
+                m.iter().filter(|d| token.departments.is_empty() || token.departments.contains(d)).cloned().collect();
+            out.sort();
+            out.dedup();
+            out
         }
     }
 }
@@ -131,7 +151,10 @@ pub fn check_client_certs(certs: &[ClientCertRole], has_client_ca: bool) -> Vec<
             Role::Admin if !c.departments.is_empty() || c.employee.is_some() => {
                 bad("an admin takes neither departments nor employee".into())
             }
-            Role::Manager if c.departments.is_empty() => bad("a manager needs departments = [\"…\"]".into()),
+            Role::Manager if c.departments.is_empty() && c.employee.is_none() => {
+                bad("a manager needs employee = \"…\" (what it manages in the roster), departments = [\"…\"] or both"
+                    .into())
+            }
             Role::Employee if c.employee.is_none() => bad("an employee needs employee = \"…\"".into()),
             Role::Employee if !c.departments.is_empty() => bad("an employee takes no departments".into()),
             _ => {}
@@ -160,6 +183,8 @@ pub struct AuthState {
     pub tokens: TokenStore,
     pub audit: AuditLog,
     pub limiter: Arc<RateLimiter>,
+    /// The roster in force: a manager's scope is read from it on every request, so a roster change applies at once.
+    pub roster: RosterStore,
 }
 
 /// The middleware: authenticate, rate-limit, time out, audit writes.
@@ -201,7 +226,15 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
-    let principal = Principal { token, peer, who };
+    let departments = match (token.role, token.employee.as_deref()) {
+        (Role::Manager, Some(employee)) => match state.roster.get(employee) {
+            Ok(e) => manager_scope(&token, e.as_ref().map(|e| e.manages.as_slice())),
+            Err(e) => return ApiError::internal(e).into_response(),
+        },
+        (Role::Manager, None) => manager_scope(&token, None),
+        _ => Vec::new(),
+    };
+    let principal = Principal { token, peer, who, departments };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(principal.clone());
@@ -213,11 +246,16 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
         return response;
     }
     let outcome = response.status().as_u16().to_string();
-    match state.audit.append(&principal.actor(), &format!("{method} {path}"), &path, &outcome).await {
+    let target = response.extensions().get::<AuditTarget>().map_or(path.clone(), |t| t.0.clone());
+    match state.audit.append(&principal.actor(), &format!("{method} {path}"), &target, &outcome).await {
         Ok(_) => response,
         Err(e) => ApiError::internal(format!("audit log: {e}")).into_response(),
     }
 }
+
+/// Put on a response by a handler to say more in the audit entry's `target` than the path (e.g. a decision's scope).
+#[derive(Clone, Debug)]
+pub struct AuditTarget(pub String);
 
 fn unauthorized(message: &str) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
@@ -246,6 +284,28 @@ mod tests {
         assert!(l.allow("a", t0 + Duration::from_secs(1), 20, 60), "refills over time");
     }
 
+    fn manager(departments: &[&str], employee: Option<&str>) -> TokenRecord {
+        TokenRecord {
+            id: "t".into(),
+            role: Role::Manager,
+            departments: departments.iter().map(|d| (*d).to_owned()).collect(),
+            employee: employee.map(str::to_owned),
+            created_ms: 0,
+            revoked_ms: None,
+            sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_managers_scope_is_its_roster_manages_narrowed_by_the_token() {
+        let manages = ["D2".to_owned(), "D1".to_owned(), "D3".to_owned()];
+        assert_eq!(manager_scope(&manager(&[], Some("M")), Some(&manages)), ["D1", "D2", "D3"]);
+        assert_eq!(manager_scope(&manager(&["D2", "D9"], Some("M")), Some(&manages)), ["D2"], "only narrows");
+        assert!(manager_scope(&manager(&["D2"], Some("M")), None).is_empty(), "not in the roster: nothing");
+        assert!(manager_scope(&manager(&["D2"], Some("M")), Some(&[])).is_empty(), "manages nothing: nothing");
+        assert_eq!(manager_scope(&manager(&["D2"], None), None), ["D2"], "no employee: reads what it names");
+    }
+
     fn map(cn: &str, role: Role, departments: &[&str], employee: Option<&str>) -> ClientCertRole {
         ClientCertRole {
             common_name: cn.into(),
@@ -261,6 +321,7 @@ mod tests {
             map("hr-pc", Role::Admin, &[], None),
             map("line-lead", Role::Manager, &["D-ASM"], Some("E7")),
             map("kiosk-e1", Role::Employee, &[], Some("E1")),
+            map("line-lead-2", Role::Manager, &[], Some("E8")),
         ];
         assert!(check_client_certs(&good, true).is_empty());
         let problems = check_client_certs(&good[..1], false);

@@ -3,8 +3,10 @@
 //! # Roles and isolation
 //! Every handler gets the [`Principal`] the auth middleware put on the request and decides with it:
 //! - `admin` reads everything and writes rules and roster; it never posts punches and never decides approvals.
-//! - `manager` reads and decides only for the departments of its token; asking for another department or for an
-//!   employee outside them is 403; lists are filtered to its departments.
+//! - `manager` reads and decides only for the departments its employee manages in the roster in force (the `manages`
+//!   column), narrowed by the token's departments; asking for another department or for an employee outside them is
+//!   403; lists are filtered to its departments. A manager token naming no employee reads the departments it names
+//!   and decides nothing. Nobody decides their own request.
 //! - `employee` reads only itself, posts its own GPS/QR punches and asks for make-up punches.
 //!
 //! Department membership is the roster in force. Employees not in the roster are visible to admins only. Error
@@ -178,6 +180,7 @@ impl ApiState {
             tokens: self.tokens.clone(),
             audit: self.audit.clone(),
             limiter: self.limiter.clone(),
+            roster: self.attendance.roster.clone(),
         }
     }
 

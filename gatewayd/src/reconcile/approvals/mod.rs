@@ -344,14 +344,14 @@ impl Approvals {
         if old.state != State::Pending {
             return Err(ApprovalError::AlreadyDecided { id, state: old.state });
         }
+        if decider.name == old.employee {
+            return Err(ApprovalError::OwnRequest(decider.name.clone()));
+        }
         if !decider.departments.contains(&old.department) {
             return Err(ApprovalError::NotAllowed {
                 decider: decider.name.clone(),
                 department: old.department.clone(),
             });
-        }
-        if decider.name == old.employee {
-            return Err(ApprovalError::OwnRequest(decider.name.clone()));
         }
         let mut new = old.clone();
         new.state = if approve { State::Approved } else { State::Rejected };
