@@ -15,8 +15,8 @@ const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages
                       MGRB,Meg B,DEPTB,04BB0002,,,,DEPTB\n";
 
 const RULES: &str = "dedupe_window = \"5m\"\n\n\
-                     [[shift]]\nid = \"day\"\nstart = \"09:00\"\nend = \"18:00\"\nlate_grace = \"10m\"\n\
-                     opens_before = \"2h\"\ncloses_after = \"6h\"\novertime_after = \"30m\"\n\n\
+                     [[shift]]\nid = \"day\"\nstart = \"00:00\"\nend = \"23:59\"\nlate_grace = \"10m\"\n\
+                     opens_before = \"0s\"\ncloses_after = \"1m\"\novertime_after = \"1m\"\n\n\
                      [[group]]\nid = \"all\"\ndepartments = [\"DEPTA\", \"DEPTB\"]\nshift = \"day\"\n\
                      workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
                      geofence = { center = [31.2304, 121.4737], radius_m = 200 }\n";
@@ -61,6 +61,11 @@ fn expect(got: (u16, String), status: u16, hidden: &[&str]) -> String {
 fn yesterday() -> jiff::civil::Date {
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
     jiff::Timestamp::now().to_zoned(tz).date().yesterday().unwrap()
+}
+
+fn today() -> jiff::civil::Date {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    jiff::Timestamp::now().to_zoned(tz).date()
 }
 
 fn yesterday_at(hm: &str) -> String {
@@ -110,7 +115,8 @@ fn role_matrix() {
     }
     let body = expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 201, &[]);
     assert!(body.contains("gw-api:api:"), "{body}");
-    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 200, &[]); // re-send: duplicate
+    // Timed by the gateway: a re-send is another punch (merged by the dedupe window), the claimed time is evidence.
+    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 201, &[]);
     expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("18:10"))), 201, &[]);
     expect(api.post("/api/v1/punches", &emp_b, &gps(&yesterday_at("09:30"))), 201, &[]);
     // Bad input: 400 with a message.
@@ -220,7 +226,7 @@ fn role_matrix() {
     expect(api.post(&format!("/api/v1/approvals/{b1}/reject"), &mgr_b, ""), 200, &[]);
 
     // Reports.
-    let date = &yesterday().to_string();
+    let date = &today().to_string(); // self-punches count when they arrive
     let q = format!("from={date}&to={date}&format=csv");
     let csv = expect(api.get(&format!("/api/v1/reports/export?{q}"), &admin), 200, &[]);
     assert!(csv.starts_with('\u{feff}'), "UTF-8 BOM");
@@ -435,4 +441,66 @@ fn deciding_is_scoped_by_the_roster_and_never_ones_own() {
     ] {
         assert!(log.contains(&needle), "audit lacks {needle}: {log}");
     }
+}
+
+fn local(t: jiff::Timestamp) -> String {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    t.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+/// Self-punches are timed by the gateway, the client's time kept as evidence; an offline claim waits for a manager and
+/// revises the record when approved; one past `offline_claim_limit` is refused.
+#[test]
+fn self_punches_are_timed_by_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-self").replace("[api]\n", "[api]\noffline_claim_limit = \"1h\"\n")
+        + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let at = |t: jiff::Timestamp, offline: bool| {
+        format!(r#"{{"time":"{t}","method":"gps","lat":31.2304,"lng":121.4737,"accuracy_m":10,"offline":{offline}}}"#)
+    };
+    let now = jiff::Timestamp::now();
+    let secs = |s: i64| jiff::SignedDuration::from_secs(s);
+
+    // Backdated three days: lands at the gateway's time, the claim visible in the punch's read view.
+    let three_days_ago = (now - secs(3 * 86_400)).round(jiff::Unit::Second).unwrap();
+    let posted = jiff::Timestamp::now();
+    expect(api.post("/api/v1/punches", &ina1, &at(three_days_ago, false)), 201, &[]);
+    let list = expect(api.get("/api/v1/punches", &ina1), 200, &[]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let p = &v["punches"][0];
+    assert_eq!(p["claimed_time"], local(three_days_ago), "{list}");
+    let time: jiff::Timestamp = p["time"].as_str().unwrap().parse().unwrap();
+    assert!(time.duration_since(posted).abs() < secs(60), "timed on arrival: {list}");
+
+    // An offline claim two minutes ago: held for a manager, then it is the clock-in.
+    let claimed = (jiff::Timestamp::now() - secs(120)).round(jiff::Unit::Second).unwrap();
+    let body = expect(api.post("/api/v1/punches", &ina1, &at(claimed, true)), 202, &[]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["pending_approval"]["kind"], "offline_claim", "{body}");
+    let id = v["pending_approval"]["id"].as_u64().unwrap();
+    let records = || api.get("/api/v1/records?employee=INA1", &ina1).1;
+    let first = wait_until("INA1's record", Duration::from_secs(30), records, |b| b.contains("INA1"));
+    assert!(!first.contains(&local(claimed)), "a pending claim does not count: {first}");
+    expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &ina1, ""), 403, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &mgra, ""), 200, &[]);
+    let revised = wait_until("the record revised by the approved claim", Duration::from_secs(30), records, |b| {
+        b.contains(&format!("\"clock_in\":\"{}\"", local(claimed)))
+    });
+    assert!(revised.contains("INA1"), "{revised}");
+    let list = expect(api.get("/api/v1/punches", &ina1), 200, &[]);
+    assert!(list.contains("offline_claim_received"), "{list}");
+
+    // Past the limit, in the future, or without a time: refused with a reason.
+    let old = now - secs(2 * 3600);
+    let body = expect(api.post("/api/v1/punches", &ina1, &at(old, true)), 422, &[]);
+    assert!(body.contains("offline_claim_limit"), "{body}");
+    expect(api.post("/api/v1/punches", &ina1, &at(now + secs(3600), true)), 400, &[]);
+    expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":true}"#), 400, &[]);
+    expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":"yes"}"#), 400, &[]);
 }

@@ -46,7 +46,7 @@ mod rules;
 
 pub use approvals::{Decision, MakeupRequest};
 pub use employees::{roster_from_csv, roster_from_employees, EmployeeIn, EmployeeView};
-pub use punches::{punch_from_request, PunchFilter, PunchRequest, PunchView};
+pub use punches::{punch_from_request, Posted, PunchFilter, PunchRequest, PunchView, CLAIMED_TIME};
 pub use records::{RecordFilter, RecordView};
 pub use reports::{csv_cell, summarize, ExportQuery, LateEntry, SummaryQuery, EXPORT_COLUMNS};
 
