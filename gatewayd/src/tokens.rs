@@ -23,7 +23,7 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// Most departments one token may name.
 pub const MAX_DEPARTMENTS: usize = 64;
 
-/// The three roles of SPEC section 5.
+/// The four roles of SPEC section 5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -33,6 +33,8 @@ pub enum Role {
     Manager,
     /// Own punches and records, make-up requests, own GPS/QR punches.
     Employee,
+    /// Reads the current rotating QR code (`GET /api/v1/qr/current`), nothing else.
+    Kiosk,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Manager => "manager",
             Role::Employee => "employee",
+            Role::Kiosk => "kiosk",
         }
     }
 }
@@ -112,6 +115,9 @@ impl NewToken {
             }
             Role::Employee if self.employee.is_none() => bad("an employee token needs --employee"),
             Role::Employee if !self.departments.is_empty() => bad("an employee token takes no --department"),
+            Role::Kiosk if !self.departments.is_empty() || self.employee.is_some() => {
+                bad("a kiosk token takes neither --department nor --employee")
+            }
             _ => Ok(()),
         }
     }

@@ -504,3 +504,73 @@ fn self_punches_are_timed_by_the_gateway() {
     expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":true}"#), 400, &[]);
     expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":"yes"}"#), 400, &[]);
 }
+
+/// Rotating QR codes: a kiosk token reads the current code and nothing else; a QR punch with the current code counts,
+/// one with a code two steps old, a forged one or none is refused with a reason and counted.
+#[test]
+fn qr_punches_need_the_current_code() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-qr") + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+    let kiosk = gw.token(&["--role", "kiosk"]);
+    let admin = gw.token(&["--role", "admin"]);
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let (code, _, err) = run_cli(
+        &["token", "create", "--role", "kiosk", "--employee", "INA1", "--config", gw.config_path.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 64, "a kiosk names nobody: {err}");
+
+    // The kiosk reads the code and nothing else; admins read it too; nobody else does.
+    let current = |tok: &str| -> serde_json::Value {
+        serde_json::from_str(&expect(api.get("/api/v1/qr/current?site=gate-1", tok), 200, &[])).unwrap()
+    };
+    let shown = current(&kiosk);
+    assert_eq!(shown["site"], "gate-1");
+    current(&admin);
+    for tok in [&ina1, &mgra] {
+        expect(api.get("/api/v1/qr/current", tok), 403, &[]);
+    }
+    for path in ["/api/v1/records", "/api/v1/punches", "/api/v1/approvals", "/api/v1/audit", "/api/v1/employees"] {
+        expect(api.get(path, &kiosk), 403, &["INA1"]);
+    }
+    expect(api.post("/api/v1/punches", &kiosk, r#"{"method":"qr","code":"1"}"#), 403, &[]);
+    expect(api.get("/api/v1/qr/current?bogus=1", &kiosk), 400, &[]);
+
+    // The current code counts.
+    let qr = |code: &str| format!(r#"{{"method":"qr","code":"{code}"}}"#);
+    let code = current(&kiosk)["code"].as_str().unwrap().to_owned();
+    expect(api.post("/api/v1/punches", &ina1, &qr(&code)), 201, &[]);
+
+    // No code, a forged code: refused with the reason and counted.
+    let body = expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr"}"#), 422, &[]);
+    assert!(body.contains("no code"), "{body}");
+    let body = expect(api.post("/api/v1/punches", &ina1, &qr("abcdef")), 422, &[]);
+    assert!(body.contains("not issued by this gateway"), "{body}");
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"forged\"}"), Some(1.0));
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"missing\"}"), Some(1.0));
+
+    // Two steps later the code is refused.
+    let until: jiff::Timestamp = current(&kiosk)["valid_until"].as_str().unwrap().parse().unwrap();
+    let code = current(&kiosk)["code"].as_str().unwrap().to_owned();
+    let later = until + jiff::SignedDuration::from_secs(30);
+    wait_until(
+        "two QR steps later",
+        Duration::from_secs(90),
+        || api.get("/api/v1/qr/current", &kiosk),
+        |(s, b)| {
+            *s == 200
+                && serde_json::from_str::<serde_json::Value>(b)
+                    .ok()
+                    .and_then(|v| v["valid_until"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+                    > Some(later)
+        },
+    );
+    let body = expect(api.post("/api/v1/punches", &ina1, &qr(&code)), 422, &[]);
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"expired\"}"), Some(1.0));
+}

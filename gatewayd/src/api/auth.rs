@@ -24,6 +24,8 @@ use crate::config::{ClientCertRole, Config};
 use crate::reconcile::roster::{Roster, RosterStore};
 use crate::tokens::{Role, TokenRecord, TokenStore, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
 
+/// The one endpoint a kiosk token may call.
+pub const KIOSK_PATH: &str = "/api/v1/qr/current";
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
 const MAX_BUCKETS: usize = 10_000;
 
@@ -59,7 +61,7 @@ impl Principal {
         match self.token.role {
             Role::Admin => true,
             Role::Manager => self.departments.iter().any(|d| d == department),
-            Role::Employee => false,
+            Role::Employee | Role::Kiosk => false,
         }
     }
 
@@ -69,6 +71,7 @@ impl Principal {
             Role::Admin => true,
             Role::Manager => roster.get(employee).is_some_and(|e| self.sees_department(&e.department)),
             Role::Employee => self.token.employee.as_deref() == Some(employee),
+            Role::Kiosk => false,
         }
     }
 }
@@ -157,6 +160,9 @@ pub fn check_client_certs(certs: &[ClientCertRole], has_client_ca: bool) -> Vec<
             }
             Role::Employee if c.employee.is_none() => bad("an employee needs employee = \"…\"".into()),
             Role::Employee if !c.departments.is_empty() => bad("an employee takes no departments".into()),
+            Role::Kiosk if !c.departments.is_empty() || c.employee.is_some() => {
+                bad("a kiosk takes neither departments nor employee".into())
+            }
             _ => {}
         }
     }
@@ -238,9 +244,13 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(principal.clone());
-    let response = match tokio::time::timeout(api.request_timeout(), next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
+    let response = if principal.role() == Role::Kiosk && path != KIOSK_PATH {
+        ApiError::forbidden("a kiosk token can only read the current QR code").into_response()
+    } else {
+        match tokio::time::timeout(api.request_timeout(), next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
+        }
     };
     if method == Method::GET || method == Method::HEAD {
         return response;

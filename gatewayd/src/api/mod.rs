@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod qr;
 pub mod tls;
 pub mod v1;
 

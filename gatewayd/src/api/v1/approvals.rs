@@ -14,6 +14,7 @@ pub(super) async fn approvals(
             Role::Admin => true,
             Role::Manager => p.sees_department(&a.department) || p.employee() == Some(a.employee.as_str()),
             Role::Employee => p.employee() == Some(a.employee.as_str()),
+            Role::Kiosk => false,
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "approvals": list })))

@@ -226,14 +226,32 @@ pub(super) async fn post_punch(
     require(&p, &[Role::Employee], "post punches (punches come from devices and employees)")?;
     let employee = p.employee().ok_or_else(|| ApiError::forbidden("this token names no employee"))?.to_owned();
     let limit_ms = i64::try_from(state.config().api.offline_claim_limit().as_millis()).unwrap_or(i64::MAX);
-    let punch = match punch_from_request(req, employee.clone(), &p.token.id, now_ms(), limit_ms)? {
+    let now = now_ms();
+    let posted = punch_from_request(req, employee.clone(), &p.token.id, now, limit_ms)?;
+    // A QR punch carries a code of its step or the one before (an offline claim: of its claimed time).
+    let qr = match &posted {
+        Posted::Punch(punch) if punch.method == Method::Qr => {
+            Some((punch.attributes.iter().find(|(k, _)| k == "qr").map(|(_, v)| v.clone()), now))
+        }
+        Posted::OfflineClaim(Kind::OfflineClaim { method: Method::Qr, code, time_ms, .. }) => {
+            Some((code.clone(), *time_ms))
+        }
+        _ => None,
+    };
+    if let Some((code, at_ms)) = qr {
+        if let Err(refusal) = state.qr.check(code.as_deref(), u64::try_from(at_ms / 1000).unwrap_or(0)) {
+            crate::api::qr::qr_refused(&state.metrics, refusal);
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, refusal.message()));
+        }
+    }
+    let punch = match posted {
         Posted::Punch(punch) => punch,
         Posted::OfflineClaim(kind) => {
             let roster = state.roster()?;
             let a = state
                 .attendance
                 .approvals
-                .request_offline_claim(&roster, &employee, kind, &p.who, now_ms())
+                .request_offline_claim(&roster, &employee, kind, &p.who, now)
                 .await
                 .map_err(approvals::approval_error)?;
             return Ok((StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "pending_approval": a }))).into_response());
