@@ -574,3 +574,46 @@ fn qr_punches_need_the_current_code() {
     assert!(body.contains("expired"), "{body}");
     assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"expired\"}"), Some(1.0));
 }
+
+/// Failed token attempts are limited per source address: once the burst is spent, 429 with `Retry-After`, even for a
+/// good token from that address (a guess cannot be told from a hit), while the limit lasts.
+#[test]
+fn failed_token_attempts_are_rate_limited() {
+    let gw = Gateway::start(&base_config("gw-guess"));
+    let api = Api { addr: gw.addr("api") };
+    let admin = gw.token(&["--role", "admin"]);
+    let guess = "gw_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000";
+    let statuses: Vec<u16> = (0..12).map(|_| api.get("/api/v1/audit", guess).0).collect();
+    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
+    assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+    let head = raw_get_head(api.addr, "/api/v1/audit", &admin);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=6).contains(&retry), "Retry-After: {head}");
+    // Requests without a token are not guesses; the health endpoints are not behind tokens at all.
+    expect(api.call("GET", "/api/v1/audit", None, None), 401, &[]);
+    assert_eq!(gw.get("/healthz").0, 200);
+    // Once the address has earned another attempt, the good token works.
+    wait_until(
+        "the address earns another attempt",
+        Duration::from_secs(10),
+        || api.get("/api/v1/audit", &admin).0,
+        |s| *s == 200,
+    );
+}
+
+/// The status line and headers of a plain HTTP/1.1 GET with a bearer token.
+fn raw_get_head(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}

@@ -7,8 +7,10 @@
 //! method other than GET, append an audit entry (who, what, when, from where, the status answered) before answering.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -94,13 +96,70 @@ pub fn manager_scope(token: &TokenRecord, manages: Option<&[String]>) -> Vec<Str
     }
 }
 
-/// A token bucket per token id.
-#[derive(Debug, Default)]
+/// Failed token attempts one source address may make in a burst, then one per [`FAILED_PERIOD`].
+pub const FAILED_BURST: u32 = 10;
+/// How often a source address earns another failed attempt once its burst is spent.
+pub const FAILED_PERIOD: Duration = Duration::from_secs(6);
+
+/// A token bucket per token id, and the failed token attempts per source address.
+///
+/// Failed attempts are counted with `governor` (GCRA, keyed by IP address). A tower layer such as `tower_governor`
+/// limits every request, where only failures are to be counted here, so the middleware uses `governor` directly.
+/// Once an address runs out it is refused 429 with `Retry-After` before its token is even checked, until it has
+/// earned another attempt: a guess made then cannot tell a right token from a wrong one.
 pub struct RateLimiter {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").finish_non_exhaustive()
+    }
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        let burst = NonZeroU32::new(FAILED_BURST).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(FAILED_PERIOD)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        RateLimiter {
+            buckets: Mutex::default(),
+            failures: governor::RateLimiter::keyed(quota),
+            blocked: Mutex::default(),
+        }
+    }
 }
 
 impl RateLimiter {
+    /// How long `addr` must wait before its token is checked again (None: go ahead).
+    pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let map = self.blocked.lock().ok()?;
+        map.get(&addr).and_then(|until| until.checked_duration_since(now)).filter(|d| !d.is_zero())
+    }
+
+    /// Counts a failed token attempt of `addr`; returns how long it must wait when it has run out.
+    pub fn failed(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        use governor::clock::Clock;
+        let clock = governor::clock::DefaultClock::default();
+        match self.failures.check_key(&addr) {
+            Ok(()) => None,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(clock.now()).max(Duration::from_secs(1));
+                if let Ok(mut map) = self.blocked.lock() {
+                    if map.len() >= MAX_BUCKETS {
+                        map.retain(|_, until| *until > now);
+                        self.failures.retain_recent();
+                    }
+                    map.insert(addr, now + wait);
+                }
+                Some(wait)
+            }
+        }
+    }
+
     /// Takes one unit for `key` from a bucket of `burst` refilled at `per_sec`; false when the bucket is empty.
     pub fn allow(&self, key: &str, now: Instant, per_sec: u32, burst: u32) -> bool {
         let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
@@ -202,16 +261,32 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
         .map(|ConnectInfo(a)| a.to_string())
         .or_else(|| tls.as_ref().map(|p| p.addr.to_string()))
         .unwrap_or_else(|| "unknown".into());
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .or_else(|| tls.as_ref().map(|p| p.addr.ip()));
     let api = state.config.borrow().api.clone();
     let (token, who) = match bearer(&req) {
-        Some(text) => match state.tokens.verify(text) {
-            Ok(Some(t)) => {
-                let who = format!("token:{}", t.id);
-                (t, who)
+        Some(text) => {
+            if let Some(wait) = ip.and_then(|ip| state.limiter.blocked(ip, Instant::now())) {
+                return too_many_failures(wait);
             }
-            Ok(None) => return unauthorized("invalid or revoked token"),
-            Err(e) => return ApiError::internal(e).into_response(),
-        },
+            match state.tokens.verify(text) {
+                Ok(Some(t)) => {
+                    let who = format!("token:{}", t.id);
+                    (t, who)
+                }
+                Ok(None) => {
+                    if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip, Instant::now())) {
+                        tracing::warn!(peer = %peer, "failed token attempts rate-limited");
+                        return too_many_failures(wait);
+                    }
+                    return unauthorized("invalid or revoked token");
+                }
+                Err(e) => return ApiError::internal(e).into_response(),
+            }
+        }
         None => {
             let client = tls.as_ref().and_then(|p| p.client.clone());
             let mapped =
@@ -267,6 +342,16 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
 #[derive(Clone, Debug)]
 pub struct AuditTarget(pub String);
 
+fn too_many_failures(wait: Duration) -> Response {
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed token attempts from this address")
+        .into_response();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 fn unauthorized(message: &str) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
     r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -282,6 +367,22 @@ pub fn limiter() -> Arc<RateLimiter> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn failed_attempts_are_limited_per_address() {
+        let l = RateLimiter::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let now = Instant::now();
+        for _ in 0..FAILED_BURST {
+            assert_eq!(l.failed(a, now), None);
+        }
+        assert!(l.blocked(a, now).is_none(), "not blocked before it runs out");
+        let wait = l.failed(a, now).expect("the burst is spent");
+        assert!(wait >= Duration::from_secs(1) && wait <= FAILED_PERIOD, "{wait:?}");
+        assert!(l.blocked(a, now).is_some());
+        assert!(l.blocked(b, now).is_none() && l.failed(b, now).is_none(), "per address");
+        assert!(l.blocked(a, now + FAILED_PERIOD).is_none(), "until it earned another attempt");
+    }
 
     #[test]
     fn bucket_limits_and_refills() {
