@@ -11,8 +11,17 @@ fuzz_target!(|data: &[u8]| {
     match which % 6 {
         0 => {
             if let Ok(req) = serde_json::from_slice::<PunchRequest>(body) {
-                if let Ok(p) = v1::punch_from_request(req, "E1".into(), "tok", 1_795_827_600_000) {
-                    assert!(matches!(p.method, drivers::Method::Gps | drivers::Method::Qr));
+                let now = 1_795_827_600_000;
+                match v1::punch_from_request(req, "E1".into(), "tok", now, 4 * 3_600_000) {
+                    Ok(v1::Posted::Punch(p)) => {
+                        assert!(matches!(p.method, drivers::Method::Gps | drivers::Method::Qr));
+                        assert_eq!(p.device_time_ms, now, "timed by the gateway");
+                    }
+                    Ok(v1::Posted::OfflineClaim(gatewayd::reconcile::approvals::Kind::OfflineClaim { time_ms, .. })) => {
+                        assert!((now - 4 * 3_600_000..=now).contains(&time_ms));
+                    }
+                    Ok(other) => panic!("not a punch body: {other:?}"),
+                    Err(_) => {}
                 }
             }
         }

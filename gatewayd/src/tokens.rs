@@ -23,16 +23,18 @@ pub const MAX_SCOPE_LEN: usize = 128;
 /// Most departments one token may name.
 pub const MAX_DEPARTMENTS: usize = 64;
 
-/// The three roles of SPEC section 5.
+/// The four roles of SPEC section 5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Rules, roster, devices, tokens, export of everything; never edits or approves punches.
     Admin,
-    /// Sees and approves only their departments.
+    /// Sees and decides for the departments its employee manages in the roster (narrowed by its departments).
     Manager,
     /// Own punches and records, make-up requests, own GPS/QR punches.
     Employee,
+    /// Reads the current rotating QR code (`GET /api/v1/qr/current`), nothing else.
+    Kiosk,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Manager => "manager",
             Role::Employee => "employee",
+            Role::Kiosk => "kiosk",
         }
     }
 }
@@ -50,10 +53,11 @@ impl Role {
 pub struct TokenRecord {
     pub id: String,
     pub role: Role,
-    /// For managers: the departments they see and decide for.
+    /// For managers: narrows the departments the roster's `manages` column gives its employee (or, for a manager token
+    /// naming no employee, the departments it reads: such a token decides nothing).
     #[serde(default)]
     pub departments: Vec<String>,
-    /// For employees: who they are (and optionally a manager's own employee id, so they cannot approve themselves).
+    /// For employees: who they are. For managers: whose `manages` column is the scope; required to decide.
     #[serde(default)]
     pub employee: Option<String>,
     pub created_ms: i64,
@@ -87,7 +91,8 @@ pub enum TokenError {
 }
 
 impl NewToken {
-    /// Checks the role's scope: managers need departments, employees an employee id, admins neither.
+    /// Checks the role's scope: managers need their employee or departments, employees an employee id, admins
+    /// neither.
     pub fn validate(&self) -> Result<(), TokenError> {
         let bad = |m: &str| Err(TokenError::Invalid(m.to_owned()));
         for d in self.departments.iter().chain(self.employee.iter()) {
@@ -105,9 +110,14 @@ impl NewToken {
             Role::Admin if !self.departments.is_empty() || self.employee.is_some() => {
                 bad("an admin token takes neither --department nor --employee")
             }
-            Role::Manager if self.departments.is_empty() => bad("a manager token needs at least one --department"),
+            Role::Manager if self.departments.is_empty() && self.employee.is_none() => {
+                bad("a manager token needs --employee (its scope is what that employee manages in the roster), --department or both")
+            }
             Role::Employee if self.employee.is_none() => bad("an employee token needs --employee"),
             Role::Employee if !self.departments.is_empty() => bad("an employee token takes no --department"),
+            Role::Kiosk if !self.departments.is_empty() || self.employee.is_some() => {
+                bad("a kiosk token takes neither --department nor --employee")
+            }
             _ => Ok(()),
         }
     }
@@ -257,5 +267,7 @@ mod tests {
         ] {
             assert!(matches!(s.create(&bad, 1), Err(TokenError::Invalid(_))), "{bad:?}");
         }
+        let by_roster = NewToken { role: Role::Manager, departments: vec![], employee: Some("M1".into()) };
+        assert!(s.create(&by_roster, 1).is_ok(), "a manager's scope may come from the roster alone");
     }
 }

@@ -323,5 +323,5 @@ fn api_client_cert_mapping_needs_mutual_tls() {
     let (code, _, err) = run_cli(&["validate", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("gatewayd.toml:13: api.client_cert: needs mutual TLS"), "{err}");
-    assert!(err.contains("gatewayd.toml:13: api.client_cert: a manager needs departments"), "{err}");
+    assert!(err.contains("gatewayd.toml:13: api.client_cert: a manager needs employee"), "{err}");
 }

@@ -11,11 +11,12 @@ const ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages
                       INA1,Ann A,DEPTA,04AA0001,,,,\n\
                       INA2,Amy A,DEPTA,04AA0002,,,,\n\
                       MGRA,Max A,DEPTA,04AA0003,,,,DEPTA\n\
-                      OUTB1,Bob B,DEPTB,04BB0001,,,,\n";
+                      OUTB1,Bob B,DEPTB,04BB0001,,,,\n\
+                      MGRB,Meg B,DEPTB,04BB0002,,,,DEPTB\n";
 
 const RULES: &str = "dedupe_window = \"5m\"\n\n\
-                     [[shift]]\nid = \"day\"\nstart = \"09:00\"\nend = \"18:00\"\nlate_grace = \"10m\"\n\
-                     opens_before = \"2h\"\ncloses_after = \"6h\"\novertime_after = \"30m\"\n\n\
+                     [[shift]]\nid = \"day\"\nstart = \"00:00\"\nend = \"23:59\"\nlate_grace = \"10m\"\n\
+                     opens_before = \"0s\"\ncloses_after = \"1m\"\novertime_after = \"1m\"\n\n\
                      [[group]]\nid = \"all\"\ndepartments = [\"DEPTA\", \"DEPTB\"]\nshift = \"day\"\n\
                      workdays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", \"sun\"]\n\
                      geofence = { center = [31.2304, 121.4737], radius_m = 200 }\n";
@@ -62,6 +63,11 @@ fn yesterday() -> jiff::civil::Date {
     jiff::Timestamp::now().to_zoned(tz).date().yesterday().unwrap()
 }
 
+fn today() -> jiff::civil::Date {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    jiff::Timestamp::now().to_zoned(tz).date()
+}
+
 fn yesterday_at(hm: &str) -> String {
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
     let t: jiff::civil::Time = hm.parse().unwrap();
@@ -81,12 +87,12 @@ fn role_matrix() {
     // Tokens, created while the daemon holds the store: through the control socket.
     let admin = gw.token(&["--role", "admin"]);
     let mgr_a = gw.token(&["--role", "manager", "--department", "DEPTA", "--employee", "MGRA"]);
-    let mgr_b = gw.token(&["--role", "manager", "--department", "DEPTB"]);
+    let mgr_b = gw.token(&["--role", "manager", "--employee", "MGRB"]); // its scope: what MGRB manages
     let emp_a = gw.token(&["--role", "employee", "--employee", "INA1"]);
     let emp_b = gw.token(&["--role", "employee", "--employee", "OUTB1"]);
     let (code, _, err) =
         run_cli(&["token", "create", "--role", "manager", "--config", gw.config_path.to_str().unwrap()], &[]);
-    assert_eq!(code, 64, "a manager without departments is a usage error: {err}");
+    assert_eq!(code, 64, "a manager naming neither employee nor departments is a usage error: {err}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(gw.data_dir().join("control.sock")).unwrap().permissions(),
     );
@@ -109,7 +115,8 @@ fn role_matrix() {
     }
     let body = expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 201, &[]);
     assert!(body.contains("gw-api:api:"), "{body}");
-    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 200, &[]); // re-send: duplicate
+    // Timed by the gateway: a re-send is another punch (merged by the dedupe window), the claimed time is evidence.
+    expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("09:05"))), 201, &[]);
     expect(api.post("/api/v1/punches", &emp_a, &gps(&yesterday_at("18:10"))), 201, &[]);
     expect(api.post("/api/v1/punches", &emp_b, &gps(&yesterday_at("09:30"))), 201, &[]);
     // Bad input: 400 with a message.
@@ -219,7 +226,7 @@ fn role_matrix() {
     expect(api.post(&format!("/api/v1/approvals/{b1}/reject"), &mgr_b, ""), 200, &[]);
 
     // Reports.
-    let date = &yesterday().to_string();
+    let date = &today().to_string(); // self-punches count when they arrive
     let q = format!("from={date}&to={date}&format=csv");
     let csv = expect(api.get(&format!("/api/v1/reports/export?{q}"), &admin), 200, &[]);
     assert!(csv.starts_with('\u{feff}'), "UTF-8 BOM");
@@ -349,4 +356,264 @@ fn api_over_mutual_tls() {
     // Plain HTTP on the TLS port gets no answer either.
     let plain = std::panic::catch_unwind(|| http("GET", addr, "/healthz", &[], None));
     assert!(plain.map(|(s, _)| s != 200).unwrap_or(true));
+}
+
+const DECIDING_ROSTER: &str = "employee,name,department,card,fingerprint,face,pin,manages\n\
+                               INA1,Ann A,DEPTA,,,,,\n\
+                               MGRA,Max A,DEPTA,,,,,DEPTA\n\
+                               BOSS,Bea S,DEPTA,,,,,DEPTA|DEPTB\n\
+                               OUTB1,Bob B,DEPTB,,,,,\n";
+
+/// Who may decide: a manager token naming its employee, within what that employee manages in the roster in force
+/// (narrowed by the token's departments), never for its own request, whatever the token; admins and employees never.
+#[test]
+fn deciding_is_scoped_by_the_roster_and_never_ones_own() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-decide") + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+
+    let admin = gw.token(&["--role", "admin"]);
+    // Every shape of token MGRA may hold.
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let mgra_narrowed = gw.token(&["--role", "manager", "--employee", "MGRA", "--department", "DEPTA"]);
+    let mgra_unnamed = gw.token(&["--role", "manager", "--department", "DEPTA"]);
+    let mgra_as_employee = gw.token(&["--role", "employee", "--employee", "MGRA"]);
+    // BOSS manages both departments; a token narrowed to DEPTB; a manager token for someone who manages nothing.
+    let boss = gw.token(&["--role", "manager", "--employee", "BOSS"]);
+    let boss_b = gw.token(&["--role", "manager", "--employee", "BOSS", "--department", "DEPTB"]);
+    let ina1_mgr = gw.token(&["--role", "manager", "--employee", "INA1", "--department", "DEPTA"]);
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let outb1 = gw.token(&["--role", "employee", "--employee", "OUTB1"]);
+
+    let t = yesterday_at("18:00");
+    let ask = |tok: &str| -> u64 {
+        let body =
+            expect(api.post("/api/v1/approvals", tok, &format!(r#"{{"time":"{t}","reason":"forgot"}}"#)), 201, &[]);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_u64().unwrap()
+    };
+    let (own, a1, a2, b1) = (ask(&mgra_as_employee), ask(&ina1), ask(&ina1), ask(&outb1));
+    let decide = |id: u64, tok: &str| api.post(&format!("/api/v1/approvals/{id}/approve"), tok, "").0;
+
+    // Nobody decides their own request, whatever token they hold; admins and employees decide nothing.
+    for tok in [&mgra, &mgra_narrowed, &mgra_unnamed, &mgra_as_employee, &admin, &ina1, &outb1] {
+        assert_eq!(decide(own, tok), 403, "MGRA's own request");
+    }
+    let body = expect(api.post(&format!("/api/v1/approvals/{own}/approve"), &mgra, ""), 403, &[]);
+    assert!(body.contains("own request"), "{body}");
+    // A manager token naming no employee reads its departments and decides nothing.
+    let list = expect(api.get("/api/v1/approvals", &mgra_unnamed), 200, &["OUTB1"]);
+    assert!(list.contains("INA1"), "{list}");
+    let body = expect(api.post(&format!("/api/v1/approvals/{a1}/approve"), &mgra_unnamed, ""), 403, &[]);
+    assert!(body.contains("--employee"), "{body}");
+    // Out of scope: a department the roster does not give, or one the token narrows away; a manager managing nothing.
+    assert_eq!(decide(b1, &mgra), 403);
+    assert_eq!(decide(a1, &boss_b), 403);
+    assert_eq!(decide(a1, &ina1_mgr), 403, "INA1 manages nothing (and a1 is its own)");
+    expect(api.get("/api/v1/approvals", &ina1_mgr), 200, &["OUTB1", "MGRA"]);
+    expect(api.get("/api/v1/records?department=DEPTA", &boss_b), 403, &[]);
+    // In scope.
+    assert_eq!(decide(own, &boss), 200, "another manager decides MGRA's request");
+    assert_eq!(decide(b1, &boss_b), 200);
+    assert_eq!(decide(a1, &mgra_narrowed), 200);
+
+    // A roster import that takes DEPTA from MGRA's `manages` takes the right away at once.
+    let without = DECIDING_ROSTER.replace("MGRA,Max A,DEPTA,,,,,DEPTA", "MGRA,Max A,DEPTA,,,,,");
+    expect(api.post("/api/v1/employees/import", &admin, &without), 200, &[]);
+    assert_eq!(decide(a2, &mgra), 403);
+    assert_eq!(decide(a2, &mgra_narrowed), 403);
+    expect(api.get("/api/v1/records?department=DEPTA", &mgra), 403, &[]);
+    expect(api.get("/api/v1/approvals", &mgra), 200, &["INA1"]);
+    assert_eq!(decide(a2, &boss), 200);
+
+    // The audit log names who decided and on which scope, refusals included.
+    let log = expect(api.get("/api/v1/audit", &admin), 200, &[]);
+    for needle in [
+        format!("approval {own} approve by employee BOSS"),
+        "on scope [DEPTA, DEPTB]".to_owned(),
+        format!("approval {b1} approve by employee BOSS"),
+        "on scope [DEPTB]".to_owned(),
+        format!("approval {a2} approve by employee MGRA"),
+        "(names no employee)".to_owned(),
+        "on scope []".to_owned(),
+    ] {
+        assert!(log.contains(&needle), "audit lacks {needle}: {log}");
+    }
+}
+
+fn local(t: jiff::Timestamp) -> String {
+    let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+    t.to_zoned(tz).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+/// Self-punches are timed by the gateway, the client's time kept as evidence; an offline claim waits for a manager and
+/// revises the record when approved; one past `offline_claim_limit` is refused.
+#[test]
+fn self_punches_are_timed_by_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-self").replace("[api]\n", "[api]\noffline_claim_limit = \"1h\"\n")
+        + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let at = |t: jiff::Timestamp, offline: bool| {
+        format!(r#"{{"time":"{t}","method":"gps","lat":31.2304,"lng":121.4737,"accuracy_m":10,"offline":{offline}}}"#)
+    };
+    let now = jiff::Timestamp::now();
+    let secs = |s: i64| jiff::SignedDuration::from_secs(s);
+
+    // Backdated three days: lands at the gateway's time, the claim visible in the punch's read view.
+    let three_days_ago = (now - secs(3 * 86_400)).round(jiff::Unit::Second).unwrap();
+    let posted = jiff::Timestamp::now();
+    expect(api.post("/api/v1/punches", &ina1, &at(three_days_ago, false)), 201, &[]);
+    let list = expect(api.get("/api/v1/punches", &ina1), 200, &[]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let p = &v["punches"][0];
+    assert_eq!(p["claimed_time"], local(three_days_ago), "{list}");
+    let time: jiff::Timestamp = p["time"].as_str().unwrap().parse().unwrap();
+    assert!(time.duration_since(posted).abs() < secs(60), "timed on arrival: {list}");
+
+    // An offline claim two minutes ago: held for a manager, then it is the clock-in.
+    let claimed = (jiff::Timestamp::now() - secs(120)).round(jiff::Unit::Second).unwrap();
+    let body = expect(api.post("/api/v1/punches", &ina1, &at(claimed, true)), 202, &[]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["pending_approval"]["kind"], "offline_claim", "{body}");
+    let id = v["pending_approval"]["id"].as_u64().unwrap();
+    let records = || api.get("/api/v1/records?employee=INA1", &ina1).1;
+    let first = wait_until("INA1's record", Duration::from_secs(30), records, |b| b.contains("INA1"));
+    assert!(!first.contains(&local(claimed)), "a pending claim does not count: {first}");
+    expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &ina1, ""), 403, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &mgra, ""), 200, &[]);
+    let revised = wait_until("the record revised by the approved claim", Duration::from_secs(30), records, |b| {
+        b.contains(&format!("\"clock_in\":\"{}\"", local(claimed)))
+    });
+    assert!(revised.contains("INA1"), "{revised}");
+    let list = expect(api.get("/api/v1/punches", &ina1), 200, &[]);
+    assert!(list.contains("offline_claim_received"), "{list}");
+
+    // Past the limit, in the future, or without a time: refused with a reason.
+    let old = now - secs(2 * 3600);
+    let body = expect(api.post("/api/v1/punches", &ina1, &at(old, true)), 422, &[]);
+    assert!(body.contains("offline_claim_limit"), "{body}");
+    expect(api.post("/api/v1/punches", &ina1, &at(now + secs(3600), true)), 400, &[]);
+    expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":true}"#), 400, &[]);
+    expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr","code":"x","offline":"yes"}"#), 400, &[]);
+}
+
+/// Rotating QR codes: a kiosk token reads the current code and nothing else; a QR punch with the current code counts,
+/// one with a code two steps old, a forged one or none is refused with a reason and counted.
+#[test]
+fn qr_punches_need_the_current_code() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("roster.csv"), DECIDING_ROSTER).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
+    let config = base_config("gw-qr") + "[roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n";
+    let gw = Gateway::start_in(dir, &config);
+    let api = Api { addr: gw.addr("api") };
+    let kiosk = gw.token(&["--role", "kiosk"]);
+    let admin = gw.token(&["--role", "admin"]);
+    let ina1 = gw.token(&["--role", "employee", "--employee", "INA1"]);
+    let mgra = gw.token(&["--role", "manager", "--employee", "MGRA"]);
+    let (code, _, err) = run_cli(
+        &["token", "create", "--role", "kiosk", "--employee", "INA1", "--config", gw.config_path.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 64, "a kiosk names nobody: {err}");
+
+    // The kiosk reads the code and nothing else; admins read it too; nobody else does.
+    let current = |tok: &str| -> serde_json::Value {
+        serde_json::from_str(&expect(api.get("/api/v1/qr/current?site=gate-1", tok), 200, &[])).unwrap()
+    };
+    let shown = current(&kiosk);
+    assert_eq!(shown["site"], "gate-1");
+    current(&admin);
+    for tok in [&ina1, &mgra] {
+        expect(api.get("/api/v1/qr/current", tok), 403, &[]);
+    }
+    for path in ["/api/v1/records", "/api/v1/punches", "/api/v1/approvals", "/api/v1/audit", "/api/v1/employees"] {
+        expect(api.get(path, &kiosk), 403, &["INA1"]);
+    }
+    expect(api.post("/api/v1/punches", &kiosk, r#"{"method":"qr","code":"1"}"#), 403, &[]);
+    expect(api.get("/api/v1/qr/current?bogus=1", &kiosk), 400, &[]);
+
+    // The current code counts.
+    let qr = |code: &str| format!(r#"{{"method":"qr","code":"{code}"}}"#);
+    let code = current(&kiosk)["code"].as_str().unwrap().to_owned();
+    expect(api.post("/api/v1/punches", &ina1, &qr(&code)), 201, &[]);
+
+    // No code, a forged code: refused with the reason and counted.
+    let body = expect(api.post("/api/v1/punches", &ina1, r#"{"method":"qr"}"#), 422, &[]);
+    assert!(body.contains("no code"), "{body}");
+    let body = expect(api.post("/api/v1/punches", &ina1, &qr("abcdef")), 422, &[]);
+    assert!(body.contains("not issued by this gateway"), "{body}");
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"forged\"}"), Some(1.0));
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"missing\"}"), Some(1.0));
+
+    // Two steps later the code is refused.
+    let until: jiff::Timestamp = current(&kiosk)["valid_until"].as_str().unwrap().parse().unwrap();
+    let code = current(&kiosk)["code"].as_str().unwrap().to_owned();
+    let later = until + jiff::SignedDuration::from_secs(30);
+    wait_until(
+        "two QR steps later",
+        Duration::from_secs(90),
+        || api.get("/api/v1/qr/current", &kiosk),
+        |(s, b)| {
+            *s == 200
+                && serde_json::from_str::<serde_json::Value>(b)
+                    .ok()
+                    .and_then(|v| v["valid_until"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+                    > Some(later)
+        },
+    );
+    let body = expect(api.post("/api/v1/punches", &ina1, &qr(&code)), 422, &[]);
+    assert!(body.contains("expired"), "{body}");
+    assert_eq!(gw.metric("gatewayd_api_qr_refused_total{reason=\"expired\"}"), Some(1.0));
+}
+
+/// Failed token attempts are limited per source address: once the burst is spent, 429 with `Retry-After`, even for a
+/// good token from that address (a guess cannot be told from a hit), while the limit lasts.
+#[test]
+fn failed_token_attempts_are_rate_limited() {
+    let gw = Gateway::start(&base_config("gw-guess"));
+    let api = Api { addr: gw.addr("api") };
+    let admin = gw.token(&["--role", "admin"]);
+    let guess = "gw_0123456789abcdef_0000000000000000000000000000000000000000000000000000000000000000";
+    let statuses: Vec<u16> = (0..12).map(|_| api.get("/api/v1/audit", guess).0).collect();
+    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
+    assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+    let head = raw_get_head(api.addr, "/api/v1/audit", &admin);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let retry: u64 = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=6).contains(&retry), "Retry-After: {head}");
+    // Requests without a token are not guesses; the health endpoints are not behind tokens at all.
+    expect(api.call("GET", "/api/v1/audit", None, None), 401, &[]);
+    assert_eq!(gw.get("/healthz").0, 200);
+    // Once the address has earned another attempt, the good token works.
+    wait_until(
+        "the address earns another attempt",
+        Duration::from_secs(10),
+        || api.get("/api/v1/audit", &admin).0,
+        |s| *s == 200,
+    );
+}
+
+/// The status line and headers of a plain HTTP/1.1 GET with a bearer token.
+fn raw_get_head(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }

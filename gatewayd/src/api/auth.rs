@@ -7,8 +7,10 @@
 //! method other than GET, append an audit entry (who, what, when, from where, the status answered) before answering.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -21,9 +23,11 @@ use tokio::sync::watch;
 use super::audit::{Actor, AuditLog};
 use super::error::ApiError;
 use crate::config::{ClientCertRole, Config};
-use crate::reconcile::roster::Roster;
+use crate::reconcile::roster::{Roster, RosterStore};
 use crate::tokens::{Role, TokenRecord, TokenStore, MAX_DEPARTMENTS, MAX_SCOPE_LEN};
 
+/// The one endpoint a kiosk token may call.
+pub const KIOSK_PATH: &str = "/api/v1/qr/current";
 /// Most tokens tracked by the limiter (idle buckets are dropped beyond this).
 const MAX_BUCKETS: usize = 10_000;
 
@@ -35,6 +39,8 @@ pub struct Principal {
     pub peer: String,
     /// `token:{id}` or `cert:{common name}`: the audit identity and the rate limit key.
     pub who: String,
+    /// For a manager: the departments it sees and decides for, worked out per request ([`manager_scope`]).
+    pub departments: Vec<String>,
 }
 
 impl Principal {
@@ -47,7 +53,7 @@ impl Principal {
         Actor { who: self.who.clone(), role: self.token.role.as_str().into(), from: self.peer.clone() }
     }
 
-    /// The employee an employee token belongs to.
+    /// The employee an employee token belongs to (for a manager: the manager's own employee id, if it names one).
     pub fn employee(&self) -> Option<&str> {
         self.token.employee.as_deref()
     }
@@ -56,8 +62,8 @@ impl Principal {
     pub fn sees_department(&self, department: &str) -> bool {
         match self.token.role {
             Role::Admin => true,
-            Role::Manager => self.token.departments.iter().any(|d| d == department),
-            Role::Employee => false,
+            Role::Manager => self.departments.iter().any(|d| d == department),
+            Role::Employee | Role::Kiosk => false,
         }
     }
 
@@ -67,17 +73,93 @@ impl Principal {
             Role::Admin => true,
             Role::Manager => roster.get(employee).is_some_and(|e| self.sees_department(&e.department)),
             Role::Employee => self.token.employee.as_deref() == Some(employee),
+            Role::Kiosk => false,
         }
     }
 }
 
-/// A token bucket per token id.
-#[derive(Debug, Default)]
+/// The departments a manager sees and decides for, from the roster in force at this request: what the roster's
+/// `manages` column gives the manager's employee, narrowed by the token's departments if it names any. A manager token
+/// naming no employee keeps the departments it names (it reads them and decides nothing: see
+/// [`crate::api::v1`]). An employee missing from the roster manages nothing.
+pub fn manager_scope(token: &TokenRecord, manages: Option<&[String]>) -> Vec<String> {
+    match (&token.employee, manages) {
+        (None, _) => token.departments.clone(),
+        (Some(_), None) => Vec::new(),
+        (Some(_), Some(m)) => {
+            let mut out: Vec<String> =
+                m.iter().filter(|d| token.departments.is_empty() || token.departments.contains(d)).cloned().collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+    }
+}
+
+/// Failed token attempts one source address may make in a burst, then one per [`FAILED_PERIOD`].
+pub const FAILED_BURST: u32 = 10;
+/// How often a source address earns another failed attempt once its burst is spent.
+pub const FAILED_PERIOD: Duration = Duration::from_secs(6);
+
+/// A token bucket per token id, and the failed token attempts per source address.
+///
+/// Failed attempts are counted with `governor` (GCRA, keyed by IP address). A tower layer such as `tower_governor`
+/// limits every request, where only failures are to be counted here, so the middleware uses `governor` directly.
+/// Once an address runs out it is refused 429 with `Retry-After` before its token is even checked, until it has
+/// earned another attempt: a guess made then cannot tell a right token from a wrong one.
 pub struct RateLimiter {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    failures: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").finish_non_exhaustive()
+    }
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        let burst = NonZeroU32::new(FAILED_BURST).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(FAILED_PERIOD)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        RateLimiter {
+            buckets: Mutex::default(),
+            failures: governor::RateLimiter::keyed(quota),
+            blocked: Mutex::default(),
+        }
+    }
 }
 
 impl RateLimiter {
+    /// How long `addr` must wait before its token is checked again (None: go ahead).
+    pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let map = self.blocked.lock().ok()?;
+        map.get(&addr).and_then(|until| until.checked_duration_since(now)).filter(|d| !d.is_zero())
+    }
+
+    /// Counts a failed token attempt of `addr`; returns how long it must wait when it has run out.
+    pub fn failed(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        use governor::clock::Clock;
+        let clock = governor::clock::DefaultClock::default();
+        match self.failures.check_key(&addr) {
+            Ok(()) => None,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(clock.now()).max(Duration::from_secs(1));
+                if let Ok(mut map) = self.blocked.lock() {
+                    if map.len() >= MAX_BUCKETS {
+                        map.retain(|_, until| *until > now);
+                        self.failures.retain_recent();
+                    }
+                    map.insert(addr, now + wait);
+                }
+                Some(wait)
+            }
+        }
+    }
+
     /// Takes one unit for `key` from a bucket of `burst` refilled at `per_sec`; false when the bucket is empty.
     pub fn allow(&self, key: &str, now: Instant, per_sec: u32, burst: u32) -> bool {
         let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
@@ -131,9 +213,15 @@ pub fn check_client_certs(certs: &[ClientCertRole], has_client_ca: bool) -> Vec<
             Role::Admin if !c.departments.is_empty() || c.employee.is_some() => {
                 bad("an admin takes neither departments nor employee".into())
             }
-            Role::Manager if c.departments.is_empty() => bad("a manager needs departments = [\"…\"]".into()),
+            Role::Manager if c.departments.is_empty() && c.employee.is_none() => {
+                bad("a manager needs employee = \"…\" (what it manages in the roster), departments = [\"…\"] or both"
+                    .into())
+            }
             Role::Employee if c.employee.is_none() => bad("an employee needs employee = \"…\"".into()),
             Role::Employee if !c.departments.is_empty() => bad("an employee takes no departments".into()),
+            Role::Kiosk if !c.departments.is_empty() || c.employee.is_some() => {
+                bad("a kiosk takes neither departments nor employee".into())
+            }
             _ => {}
         }
     }
@@ -160,6 +248,8 @@ pub struct AuthState {
     pub tokens: TokenStore,
     pub audit: AuditLog,
     pub limiter: Arc<RateLimiter>,
+    /// The roster in force: a manager's scope is read from it on every request, so a roster change applies at once.
+    pub roster: RosterStore,
 }
 
 /// The middleware: authenticate, rate-limit, time out, audit writes.
@@ -171,16 +261,32 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
         .map(|ConnectInfo(a)| a.to_string())
         .or_else(|| tls.as_ref().map(|p| p.addr.to_string()))
         .unwrap_or_else(|| "unknown".into());
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .or_else(|| tls.as_ref().map(|p| p.addr.ip()));
     let api = state.config.borrow().api.clone();
     let (token, who) = match bearer(&req) {
-        Some(text) => match state.tokens.verify(text) {
-            Ok(Some(t)) => {
-                let who = format!("token:{}", t.id);
-                (t, who)
+        Some(text) => {
+            if let Some(wait) = ip.and_then(|ip| state.limiter.blocked(ip, Instant::now())) {
+                return too_many_failures(wait);
             }
-            Ok(None) => return unauthorized("invalid or revoked token"),
-            Err(e) => return ApiError::internal(e).into_response(),
-        },
+            match state.tokens.verify(text) {
+                Ok(Some(t)) => {
+                    let who = format!("token:{}", t.id);
+                    (t, who)
+                }
+                Ok(None) => {
+                    if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip, Instant::now())) {
+                        tracing::warn!(peer = %peer, "failed token attempts rate-limited");
+                        return too_many_failures(wait);
+                    }
+                    return unauthorized("invalid or revoked token");
+                }
+                Err(e) => return ApiError::internal(e).into_response(),
+            }
+        }
         None => {
             let client = tls.as_ref().and_then(|p| p.client.clone());
             let mapped =
@@ -201,22 +307,49 @@ pub async fn authenticate(State(state): State<AuthState>, mut req: Request, next
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
-    let principal = Principal { token, peer, who };
+    let departments = match (token.role, token.employee.as_deref()) {
+        (Role::Manager, Some(employee)) => match state.roster.get(employee) {
+            Ok(e) => manager_scope(&token, e.as_ref().map(|e| e.manages.as_slice())),
+            Err(e) => return ApiError::internal(e).into_response(),
+        },
+        (Role::Manager, None) => manager_scope(&token, None),
+        _ => Vec::new(),
+    };
+    let principal = Principal { token, peer, who, departments };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(principal.clone());
-    let response = match tokio::time::timeout(api.request_timeout(), next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
+    let response = if principal.role() == Role::Kiosk && path != KIOSK_PATH {
+        ApiError::forbidden("a kiosk token can only read the current QR code").into_response()
+    } else {
+        match tokio::time::timeout(api.request_timeout(), next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request took too long").into_response(),
+        }
     };
     if method == Method::GET || method == Method::HEAD {
         return response;
     }
     let outcome = response.status().as_u16().to_string();
-    match state.audit.append(&principal.actor(), &format!("{method} {path}"), &path, &outcome).await {
+    let target = response.extensions().get::<AuditTarget>().map_or(path.clone(), |t| t.0.clone());
+    match state.audit.append(&principal.actor(), &format!("{method} {path}"), &target, &outcome).await {
         Ok(_) => response,
         Err(e) => ApiError::internal(format!("audit log: {e}")).into_response(),
     }
+}
+
+/// Put on a response by a handler to say more in the audit entry's `target` than the path (e.g. a decision's scope).
+#[derive(Clone, Debug)]
+pub struct AuditTarget(pub String);
+
+fn too_many_failures(wait: Duration) -> Response {
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed token attempts from this address")
+        .into_response();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -236,6 +369,22 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn failed_attempts_are_limited_per_address() {
+        let l = RateLimiter::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let now = Instant::now();
+        for _ in 0..FAILED_BURST {
+            assert_eq!(l.failed(a, now), None);
+        }
+        assert!(l.blocked(a, now).is_none(), "not blocked before it runs out");
+        let wait = l.failed(a, now).expect("the burst is spent");
+        assert!(wait >= Duration::from_secs(1) && wait <= FAILED_PERIOD, "{wait:?}");
+        assert!(l.blocked(a, now).is_some());
+        assert!(l.blocked(b, now).is_none() && l.failed(b, now).is_none(), "per address");
+        assert!(l.blocked(a, now + FAILED_PERIOD).is_none(), "until it earned another attempt");
+    }
+
+    #[test]
     fn bucket_limits_and_refills() {
         let l = RateLimiter::default();
         let t0 = Instant::now();
@@ -244,6 +393,28 @@ mod tests {
         assert!(l.allow("b", t0, 20, 60), "buckets are per token");
         assert!(!l.allow("a", t0 + Duration::from_millis(10), 20, 60), "not refilled yet");
         assert!(l.allow("a", t0 + Duration::from_secs(1), 20, 60), "refills over time");
+    }
+
+    fn manager(departments: &[&str], employee: Option<&str>) -> TokenRecord {
+        TokenRecord {
+            id: "t".into(),
+            role: Role::Manager,
+            departments: departments.iter().map(|d| (*d).to_owned()).collect(),
+            employee: employee.map(str::to_owned),
+            created_ms: 0,
+            revoked_ms: None,
+            sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_managers_scope_is_its_roster_manages_narrowed_by_the_token() {
+        let manages = ["D2".to_owned(), "D1".to_owned(), "D3".to_owned()];
+        assert_eq!(manager_scope(&manager(&[], Some("M")), Some(&manages)), ["D1", "D2", "D3"]);
+        assert_eq!(manager_scope(&manager(&["D2", "D9"], Some("M")), Some(&manages)), ["D2"], "only narrows");
+        assert!(manager_scope(&manager(&["D2"], Some("M")), None).is_empty(), "not in the roster: nothing");
+        assert!(manager_scope(&manager(&["D2"], Some("M")), Some(&[])).is_empty(), "manages nothing: nothing");
+        assert_eq!(manager_scope(&manager(&["D2"], None), None), ["D2"], "no employee: reads what it names");
     }
 
     fn map(cn: &str, role: Role, departments: &[&str], employee: Option<&str>) -> ClientCertRole {
@@ -261,6 +432,7 @@ mod tests {
             map("hr-pc", Role::Admin, &[], None),
             map("line-lead", Role::Manager, &["D-ASM"], Some("E7")),
             map("kiosk-e1", Role::Employee, &[], Some("E1")),
+            map("line-lead-2", Role::Manager, &[], Some("E8")),
         ];
         assert!(check_client_certs(&good, true).is_empty());
         let problems = check_client_certs(&good[..1], false);

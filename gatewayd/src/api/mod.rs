@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod qr;
 pub mod tls;
 pub mod v1;
 
@@ -135,6 +136,13 @@ pub fn check_config(config: &Config, out: &mut Problems<'_>) {
     }
     if !(1..=100_000).contains(&section.rate_burst) {
         out.add(&[Seg::Key("api"), Seg::Key("rate_burst")], "api.rate_burst", "must be 1 to 100000".into());
+    }
+    if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&section.offline_claim_limit()) {
+        out.add(
+            &[Seg::Key("api"), Seg::Key("offline_claim_limit")],
+            "api.offline_claim_limit",
+            "must be between 1m and 168h".into(),
+        );
     }
     if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&section.request_timeout()) {
         out.add(

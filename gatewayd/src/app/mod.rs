@@ -81,6 +81,8 @@ pub enum AppError {
     #[error(transparent)]
     Tokens(#[from] crate::tokens::TokenError),
     #[error(transparent)]
+    Qr(#[from] crate::api::qr::QrError),
+    #[error(transparent)]
     Control(#[from] crate::app::control::ControlError),
     #[error("api tls: {0}")]
     ApiTls(crate::upstream::tls::TlsError),
@@ -257,6 +259,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         tokens: tokens.clone(),
         audit: audit.clone(),
         limiter: api::auth::limiter(),
+        qr: api::qr::QrCodes::open(store.db())?,
+        metrics: metrics.clone(),
         reload: signals.reload_handle(),
     };
     let health = HealthState { readiness: readiness.clone(), metrics: metrics.clone(), store: store.clone() };
@@ -476,5 +480,6 @@ pub fn metrics() -> Metrics {
         .stage::<crate::reconcile::metrics::EngineMetrics>()
         .stage::<crate::outbox::metrics::OutboxMetrics>()
         .stage::<crate::upstream::metrics::UpstreamMetrics>()
+        .stage::<crate::api::qr::TrustMetrics>()
         .build()
 }

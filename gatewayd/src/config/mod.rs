@@ -81,6 +81,9 @@ pub struct ApiSection {
     pub rate_burst: u32,
     /// Longest an `/api/v1` request may take before it is answered 503, e.g. `"30s"` (1 s to 10 min). Default 30 s.
     pub request_timeout: Option<HumanDuration>,
+    /// How long after its time an offline punch claim (`"offline": true`) may be posted, e.g. `"4h"` (1m to 168h);
+    /// older claims are refused with a reason. Default 4 h.
+    pub offline_claim_limit: Option<HumanDuration>,
     /// Client certificates that stand for a role, one `[[api.client_cert]]` table each (mutual TLS: needs
     /// `tls.client_ca`). A request on such a connection without a bearer token acts with this role; a bearer token,
     /// when sent, decides instead.
@@ -96,10 +99,11 @@ pub struct ClientCertRole {
     pub common_name: String,
     /// `admin`, `manager` or `employee`, with the same scope rules as tokens.
     pub role: crate::tokens::Role,
-    /// For a manager: the departments it sees and decides for.
+    /// For a manager: narrows the departments its employee manages in the roster (or, with no employee, the
+    /// departments it reads; it then decides nothing).
     #[serde(default)]
     pub departments: Vec<String>,
-    /// For an employee: who it is (for a manager: its own id, so it cannot approve itself).
+    /// For an employee: who it is. For a manager: whose roster `manages` column is its scope; required to decide.
     pub employee: Option<String>,
 }
 
@@ -112,6 +116,7 @@ impl Default for ApiSection {
             rate_per_sec: default_rate_per_sec(),
             rate_burst: default_rate_burst(),
             request_timeout: None,
+            offline_claim_limit: None,
             client_certs: Vec::new(),
         }
     }
@@ -121,6 +126,11 @@ impl ApiSection {
     /// The request timeout in force.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The offline claim limit in force.
+    pub fn offline_claim_limit(&self) -> Duration {
+        self.offline_claim_limit.map(|d| d.0).unwrap_or(Duration::from_secs(4 * 3600))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `GET|POST /api/v1/approvals`, `POST /api/v1/approvals/{id}/approve|reject`: make-up requests and out-of-fence punches.
 
 use super::*;
+use crate::api::auth::AuditTarget;
 
 pub(super) async fn approvals(
     State(state): State<ApiState>,
@@ -11,8 +12,9 @@ pub(super) async fn approvals(
         .into_iter()
         .filter(|a| match p.role() {
             Role::Admin => true,
-            Role::Manager => p.sees_department(&a.department),
+            Role::Manager => p.sees_department(&a.department) || p.employee() == Some(a.employee.as_str()),
             Role::Employee => p.employee() == Some(a.employee.as_str()),
+            Role::Kiosk => false,
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "approvals": list })))
@@ -85,7 +87,7 @@ pub(super) async fn approve(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Body,
-) -> ApiResult<Response> {
+) -> Response {
     decide(&state, &p, &id, &body, true).await
 }
 
@@ -94,31 +96,43 @@ pub(super) async fn reject(
     Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     body: Body,
-) -> ApiResult<Response> {
+) -> Response {
     decide(&state, &p, &id, &body, false).await
 }
 
-pub(super) async fn decide(
-    state: &ApiState,
-    p: &Principal,
-    id: &str,
-    body: &Body,
-    approve: bool,
-) -> ApiResult<Response> {
+/// Decides, and says in the audit entry who decided on which scope (refusals included).
+pub(super) async fn decide(state: &ApiState, p: &Principal, id: &str, body: &Body, approve: bool) -> Response {
+    let verb = if approve { "approve" } else { "reject" };
+    let who = p.employee().map_or_else(|| format!("{} (names no employee)", p.who), |e| format!("employee {e}"));
+    let target =
+        format!("approval {} {verb} by {who} ({}) on scope [{}]", id.escape_debug(), p.who, p.departments.join(", "));
+    let mut response = match decide_inner(state, p, id, body, approve).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    response.extensions_mut().insert(AuditTarget(target));
+    response
+}
+
+/// The rules: only a manager, only one naming its employee, only within its scope, never its own request.
+async fn decide_inner(state: &ApiState, p: &Principal, id: &str, body: &Body, approve: bool) -> ApiResult<Response> {
     require(p, &[Role::Manager], "decide approvals (managers of the employee's department do)")?;
     let id: u64 = id.parse().map_err(|_| ApiError::bad(format!("`{id}` is not an approval id")))?;
     let decision = Decision::from_body(&body.0)?;
+    let Some(me) = p.employee() else {
+        return Err(ApiError::forbidden(
+            "a manager token naming no employee cannot decide: create one with --employee (its roster `manages` is the scope)",
+        ));
+    };
     let hidden = || ApiError::forbidden(format!("approval {id} is outside this token's scope"));
     let approvals = &state.attendance.approvals;
     match approvals.get(id) {
+        Ok(a) if a.employee == me => return Err(ApiError::forbidden("nobody decides their own request")),
         Ok(a) if p.sees_department(&a.department) => {}
         Ok(_) | Err(ApprovalError::NotFound(_)) => return Err(hidden()),
         Err(e) => return Err(ApiError::internal(e)),
     }
-    let decider = Decider {
-        name: p.employee().map(str::to_owned).unwrap_or_else(|| p.who.clone()),
-        departments: p.token.departments.clone(),
-    };
+    let decider = Decider { name: me.to_owned(), departments: p.departments.clone() };
     let a =
         approvals.decide(id, &decider, approve, decision.note.as_deref(), now_ms()).await.map_err(approval_error)?;
     Ok(axum::Json(a).into_response())

@@ -3,9 +3,12 @@
 //! # Roles and isolation
 //! Every handler gets the [`Principal`] the auth middleware put on the request and decides with it:
 //! - `admin` reads everything and writes rules and roster; it never posts punches and never decides approvals.
-//! - `manager` reads and decides only for the departments of its token; asking for another department or for an
-//!   employee outside them is 403; lists are filtered to its departments.
+//! - `manager` reads and decides only for the departments its employee manages in the roster in force (the `manages`
+//!   column), narrowed by the token's departments; asking for another department or for an employee outside them is
+//!   403; lists are filtered to its departments. A manager token naming no employee reads the departments it names
+//!   and decides nothing. Nobody decides their own request.
 //! - `employee` reads only itself, posts its own GPS/QR punches and asks for make-up punches.
+//! - `kiosk` reads the current QR code and nothing else (the middleware refuses every other path).
 //!
 //! Department membership is the roster in force. Employees not in the roster are visible to admins only. Error
 //! messages only ever repeat what the caller sent; they never confirm that an out-of-scope id exists.
@@ -38,13 +41,14 @@ mod audit;
 mod devices;
 mod employees;
 mod punches;
+mod qr;
 mod records;
 mod reports;
 mod rules;
 
 pub use approvals::{Decision, MakeupRequest};
 pub use employees::{roster_from_csv, roster_from_employees, EmployeeIn, EmployeeView};
-pub use punches::{punch_from_request, PunchFilter, PunchRequest, PunchView};
+pub use punches::{punch_from_request, Posted, PunchFilter, PunchRequest, PunchView, CLAIMED_TIME};
 pub use records::{RecordFilter, RecordView};
 pub use reports::{csv_cell, summarize, ExportQuery, LateEntry, SummaryQuery, EXPORT_COLUMNS};
 
@@ -52,6 +56,7 @@ use super::audit::AuditLog;
 use super::auth::{self, AuthState, Principal, RateLimiter};
 pub use super::error::ApiError;
 use super::error::ApiResult;
+use super::qr::QrCodes;
 use crate::config::Config;
 use crate::proto::upstream::AttendanceRecord;
 use crate::reconcile::approvals::{ApprovalError, Decider};
@@ -79,6 +84,10 @@ pub struct ApiState {
     pub tokens: TokenStore,
     pub audit: AuditLog,
     pub limiter: Arc<RateLimiter>,
+    /// The gateway's rotating QR codes.
+    pub qr: QrCodes,
+    /// Where refused QR punches are counted.
+    pub metrics: crate::telemetry::Metrics,
     /// Asks the daemon to reload (after the rules were written), as SIGHUP does.
     pub reload: crate::daemon::ReloadHandle,
 }
@@ -153,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/reports/export", get(reports::export))
         .route("/api/v1/reports/summary", get(reports::summary))
         .route("/api/v1/audit", get(audit::audit))
+        .route("/api/v1/qr/current", get(qr::current))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .route_layer(axum::middleware::from_fn_with_state(state.auth(), auth::authenticate))
         .with_state(state)
@@ -178,6 +188,7 @@ impl ApiState {
             tokens: self.tokens.clone(),
             audit: self.audit.clone(),
             limiter: self.limiter.clone(),
+            roster: self.attendance.roster.clone(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Approvals: make-up punch requests (补卡) and out-of-fence punches, decided by a manager of the employee's department.
+//! Approvals: make-up punch requests (补卡), offline punch claims (离线打卡) and out-of-fence punches, decided by a manager
+//! of the employee's department. An approved offline claim adds its punch like a make-up request does.
 //!
 //! An approval is data with a state: `pending`, then `approved` or `rejected`, with who decided and when. Punches are never
 //! edited or deleted by anyone:
@@ -64,6 +65,28 @@ pub enum Kind {
     Makeup { time_ms: i64, reason: String },
     /// A GPS punch outside the geofence.
     OutOfFence { punch_id: String, time_ms: i64 },
+    /// A punch a phone made while offline (`"offline": true`), claimed for `time_ms` and received at `received_ms`:
+    /// approving adds it (its method, point and code kept, flagged `offline_claim`) at the claimed time.
+    OfflineClaim {
+        time_ms: i64,
+        received_ms: i64,
+        method: Method,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lat: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lng: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy_m: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+}
+
+impl Kind {
+    /// Whether approving adds a punch (make-up requests and offline claims).
+    pub fn adds_punch(&self) -> bool {
+        matches!(self, Kind::Makeup { .. } | Kind::OfflineClaim { .. })
+    }
 }
 
 /// The state of an approval.
@@ -276,6 +299,37 @@ impl Approvals {
         Ok(a)
     }
 
+    /// An employee's offline claim (`kind` must be [`Kind::OfflineClaim`]), held until a manager decides.
+    pub async fn request_offline_claim(
+        &self,
+        roster: &Roster,
+        employee: &str,
+        kind: Kind,
+        requested_by: &str,
+        now_ms: i64,
+    ) -> Result<Approval, ApprovalError> {
+        let e = roster.get(employee).ok_or_else(|| ApprovalError::UnknownEmployee(employee.to_owned()))?;
+        if !matches!(kind, Kind::OfflineClaim { .. }) {
+            return Err(ApprovalError::Invalid("not an offline claim".into()));
+        }
+        let a = Approval {
+            id: self.next_id()?,
+            employee: e.id.clone(),
+            department: e.department.clone(),
+            kind,
+            state: State::Pending,
+            requested_by: requested_by.to_owned(),
+            requested_at_ms: now_ms,
+            decided_by: None,
+            decided_at_ms: None,
+            note: None,
+            added_punch_id: None,
+        };
+        self.insert(&a)?;
+        self.db.flush_async().await?;
+        Ok(a)
+    }
+
     /// Creates the approval for an out-of-fence punch unless it exists. Returns it when new.
     pub fn ensure_fence(&self, req: &FenceRequest, now_ms: i64) -> Result<Option<Approval>, ApprovalError> {
         let key = fence_key(&req.punch_id);
@@ -344,21 +398,21 @@ impl Approvals {
         if old.state != State::Pending {
             return Err(ApprovalError::AlreadyDecided { id, state: old.state });
         }
+        if decider.name == old.employee {
+            return Err(ApprovalError::OwnRequest(decider.name.clone()));
+        }
         if !decider.departments.contains(&old.department) {
             return Err(ApprovalError::NotAllowed {
                 decider: decider.name.clone(),
                 department: old.department.clone(),
             });
         }
-        if decider.name == old.employee {
-            return Err(ApprovalError::OwnRequest(decider.name.clone()));
-        }
         let mut new = old.clone();
         new.state = if approve { State::Approved } else { State::Rejected };
         new.decided_by = Some(decider.name.clone());
         new.decided_at_ms = Some(now_ms);
         new.note = note.map(str::to_owned);
-        if approve && matches!(new.kind, Kind::Makeup { .. }) {
+        if approve && new.kind.adds_punch() {
             new.added_punch_id = Some(self.makeup_punch_id(id));
         }
         let swapped =
@@ -369,7 +423,7 @@ impl Approvals {
         }
         self.db.flush_async().await?;
         match &new.kind {
-            Kind::Makeup { .. } if approve => {
+            Kind::Makeup { .. } | Kind::OfflineClaim { .. } if approve => {
                 if let Err(reason) = self.submit_makeup(&new).await {
                     return Err(ApprovalError::PunchNotStored { id, reason });
                 }
@@ -378,7 +432,7 @@ impl Approvals {
                 // Durable already; if the engine is not running it reads the decision when it starts.
                 (self.engine)(punch_id.clone(), approve).await;
             }
-            Kind::Makeup { .. } => {}
+            Kind::Makeup { .. } | Kind::OfflineClaim { .. } => {}
         }
         Ok(new)
     }
@@ -389,22 +443,34 @@ impl Approvals {
     }
 
     async fn submit_makeup(&self, a: &Approval) -> Result<(), String> {
-        let Kind::Makeup { time_ms, .. } = a.kind else { return Ok(()) };
+        let mut attributes = vec![
+            ("approval".into(), a.id.to_string()),
+            ("approved_by".into(), a.decided_by.clone().unwrap_or_default()),
+        ];
+        let (time_ms, method, geo) = match &a.kind {
+            Kind::Makeup { time_ms, .. } => (*time_ms, Method::Makeup, None),
+            Kind::OfflineClaim { time_ms, received_ms, method, lat, lng, accuracy_m, code } => {
+                attributes.push(("offline_claim".into(), received_ms.to_string()));
+                if let Some(code) = code {
+                    attributes.push(("qr".into(), code.clone()));
+                }
+                let geo = lat.zip(*lng).map(|(lat, lng)| drivers::sink::GeoPoint { lat, lng, accuracy_m: *accuracy_m });
+                (*time_ms, *method, geo)
+            }
+            Kind::OutOfFence { .. } => return Ok(()),
+        };
         let now = jiff::Timestamp::now().as_millisecond();
         let punch = DevicePunch {
             device_id: DEVICE_ID.into(),
             device_seq: Some(a.id),
-            method: Method::Makeup,
+            method,
             subject: Subject::Employee(a.employee.clone()),
             device_time_ms: time_ms,
             received_time_ms: now.max(time_ms),
             realtime: false,
-            geo: None,
+            geo,
             score: None,
-            attributes: vec![
-                ("approval".into(), a.id.to_string()),
-                ("approved_by".into(), a.decided_by.clone().unwrap_or_default()),
-            ],
+            attributes,
         };
         match self.sink.submit(punch).await {
             Outcome::Stored { .. } => Ok(()),
@@ -417,7 +483,7 @@ impl Approvals {
     pub async fn resubmit_approved(&self, store: &Store) -> Result<usize, ApprovalError> {
         let mut n = 0;
         for a in self.list()? {
-            if a.state != State::Approved || !matches!(a.kind, Kind::Makeup { .. }) {
+            if a.state != State::Approved || !a.kind.adds_punch() {
                 continue;
             }
             let id = self.makeup_punch_id(a.id);

@@ -549,6 +549,16 @@ impl RosterStore {
         })
     }
 
+    /// One stored employee (what the API reads per request, e.g. a manager's `manages`).
+    pub fn get(&self, id: &str) -> Result<Option<Employee>, RosterError> {
+        match self.tree.get(id.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| RosterError::Decode { id: id.to_owned(), message: e.to_string() }),
+            None => Ok(None),
+        }
+    }
+
     /// Makes what was replaced durable (the roster tree shares the database's log: this flushes it).
     pub async fn flush(&self) -> Result<(), RosterError> {
         self.tree.flush_async().await?;
