@@ -334,13 +334,18 @@ async fn a_reload_is_reported_applied_once_its_roster_and_rules_are_in_force() {
     let first = Arc::new(config_in_place(gw.dir.path()));
     gw.config_tx.send_replace(first.clone());
     replace("roster.csv", format!("{ROSTER}E4,Four,D-OFF,,,,,\n")).unwrap();
-    replace("rules.toml", RULES.replace("D-OFF", "D-OFFICE")).unwrap();
+    let second_rules = RULES.replace("D-OFF", "D-OFFICE");
+    replace("rules.toml", second_rules.clone()).unwrap();
     let second = Arc::new(config_in_place(gw.dir.path()));
     gw.config_tx.send_replace(second.clone());
     assert!(wait(&second).await.is_empty(), "the engine did not apply the reload");
     let roster = attendance.roster.load().unwrap();
     assert!(roster.get("E4").is_some() && roster.get("E3").is_none(), "{:?}", roster.employees());
-    assert_eq!(attendance.records.current_rules().unwrap(), 2, "the second rules file is in force");
+    // The text in force, not a version number: when the stage's start-up read the files after they were replaced,
+    // the second rules are its first version.
+    let current = attendance.records.current_rules().unwrap();
+    let texts = attendance.records.rules_versions().unwrap();
+    assert_eq!(texts.get(&current), Some(&second_rules), "the second rules file is in force");
     // The first configuration was replaced before the engine applied it: a wait for it runs into its limit.
     let late = appliers.wait(&first, Duration::from_millis(200)).await;
     assert_eq!(late, ["engine"]);
