@@ -358,3 +358,41 @@ async fn a_reload_is_reported_applied_once_its_roster_and_rules_are_in_force() {
 fn config_in_place(dir: &std::path::Path) -> Config {
     crate::app::load::load(&dir.join("gatewayd.toml")).unwrap_or_else(|p| panic!("{p:?}")).0
 }
+
+#[test]
+fn a_date_from_the_store_is_committed_in_slices_and_taken_off_the_set_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8).unwrap();
+    let log = ChangeLog::open(store.db()).unwrap();
+    let records = RecordStore::open(store.db()).unwrap();
+    let date: Date = "2026-09-01".parse().unwrap();
+    let record = |i: usize| {
+        Change::Record(crate::proto::upstream::AttendanceRecord {
+            record_id: format!("gw:E{i}:2026-09-01:day"),
+            revision: 1,
+            employee_id: format!("E{i}"),
+            work_date: date.to_string(),
+            shift_id: "day".into(),
+            statuses: vec!["absent".into()],
+            closed: true,
+            ..Default::default()
+        })
+    };
+    let mut changes: Vec<Change> = (0..2 * BACKFILL_SLICE + 1).map(record).collect();
+    changes.push(Change::DayClosed(date.to_string()));
+    let marks = crate::reconcile::Watermarks::default();
+    commit_backfill(&records, &log, &changes, date, 7, &marks).unwrap();
+    // Everything is written, in order, and the last transaction took the date off the set.
+    let logged: Vec<Change> = log.after(0).map(|r| r.unwrap().1).collect();
+    assert_eq!(logged, changes);
+    assert_eq!(records.len(), 2 * BACKFILL_SLICE + 1);
+    assert_eq!((records.applied_seq().unwrap(), records.watermarks().unwrap()), (7, marks));
+    // A slice before the last keeps the date waiting (what a crash between them leaves).
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 8).unwrap();
+    let (log, records) = (ChangeLog::open(store.db()).unwrap(), RecordStore::open(store.db()).unwrap());
+    let mut waiting = crate::reconcile::Watermarks::default();
+    waiting.backfill.insert(date);
+    commit_backfill(&records, &log, &changes[..1], date, 7, &waiting).unwrap();
+    assert!(records.watermarks().unwrap().backfill.contains(&date));
+}
