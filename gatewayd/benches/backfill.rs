@@ -1,0 +1,290 @@
+//! Reconciling 60 days older than the engine's horizon from the store, for 10,000 employees (SPEC section 4: punches
+//! older than `reconcile_days` are reconciled again from the store; memory must stay bounded).
+//!
+//! The set-up writes 60 days of punches (10,000 employees, 4 a day, the month benchmark's mix of day, night and
+//! dual-verification groups and card credentials) into a real punch store, as a terminal's backlog would be stored.
+//! Then the measured part does what the engine stage does with it:
+//! 1. the punches are read back in arrival order in batches of 4,096 and applied to an engine whose clock is 35 days
+//!    after the last of them (so every one is older than the 31-day horizon): each is forwarded, and its work date goes
+//!    on the backfill set; each batch's changes are committed to the record store and change log as the stage does;
+//! 2. every date on the backfill set is reconciled from the store ([`gatewayd::reconcile::stage::backfill_one`]: its
+//!    stored records, its punches through the store's time index, into the engine) and committed as the stage does
+//!    ([`gatewayd::reconcile::stage::commit_backfill`]: slices of 1,024 changes), one date at a time.
+//!
+//! The engine ran on those dates (its first day is the first of them), so every scheduled employee gets a record:
+//! 600,000 records. It prints the time of each phase and the peak resident memory of the process during them (from
+//! `VmHWM` after resetting it), with the resident memory before.
+//!
+//! `cargo bench -p gatewayd --bench backfill` (`BACKFILL_DAYS` and `BACKFILL_EMPLOYEES` change the size, to show that
+//! the memory does not grow with the number of days; `BACKFILL_COMMIT=0` leaves out the record store's writes in the
+//! second phase, to tell the engine's and the store reads' memory from sled's).
+
+// Benchmark set-up from constants: a failure is a bug in the benchmark, so `expect` is the right tool here.
+#![allow(clippy::expect_used)]
+
+/// The daemon's allocator (see `src/main.rs`), so the figures are the daemon's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use drivers::sink::Subject;
+use drivers::{DevicePunch, Method};
+use gatewayd::reconcile::changes::{Change, ChangeLog};
+use gatewayd::reconcile::roster::Roster;
+use gatewayd::reconcile::rules::Rules;
+use gatewayd::reconcile::stage::{backfill_one, commit_backfill};
+use gatewayd::reconcile::{Engine, EngineSettings, Input, RecordStore, Watermarks};
+use gatewayd::store::Store;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+
+const BATCH: usize = 4096;
+
+const RULES: &str = r#"
+dedupe_window = "5m"
+max_clock_skew = "5m"
+reconcile_days = 31
+
+[[shift]]
+id = "day"
+start = "09:00"
+end = "18:00"
+late_grace = "10m"
+opens_before = "2h"
+closes_after = "6h"
+overtime_after = "30m"
+
+[[shift]]
+id = "night"
+start = "22:00"
+end = "06:00"
+late_grace = "10m"
+opens_before = "2h"
+closes_after = "4h"
+
+[[group]]
+id = "office"
+departments = ["D-OFF"]
+shift = "day"
+workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+[[group]]
+id = "nights"
+departments = ["D-NIGHT"]
+shift = "night"
+workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+[[group]]
+id = "secure"
+departments = ["D-SEC"]
+shift = "day"
+workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+verification = { require = ["fingerprint", "card"], window = "15m" }
+"#;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A small deterministic generator (xorshift), so every run stores the same punches.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> i64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n) as i64
+    }
+}
+
+fn department(e: usize) -> &'static str {
+    match e % 20 {
+        0 => "D-NIGHT",
+        1 => "D-SEC",
+        _ => "D-OFF",
+    }
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Writes `days` days of punches of `employees` employees from `start` into the store (durable and indexed); returns
+/// how many.
+fn fill(store: &Store, tz: &TimeZone, start: Date, days: i64, employees: usize) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut next_seq = store.last_seq().expect("last seq").unwrap_or(0) + 1;
+    let mut device_seq = vec![0u64; 64];
+    let mut total = 0u64;
+    for d in 0..days {
+        let date = start.checked_add(jiff::Span::new().days(d)).expect("date");
+        let at = |h: i8, m: i8, jitter_s: i64| -> i64 {
+            tz.to_timestamp(date.at(h, m, 0, 0)).expect("time").as_millisecond() + jitter_s * 1000
+        };
+        let mut day: Vec<DevicePunch> = Vec::with_capacity(employees * 4);
+        for e in 0..employees {
+            if rng.below(50) == 0 {
+                continue; // absent
+            }
+            let (h_in, h_out) = if department(e) == "D-NIGHT" { (21, 6) } else { (8, 18) };
+            let tin = at(h_in, 45, rng.below(40 * 60));
+            let tout = at(h_out, 0, rng.below(60 * 60) - 20 * 60) + if h_out == 6 { 86_400_000 } else { 0 };
+            let card = Subject::Credential(format!("{:08X}", 0x1000_0000 + e));
+            let face = Subject::Employee(format!("E{e:05}"));
+            let mut push = |method: Method, subject: &Subject, time_ms: i64| {
+                let device = e % 64;
+                device_seq[device] += 1;
+                day.push(DevicePunch {
+                    device_id: format!("dev-{device}"),
+                    device_seq: Some(device_seq[device]),
+                    method,
+                    subject: subject.clone(),
+                    device_time_ms: time_ms,
+                    // Delivered weeks late from a terminal's backlog.
+                    received_time_ms: time_ms + 40 * 86_400_000,
+                    realtime: false,
+                    geo: None,
+                    score: None,
+                    attributes: Vec::new(),
+                });
+            };
+            if department(e) == "D-SEC" {
+                push(Method::Fingerprint, &face, tin);
+                push(Method::Card, &card, tin + rng.below(300) * 1000);
+                push(Method::Fingerprint, &face, tout);
+                push(Method::Card, &card, tout + rng.below(300) * 1000);
+            } else {
+                let (m, who) = if e % 3 == 0 { (Method::Card, &card) } else { (Method::Face, &face) };
+                push(m, who, tin);
+                let lunch = tin + 4 * 3_600_000;
+                push(m, who, lunch);
+                push(m, who, lunch + if rng.below(4) == 0 { 60_000 } else { 3_600_000 });
+                push(m, who, tout);
+            }
+        }
+        day.sort_by_key(|p| p.device_time_ms);
+        for chunk in day.chunks(BATCH) {
+            let refs: Vec<(&str, &DevicePunch)> = chunk.iter().map(|p| ("bench", p)).collect();
+            store.insert_batch("bench-gw", &refs, &mut next_seq).expect("insert");
+            rt.block_on(store.flush()).expect("flush");
+            while store.index_pending(1 << 16).expect("index") > 0 {}
+            total += chunk.len() as u64;
+        }
+    }
+    total
+}
+
+fn main() {
+    let days = env_or("BACKFILL_DAYS", 60) as i64;
+    let employees = env_or("BACKFILL_EMPLOYEES", 10_000);
+    let tz = TimeZone::get("Asia/Shanghai").expect("tz");
+    let start = Date::constant(2026, 9, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The daemon's default sled cache ([store] cache_mb = 16).
+    let store = Store::open(dir.path(), 16).expect("store");
+    let log = ChangeLog::open(store.db()).expect("change log");
+    let records = RecordStore::open(store.db()).expect("records");
+    let started = Instant::now();
+    let punches = fill(&store, &tz, start, days, employees);
+    println!(
+        "backfill: stored {punches} punches ({days} days, {employees} employees) in {:.1} s, {} MB on disk",
+        started.elapsed().as_secs_f64(),
+        store.size_on_disk() / 1_000_000
+    );
+
+    let mut csv = String::from("employee,name,department,card\n");
+    for e in 0..employees {
+        csv.push_str(&format!("E{e:05},Employee {e},{},{:08X}\n", department(e), 0x1000_0000 + e));
+    }
+    let roster = Arc::new(Roster::parse_csv(&csv).expect("roster"));
+    let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), RULES).expect("rules"));
+    // The engine ran since the first of those days (absences are raised for them) and its clock is now 35 days after
+    // the last: every stored punch is older than the horizon, and nothing of the horizon is in memory.
+    let now_date = start.checked_add(jiff::Span::new().days(days + 35)).expect("now");
+    let now = tz.to_timestamp(now_date.at(12, 0, 0, 0)).expect("now").as_millisecond();
+    let marks = Watermarks {
+        now_ms: now,
+        epoch: Some(start),
+        closed_through: now_date.yesterday().ok(),
+        ..Watermarks::default()
+    };
+    let settings = EngineSettings { gateway_id: "bench-gw".into(), tz: tz.clone() };
+    let mut versions = BTreeMap::new();
+    versions.insert(1, rules);
+    let mut engine = Engine::new(settings, marks, versions, 1, roster);
+    records.register_rules(RULES).expect("rules version");
+
+    let commit_dates = env_or("BACKFILL_COMMIT", 1) != 0;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let before = rss_kib("VmRSS:");
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    // 1. The punches in arrival order, as the stage reads them after its applied sequence number.
+    let started = Instant::now();
+    let mut applied = 0u64;
+    let mut forwarded = 0usize;
+    loop {
+        let batch: Vec<_> = store.after(applied).take(BATCH).map(|p| p.expect("read")).collect();
+        let Some(last) = batch.last().map(|p| p.seq) else { break };
+        let changes = engine.apply_batch(batch.into_iter().map(Input::Punch));
+        forwarded += changes.iter().filter(|c| matches!(c, Change::Punch(_))).count();
+        records.commit(&log, &changes, last, engine.watermarks()).expect("commit");
+        rt.block_on(log.flush()).expect("flush");
+        applied = last;
+    }
+    let feed = started.elapsed();
+    let waiting = engine.watermarks().backfill.len();
+    let peak_feed = rss_kib("VmHWM:");
+    let before_dates = rss_kib("VmRSS:");
+    std::fs::write("/proc/self/clear_refs", "5").ok();
+    // 2. Every date on the backfill set, from the store, one per commit.
+    let started = Instant::now();
+    let (mut dates, mut revisions) = (0usize, 0usize);
+    while let Some((date, changes)) =
+        backfill_one(&mut engine, &store, &records, Vec::new(), applied).expect("backfill")
+    {
+        dates += 1;
+        revisions += changes.iter().filter(|c| matches!(c, Change::Record(_))).count();
+        if commit_dates {
+            commit_backfill(&records, &log, &changes, date, applied, engine.watermarks()).expect("commit");
+            rt.block_on(log.flush()).expect("flush");
+        }
+    }
+    let backfill = started.elapsed();
+    let peak = rss_kib("VmHWM:");
+    println!(
+        "backfill: {forwarded} punches applied and forwarded in {:.1} s ({waiting} dates waiting), peak RSS {} MiB",
+        feed.as_secs_f64(),
+        peak_feed / 1024
+    );
+    println!(
+        "backfill: {dates} dates reconciled from the store in {:.1} s ({:.2} s a date), {revisions} record revisions, \
+         {} records stored{}, resident memory before {} MiB, peak {} MiB",
+        backfill.as_secs_f64(),
+        backfill.as_secs_f64() / dates.max(1) as f64,
+        records.len(),
+        if commit_dates { "" } else { " (BACKFILL_COMMIT=0: not written)" },
+        before_dates / 1024,
+        peak / 1024,
+    );
+    println!(
+        "backfill: resident memory before both phases {} MiB{}; the engine keeps {} punches and {} records afterwards",
+        before / 1024,
+        if reset { "" } else { " (peaks could not be reset: they include set-up)" },
+        engine.punches_kept(),
+        engine.records_tracked()
+    );
+}
