@@ -11,8 +11,9 @@
 //!    stored records, its punches through the store's time index, into the engine) and committed as the stage does
 //!    ([`gatewayd::reconcile::stage::commit_backfill`]: slices of 1,024 changes), one date at a time.
 //!
-//! The engine ran on those dates (its first day is the first of them), so every scheduled employee gets a record:
-//! 600,000 records. It prints the time of each phase and the peak resident memory of the process during them (from
+//! No record of those dates is stored yet (a terminal's history loaded into a gateway installed after it), so every
+//! employee with punches on a date gets a new record: 588,000 records (2% of the days are absences, which a backfill
+//! does not make). It prints the time of each phase and the peak resident memory of the process during each (from
 //! `VmHWM` after resetting it), with the resident memory before.
 //!
 //! `cargo bench -p gatewayd --bench backfill` (`BACKFILL_DAYS` and `BACKFILL_EMPLOYEES` change the size, to show that
@@ -212,13 +213,13 @@ fn main() {
     }
     let roster = Arc::new(Roster::parse_csv(&csv).expect("roster"));
     let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), RULES).expect("rules"));
-    // The engine ran since the first of those days (absences are raised for them) and its clock is now 35 days after
-    // the last: every stored punch is older than the horizon, and nothing of the horizon is in memory.
+    // The engine's clock is 35 days after the last of those days (its first day, today): every stored punch is older
+    // than the horizon, and nothing of the horizon is in memory.
     let now_date = start.checked_add(jiff::Span::new().days(days + 35)).expect("now");
     let now = tz.to_timestamp(now_date.at(12, 0, 0, 0)).expect("now").as_millisecond();
     let marks = Watermarks {
         now_ms: now,
-        epoch: Some(start),
+        epoch: Some(now_date),
         closed_through: now_date.yesterday().ok(),
         ..Watermarks::default()
     };

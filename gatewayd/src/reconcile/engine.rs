@@ -505,9 +505,11 @@ impl Engine {
     }
 
     /// Reconciles a work date older than the horizon from its stored punches (every punch the store has in
-    /// [`Engine::stored_day_range`], in any order) and its stored records, and takes it off the backfill set. Records
-    /// whose content changed get the next revision, like a late punch's record; `DayClosed` follows when any changed,
-    /// so the day's digest is sent again. Nothing of the date is kept afterwards. A date in the horizon (it moved back
+    /// [`Engine::stored_day_range`], in any order) and its stored records, and takes it off the backfill set. The records
+    /// of the employees with punches on the date are recomputed, as a late punch recomputes its record (the others'
+    /// stored records, absences among them, stay as they are: no absence is made for a date after the fact); those whose
+    /// content changed get the next revision, and `DayClosed` follows when any changed, so the day's digest is sent
+    /// again. Nothing of the date is kept afterwards. A date in the horizon (it moved back
     /// meanwhile) is left to the engine's memory and gives nothing.
     pub fn reconcile_stored_day(&mut self, day: StoredDay, punches: impl IntoIterator<Item = Punch>) -> Vec<Change> {
         let date = day.date;
@@ -571,38 +573,24 @@ impl Engine {
             });
         }
 
-        // Who has a record: employees with punches, employees scheduled to work (when the engine ran that day, as for
-        // any date: absences are raised from the engine's first day on), and every stored record (it may clear).
+        // The records of the employees with punches on the date are recomputed, as a late punch recomputes its own;
+        // the others' stored records (absences among them) stay as they are.
         let mut stored: BTreeMap<String, Vec<upstream::AttendanceRecord>> = BTreeMap::new();
         for r in day.records {
-            stored.entry(r.employee_id.clone()).or_default().push(r);
-        }
-        let absences = self.marks.epoch.is_some_and(|epoch| date >= epoch);
-        let mut employees: BTreeSet<String> = mine.keys().cloned().chain(stored.keys().cloned()).collect();
-        if absences {
-            for e in roster.employees() {
-                if let Some(g) = rules.group_of(&e.id, &e.department) {
-                    if span_of(g, date).is_some_and(|(plan, _)| plan.workday) {
-                        employees.insert(e.id.clone());
-                    }
-                }
+            if mine.contains_key(&r.employee_id) {
+                stored.entry(r.employee_id.clone()).or_default().push(r);
             }
         }
 
         let gateway = self.settings.gateway_id.clone();
         let mut out = Vec::new();
-        for employee in employees {
+        for (employee, mut entries) in mine {
             let department = department_of(&roster, &employee);
-            let entries = mine.get_mut(&employee).map(std::mem::take).unwrap_or_default();
             let computed = rules.group_of(&employee, department).and_then(|g| {
                 let (plan, span) = span_of(g, date)?;
                 let closed = now > span.close_ms;
-                if entries.is_empty() && !(plan.workday && closed && absences) {
-                    return None;
-                }
                 let group = &rules.groups[g];
                 let shift = &rules.shifts[plan.shift];
-                let mut entries = entries;
                 entries.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
                 let day_punches: Vec<DayPunch> = entries
                     .iter()
