@@ -23,6 +23,8 @@
 // Benchmark set-up from constants: a failure is a bug in the benchmark, so `expect` is the right tool here.
 #![allow(clippy::expect_used)]
 
+mod site;
+
 /// The daemon's allocator (see `src/main.rs`), so the figures are the daemon's.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -33,9 +35,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use drivers::sink::Subject;
-use drivers::{DevicePunch, Method};
+use drivers::DevicePunch;
 use gatewayd::reconcile::changes::{Change, ChangeLog};
-use gatewayd::reconcile::roster::Roster;
 use gatewayd::reconcile::rules::Rules;
 use gatewayd::reconcile::stage::{backfill_one, commit_backfill};
 use gatewayd::reconcile::{Engine, EngineSettings, Input, RecordStore, Watermarks};
@@ -45,138 +46,38 @@ use jiff::tz::TimeZone;
 
 const BATCH: usize = 4096;
 
-const RULES: &str = r#"
-dedupe_window = "5m"
-max_clock_skew = "5m"
-reconcile_days = 31
-
-[[shift]]
-id = "day"
-start = "09:00"
-end = "18:00"
-late_grace = "10m"
-opens_before = "2h"
-closes_after = "6h"
-overtime_after = "30m"
-
-[[shift]]
-id = "night"
-start = "22:00"
-end = "06:00"
-late_grace = "10m"
-opens_before = "2h"
-closes_after = "4h"
-
-[[group]]
-id = "office"
-departments = ["D-OFF"]
-shift = "day"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-[[group]]
-id = "nights"
-departments = ["D-NIGHT"]
-shift = "night"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-[[group]]
-id = "secure"
-departments = ["D-SEC"]
-shift = "day"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-verification = { require = ["fingerprint", "card"], window = "15m" }
-"#;
-
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift), so every run stores the same punches.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> i64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n) as i64
-    }
-}
-
-fn department(e: usize) -> &'static str {
-    match e % 20 {
-        0 => "D-NIGHT",
-        1 => "D-SEC",
-        _ => "D-OFF",
-    }
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Writes `days` days of punches of `employees` employees from `start` into the store (durable and indexed); returns
 /// how many.
 fn fill(store: &Store, tz: &TimeZone, start: Date, days: i64, employees: usize) -> u64 {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = site::Rng(0x9E37_79B9_7F4A_7C15);
     let mut next_seq = store.last_seq().expect("last seq").unwrap_or(0) + 1;
     let mut device_seq = vec![0u64; 64];
     let mut total = 0u64;
     for d in 0..days {
         let date = start.checked_add(jiff::Span::new().days(d)).expect("date");
-        let at = |h: i8, m: i8, jitter_s: i64| -> i64 {
-            tz.to_timestamp(date.at(h, m, 0, 0)).expect("time").as_millisecond() + jitter_s * 1000
-        };
         let mut day: Vec<DevicePunch> = Vec::with_capacity(employees * 4);
-        for e in 0..employees {
-            if rng.below(50) == 0 {
-                continue; // absent
-            }
-            let (h_in, h_out) = if department(e) == "D-NIGHT" { (21, 6) } else { (8, 18) };
-            let tin = at(h_in, 45, rng.below(40 * 60));
-            let tout = at(h_out, 0, rng.below(60 * 60) - 20 * 60) + if h_out == 6 { 86_400_000 } else { 0 };
-            let card = Subject::Credential(format!("{:08X}", 0x1000_0000 + e));
-            let face = Subject::Employee(format!("E{e:05}"));
-            let mut push = |method: Method, subject: &Subject, time_ms: i64| {
-                let device = e % 64;
-                device_seq[device] += 1;
-                day.push(DevicePunch {
-                    device_id: format!("dev-{device}"),
-                    device_seq: Some(device_seq[device]),
-                    method,
-                    subject: subject.clone(),
-                    device_time_ms: time_ms,
-                    // Delivered weeks late from a terminal's backlog.
-                    received_time_ms: time_ms + 40 * 86_400_000,
-                    realtime: false,
-                    geo: None,
-                    score: None,
-                    attributes: Vec::new(),
-                });
-            };
-            if department(e) == "D-SEC" {
-                push(Method::Fingerprint, &face, tin);
-                push(Method::Card, &card, tin + rng.below(300) * 1000);
-                push(Method::Fingerprint, &face, tout);
-                push(Method::Card, &card, tout + rng.below(300) * 1000);
-            } else {
-                let (m, who) = if e % 3 == 0 { (Method::Card, &card) } else { (Method::Face, &face) };
-                push(m, who, tin);
-                let lunch = tin + 4 * 3_600_000;
-                push(m, who, lunch);
-                push(m, who, lunch + if rng.below(4) == 0 { 60_000 } else { 3_600_000 });
-                push(m, who, tout);
-            }
-        }
+        site::day(tz, date, employees, &mut rng, |e, method, card, time_ms| {
+            let device = e % 64;
+            device_seq[device] += 1;
+            day.push(DevicePunch {
+                device_id: format!("dev-{device}"),
+                device_seq: Some(device_seq[device]),
+                method,
+                subject: if card { Subject::Credential(site::card(e)) } else { Subject::Employee(format!("E{e:05}")) },
+                device_time_ms: time_ms,
+                // Delivered weeks late from a terminal's backlog.
+                received_time_ms: time_ms + 40 * 86_400_000,
+                realtime: false,
+                geo: None,
+                score: None,
+                attributes: Vec::new(),
+            });
+        });
         day.sort_by_key(|p| p.device_time_ms);
         for chunk in day.chunks(BATCH) {
             let refs: Vec<(&str, &DevicePunch)> = chunk.iter().map(|p| ("bench", p)).collect();
@@ -207,12 +108,8 @@ fn main() {
         store.size_on_disk() / 1_000_000
     );
 
-    let mut csv = String::from("employee,name,department,card\n");
-    for e in 0..employees {
-        csv.push_str(&format!("E{e:05},Employee {e},{},{:08X}\n", department(e), 0x1000_0000 + e));
-    }
-    let roster = Arc::new(Roster::parse_csv(&csv).expect("roster"));
-    let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), RULES).expect("rules"));
+    let roster = Arc::new(site::roster(employees));
+    let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), site::RULES).expect("rules"));
     // The engine's clock is 35 days after the last of those days (its first day, today): every stored punch is older
     // than the horizon, and nothing of the horizon is in memory.
     let now_date = start.checked_add(jiff::Span::new().days(days + 35)).expect("now");
@@ -227,11 +124,11 @@ fn main() {
     let mut versions = BTreeMap::new();
     versions.insert(1, rules);
     let mut engine = Engine::new(settings, marks, versions, 1, roster);
-    records.register_rules(RULES).expect("rules version");
+    records.register_rules(site::RULES).expect("rules version");
 
     let commit_dates = env_or("BACKFILL_COMMIT", 1) != 0;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let before = rss_kib("VmRSS:");
+    let before = site::rss_kib("VmRSS:");
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     // 1. The punches in arrival order, as the stage reads them after its applied sequence number.
     let started = Instant::now();
@@ -248,8 +145,8 @@ fn main() {
     }
     let feed = started.elapsed();
     let waiting = engine.watermarks().backfill.len();
-    let peak_feed = rss_kib("VmHWM:");
-    let before_dates = rss_kib("VmRSS:");
+    let peak_feed = site::rss_kib("VmHWM:");
+    let before_dates = site::rss_kib("VmRSS:");
     std::fs::write("/proc/self/clear_refs", "5").ok();
     // 2. Every date on the backfill set, from the store, one per commit.
     let started = Instant::now();
@@ -265,7 +162,7 @@ fn main() {
         }
     }
     let backfill = started.elapsed();
-    let peak = rss_kib("VmHWM:");
+    let peak = site::rss_kib("VmHWM:");
     println!(
         "backfill: {forwarded} punches applied and forwarded in {:.1} s ({waiting} dates waiting), peak RSS {} MiB",
         feed.as_secs_f64(),

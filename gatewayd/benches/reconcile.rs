@@ -13,6 +13,8 @@
 // Benchmark set-up from constants: a failure is a bug in the benchmark, so `expect` is the right tool here.
 #![allow(clippy::expect_used)]
 
+mod site;
+
 /// The daemon's allocator (see `src/main.rs`), so the figures are the daemon's.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -37,47 +39,6 @@ const EMPLOYEES: usize = 10_000;
 const DAYS: i64 = 30;
 const BATCH: usize = 4096;
 
-const RULES: &str = r#"
-dedupe_window = "5m"
-max_clock_skew = "5m"
-
-[[shift]]
-id = "day"
-start = "09:00"
-end = "18:00"
-late_grace = "10m"
-opens_before = "2h"
-closes_after = "6h"
-overtime_after = "30m"
-
-[[shift]]
-id = "night"
-start = "22:00"
-end = "06:00"
-late_grace = "10m"
-opens_before = "2h"
-closes_after = "4h"
-
-[[group]]
-id = "office"
-departments = ["D-OFF"]
-shift = "day"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-[[group]]
-id = "nights"
-departments = ["D-NIGHT"]
-shift = "night"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-[[group]]
-id = "secure"
-departments = ["D-SEC"]
-shift = "day"
-workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-verification = { require = ["fingerprint", "card"], window = "15m" }
-"#;
-
 /// One punch before it is turned into a stored punch: compact, so the month's input does not dominate memory.
 #[derive(Clone, Copy)]
 struct Raw {
@@ -97,76 +58,21 @@ struct Month {
     days: Vec<Vec<Raw>>,
 }
 
-/// A small deterministic generator (xorshift), so every run reconciles the same month.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> i64 {
-        (self.next() % n) as i64
-    }
-}
-
-fn department(e: usize) -> &'static str {
-    match e % 20 {
-        0 => "D-NIGHT",
-        1 => "D-SEC",
-        _ => "D-OFF",
-    }
-}
-
 fn month() -> Month {
     let tz = TimeZone::get("Asia/Shanghai").expect("tz");
-    let mut csv = String::from("employee,name,department,card\n");
-    for e in 0..EMPLOYEES {
-        csv.push_str(&format!("E{e:05},Employee {e},{},{:08X}\n", department(e), 0x1000_0000 + e));
-    }
-    let roster = Arc::new(Roster::parse_csv(&csv).expect("roster"));
-    let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), RULES).expect("rules"));
+    let roster = Arc::new(site::roster(EMPLOYEES));
+    let rules = Arc::new(Rules::parse(Path::new("bench-rules.toml"), site::RULES).expect("rules"));
     let start = Date::constant(2026, 11, 1);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = site::Rng(0x9E37_79B9_7F4A_7C15);
     let mut seq = 0u64;
     let mut days = Vec::new();
     for d in 0..DAYS {
         let date = start.checked_add(jiff::Span::new().days(d)).expect("date");
-        let at = |h: i8, m: i8, jitter_s: i64| -> i64 {
-            tz.to_timestamp(date.at(h, m, 0, 0)).expect("time").as_millisecond() + jitter_s * 1000
-        };
         let mut day = Vec::with_capacity(EMPLOYEES * 4);
-        for e in 0..EMPLOYEES {
-            if rng.below(50) == 0 {
-                continue; // absent
-            }
-            let mut push = |method: Method, card: bool, time_ms: i64, day: &mut Vec<Raw>| {
-                seq += 1;
-                day.push(Raw { employee: e as u32, method, card, time_ms, seq });
-            };
-            let (h_in, h_out) = if department(e) == "D-NIGHT" { (21, 6) } else { (8, 18) };
-            let tin = at(h_in, 45, rng.below(40 * 60));
-            let tout = at(h_out, 0, rng.below(60 * 60) - 20 * 60) + if h_out == 6 { 86_400_000 } else { 0 };
-            if department(e) == "D-SEC" {
-                // Dual verification: fingerprint then card, twice a day.
-                push(Method::Fingerprint, false, tin, &mut day);
-                push(Method::Card, true, tin + rng.below(300) * 1000, &mut day);
-                push(Method::Fingerprint, false, tout, &mut day);
-                push(Method::Card, true, tout + rng.below(300) * 1000, &mut day);
-            } else {
-                let card = e % 3 == 0;
-                let m = if card { Method::Card } else { Method::Face };
-                push(m, card, tin, &mut day);
-                // Lunch out and back (the second is sometimes a re-sent duplicate within the dedupe window).
-                let lunch = tin + 4 * 3_600_000;
-                push(m, card, lunch, &mut day);
-                push(m, card, lunch + if rng.below(4) == 0 { 60_000 } else { 3_600_000 }, &mut day);
-                push(m, card, tout, &mut day);
-            }
-        }
+        site::day(&tz, date, EMPLOYEES, &mut rng, |e, method, card, time_ms| {
+            seq += 1;
+            day.push(Raw { employee: e as u32, method, card, time_ms, seq });
+        });
         // Devices deliver in time order, roughly.
         day.sort_by_key(|r| r.time_ms);
         days.push(day);
@@ -176,7 +82,7 @@ fn month() -> Month {
 
 fn to_punch(r: &Raw) -> Punch {
     let subject = if r.card {
-        Subject::Credential(format!("{:08X}", 0x1000_0000 + r.employee as usize))
+        Subject::Credential(site::card(r.employee as usize))
     } else {
         Subject::Employee(format!("E{:05}", r.employee))
     };
@@ -231,27 +137,15 @@ fn reconcile(m: &Month) -> (usize, usize, usize) {
     (revisions, records, closed)
 }
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn one_shot(m: &Month) {
     let punches: usize = m.days.iter().map(Vec::len).sum();
-    let before = rss_kib("VmRSS:");
+    let before = site::rss_kib("VmRSS:");
     // Reset the peak resident set size so VmHWM measures this run only (Linux: clear_refs 5).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let started = Instant::now();
     let (revisions, records, closed) = reconcile(m);
     let elapsed = started.elapsed();
-    let peak = rss_kib("VmHWM:");
+    let peak = site::rss_kib("VmHWM:");
     println!("reconcile: {EMPLOYEES} employees, {DAYS} days, {punches} punches");
     println!(
         "reconcile: {records} records ({revisions} revisions, {closed} work dates closed) in {:.2} s = {:.0} records/s, {:.0} punches/s",
