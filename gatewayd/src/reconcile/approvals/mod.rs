@@ -29,7 +29,7 @@ use drivers::sink::Subject;
 use drivers::{DevicePunch, Method, Outcome, PunchSink};
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::roster::Roster;
+use crate::reconcile::roster::{Employee, Roster};
 use crate::store::Store;
 
 /// An out-of-fence punch that needs a manager's decision.
@@ -281,22 +281,7 @@ impl Approvals {
         if time_ms < crate::punch::MIN_DEVICE_TIME_MS {
             return Err(ApprovalError::Invalid("the time is before 2000-01-01".into()));
         }
-        let a = Approval {
-            id: self.next_id()?,
-            employee: e.id.clone(),
-            department: e.department.clone(),
-            kind: Kind::Makeup { time_ms, reason: reason.to_owned() },
-            state: State::Pending,
-            requested_by: requested_by.to_owned(),
-            requested_at_ms: now_ms,
-            decided_by: None,
-            decided_at_ms: None,
-            note: None,
-            added_punch_id: None,
-        };
-        self.insert(&a)?;
-        self.db.flush_async().await?;
-        Ok(a)
+        self.file(e, Kind::Makeup { time_ms, reason: reason.to_owned() }, requested_by, now_ms).await
     }
 
     /// An employee's offline claim (`kind` must be [`Kind::OfflineClaim`]), held until a manager decides.
@@ -312,10 +297,36 @@ impl Approvals {
         if !matches!(kind, Kind::OfflineClaim { .. }) {
             return Err(ApprovalError::Invalid("not an offline claim".into()));
         }
-        let a = Approval {
+        self.file(e, kind, requested_by, now_ms).await
+    }
+
+    /// Stores a new pending request of `employee`, durable before it returns.
+    async fn file(
+        &self,
+        employee: &Employee,
+        kind: Kind,
+        requested_by: &str,
+        now_ms: i64,
+    ) -> Result<Approval, ApprovalError> {
+        let a = self.pending(&employee.id, &employee.department, kind, requested_by, now_ms)?;
+        self.insert(&a)?;
+        self.db.flush_async().await?;
+        Ok(a)
+    }
+
+    /// A new pending approval with the next id (not stored yet).
+    fn pending(
+        &self,
+        employee: &str,
+        department: &str,
+        kind: Kind,
+        requested_by: &str,
+        now_ms: i64,
+    ) -> Result<Approval, ApprovalError> {
+        Ok(Approval {
             id: self.next_id()?,
-            employee: e.id.clone(),
-            department: e.department.clone(),
+            employee: employee.to_owned(),
+            department: department.to_owned(),
             kind,
             state: State::Pending,
             requested_by: requested_by.to_owned(),
@@ -324,10 +335,7 @@ impl Approvals {
             decided_at_ms: None,
             note: None,
             added_punch_id: None,
-        };
-        self.insert(&a)?;
-        self.db.flush_async().await?;
-        Ok(a)
+        })
     }
 
     /// Creates the approval for an out-of-fence punch unless it exists. Returns it when new.
@@ -336,19 +344,8 @@ impl Approvals {
         if self.tree.get(&key)?.is_some() {
             return Ok(None);
         }
-        let a = Approval {
-            id: self.next_id()?,
-            employee: req.employee.clone(),
-            department: req.department.clone(),
-            kind: Kind::OutOfFence { punch_id: req.punch_id.clone(), time_ms: req.time_ms },
-            state: State::Pending,
-            requested_by: "engine".into(),
-            requested_at_ms: now_ms,
-            decided_by: None,
-            decided_at_ms: None,
-            note: None,
-            added_punch_id: None,
-        };
+        let kind = Kind::OutOfFence { punch_id: req.punch_id.clone(), time_ms: req.time_ms };
+        let a = self.pending(&req.employee, &req.department, kind, "engine", now_ms)?;
         // The index entry decides who creates it; the approval follows.
         if self.tree.compare_and_swap(&key, None as Option<&[u8]>, Some(&a.id.to_be_bytes()[..]))?.is_err() {
             return Ok(None);
