@@ -13,7 +13,7 @@
 
 use drivers::Method;
 
-use crate::reconcile::rules::{Shift, ShiftSpan, Verification};
+use crate::reconcile::rules::{DayPlan, Group, Rules, Shift, ShiftSpan, Verification};
 
 /// Where a punch stands with the geofence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +90,20 @@ pub struct DayContext<'a> {
     pub dedupe_window_ms: i64,
     /// The window has closed: missing punches now raise statuses.
     pub closed: bool,
+}
+
+impl<'a> DayContext<'a> {
+    /// The context of a record of `group` on a date the rules plan as `plan`, whose window is `span`.
+    pub fn new(rules: &'a Rules, group: &Group, plan: DayPlan, span: ShiftSpan, closed: bool) -> DayContext<'a> {
+        DayContext {
+            shift: &rules.shifts[plan.shift],
+            span,
+            workday: plan.workday,
+            verification: group.verification,
+            dedupe_window_ms: rules.dedupe_window_ms,
+            closed,
+        }
+    }
 }
 
 /// The facts of one record.

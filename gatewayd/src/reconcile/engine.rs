@@ -590,7 +590,6 @@ impl Engine {
                 let (plan, span) = span_of(g, date)?;
                 let closed = now > span.close_ms;
                 let group = &rules.groups[g];
-                let shift = &rules.shifts[plan.shift];
                 entries.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
                 let day_punches: Vec<DayPunch> = entries
                     .iter()
@@ -601,14 +600,8 @@ impl Engine {
                         fence: fence_status(p.geo, group.geofence.as_ref(), p.method, || decisions.get(&p.id).copied()),
                     })
                     .collect();
-                let ctx = DayContext {
-                    shift,
-                    span,
-                    workday: plan.workday,
-                    verification: group.verification,
-                    dedupe_window_ms: rules.dedupe_window_ms,
-                    closed,
-                };
+                let ctx = DayContext::new(&rules, group, plan, span, closed);
+                let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 for (p, e) in day_punches.iter().zip(&entries) {
                     if p.fence == Fence::Pending {
@@ -1307,7 +1300,6 @@ impl Engine {
                 .unwrap_or_default();
             if !mine.is_empty() || (plan.workday && closed) {
                 let group = &rules.groups[g];
-                let shift = &rules.shifts[plan.shift];
                 let day_punches: Vec<DayPunch> = mine
                     .iter()
                     .map(|((t, id), method, skew)| {
@@ -1317,14 +1309,8 @@ impl Engine {
                         DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence }
                     })
                     .collect();
-                let ctx = DayContext {
-                    shift,
-                    span,
-                    workday: plan.workday,
-                    verification: group.verification,
-                    dedupe_window_ms: rules.dedupe_window_ms,
-                    closed,
-                };
+                let ctx = DayContext::new(&rules, group, plan, span, closed);
+                let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 let mut requests = Vec::new();
                 for ((p, merged), ((_, id), _, _)) in day_punches.iter().zip(&ev.merged).zip(&mine) {
