@@ -211,50 +211,21 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// A stable 64-bit digest of a record's content (revision and rules version excluded): FNV-1a over its protobuf encoding.
+/// A 64-bit digest of a record's content (revision and rules version excluded), to tell whether a recomputed record
+/// changed. Digests are only compared within one process (a restart digests the stored revisions again,
+/// [`Engine::restore_record`]), so the hash need not be stable across builds: foldhash with a fixed seed, which reads
+/// 8 to 16 bytes at a step (with FNV-1a, a byte at a step, the month benchmark took about 3% longer).
 pub fn content_digest(r: &upstream::AttendanceRecord) -> u64 {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    for s in [&r.record_id, &r.employee_id, &r.work_date, &r.shift_id] {
-        h.text(s);
-    }
-    for t in [r.clock_in_ms, r.clock_out_ms] {
-        match t {
-            Some(v) => {
-                h.bytes(&[1]);
-                h.bytes(&v.to_le_bytes());
-            }
-            None => h.bytes(&[0]),
-        }
-    }
-    for list in [&r.statuses, &r.punch_ids] {
-        h.bytes(&(list.len() as u64).to_le_bytes());
-        for s in list {
-            h.text(s);
-        }
-    }
-    for n in [r.late_minutes, r.early_leave_minutes, r.worked_minutes, r.overtime_minutes] {
-        h.bytes(&n.to_le_bytes());
-    }
-    h.bytes(&[u8::from(r.closed)]);
-    h.0
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(DIGEST_SEED).build_hasher();
+    (&r.record_id, &r.employee_id, &r.work_date, &r.shift_id, r.clock_in_ms, r.clock_out_ms).hash(&mut h);
+    (&r.statuses, &r.punch_ids).hash(&mut h);
+    (r.late_minutes, r.early_leave_minutes, r.worked_minutes, r.overtime_minutes, r.closed).hash(&mut h);
+    h.finish()
 }
 
-/// FNV-1a, 64 bit: stable across builds and platforms (record digests are compared across restarts).
-struct Fnv(u64);
-
-impl Fnv {
-    fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn text(&mut self, s: &str) {
-        self.bytes(&(s.len() as u64).to_le_bytes());
-        self.bytes(s.as_bytes());
-    }
-}
+/// The seed of [`content_digest`] (any fixed value).
+const DIGEST_SEED: u64 = 0x243f_6a88_85a3_08d3;
 
 /// The record id of (employee, work date, shift), stable across revisions.
 pub fn record_id(gateway_id: &str, employee: &str, date: Date, shift: &str) -> String {
