@@ -31,6 +31,7 @@ pub fn check(config: &Config, source: &TomlSource) -> Vec<Problem> {
     crate::api::check_config(config, &mut out);
     crate::store::check_config(config, &mut out);
     crate::reconcile::roster::check_config(config, &mut out);
+    crate::reconcile::schedule::check_config(config, &mut out);
     crate::reconcile::rules::check_config(config, &mut out);
     crate::upstream::check_config(config, &mut out);
     out.list

@@ -42,6 +42,8 @@ pub struct Config {
     pub roster: Option<FileSection>,
     /// The attendance rules file.
     pub rules: Option<FileSection>,
+    /// The schedule CSV (`employee,date,shift`): day assignments that override a group's shift or rotation.
+    pub schedule: Option<FileSection>,
     /// Where reconciled records go; without it they wait in the outbox.
     pub upstream: Option<UpstreamSection>,
 }
@@ -344,7 +346,7 @@ impl Config {
                 fix(ca);
             }
         }
-        for f in [self.roster.as_mut(), self.rules.as_mut()].into_iter().flatten() {
+        for f in [self.roster.as_mut(), self.rules.as_mut(), self.schedule.as_mut()].into_iter().flatten() {
             fix(&mut f.file);
         }
         if let Some(up) = self.upstream.as_mut() {

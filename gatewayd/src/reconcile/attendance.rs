@@ -1,6 +1,6 @@
-//! What the rest of the daemon (the API) may change in attendance: the rules and the roster the API puts in force.
-//! Both are files in the data dir that win over the configured ones ([`rules::API_FILE`], [`roster::API_FILE`]), so a
-//! reload or a restart keeps them. The configured files are never written (under the hardened unit they are
+//! What the rest of the daemon (the API) may change in attendance: the rules, the roster and the schedule the API puts
+//! in force. Each is a file in the data dir that wins over the configured one ([`rules::API_FILE`], [`roster::API_FILE`],
+//! [`schedule::API_FILE`]), so a reload or a restart keeps them. The configured files are never written (under the hardened unit they are
 //! read-only).
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::reconcile::roster::{self, Roster, RosterError};
 use crate::reconcile::rules::{self, Rules};
+use crate::reconcile::schedule::{self, Schedule, Update};
 use crate::reconcile::stage::Attendance;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,16 @@ pub enum UpdateError {
     Roster(#[from] RosterError),
     #[error("roster write task failed: {0}")]
     Task(String),
+}
+
+/// A schedule update put in force through [`Attendance::update_schedule`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleUpdated {
+    pub file: PathBuf,
+    /// Assignments in the schedule now.
+    pub rows: usize,
+    /// (employee, date) assignments the update changed.
+    pub changed: usize,
 }
 
 /// A roster put in force through [`Attendance::replace_roster`].
@@ -71,5 +82,43 @@ impl Attendance {
             self.engine.roster_replaced(Arc::new(roster)).await;
         }
         Ok(RosterReplaced { employees, changed })
+    }
+
+    /// The schedule in force (empty when there is none); a schedule file with problems is an error.
+    pub fn schedule(&self, config: &Config) -> Result<Schedule, UpdateError> {
+        match schedule::file_in_force(config) {
+            None => Ok(Schedule::default()),
+            Some(f) => Schedule::load(&f, None)
+                .map_err(|ps| UpdateError::Invalid(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))),
+        }
+    }
+
+    /// Merges `update` into the schedule in force, writes the result to [`schedule::API_FILE`] in the data dir
+    /// (atomically), and tells the engine. Updates are applied one at a time.
+    pub async fn update_schedule(&self, config: &Config, update: Update) -> Result<ScheduleUpdated, UpdateError> {
+        let _one_at_a_time = self.schedule_writes.lock().await;
+        let old = self.schedule(config)?;
+        let mut new = old.clone();
+        new.apply(update);
+        if new.len() > schedule::MAX_ROWS {
+            return Err(UpdateError::Invalid(format!("the schedule would have more than {} rows", schedule::MAX_ROWS)));
+        }
+        let changed = old.differences(&new).len();
+        let file = config.gateway.data_dir.join(schedule::API_FILE);
+        let csv = new.to_csv();
+        let written = {
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || crate::atomic_file::write_atomic(&file, csv.as_bytes())).await
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => return Err(UpdateError::Write { path: file, source }),
+            Err(e) => return Err(UpdateError::Task(e.to_string())),
+        }
+        let rows = new.len();
+        if changed > 0 {
+            self.engine.schedule_replaced(Arc::new(new)).await;
+        }
+        Ok(ScheduleUpdated { file, rows, changed })
     }
 }

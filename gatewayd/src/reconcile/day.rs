@@ -49,10 +49,12 @@ pub struct DayPunch {
 pub enum Status {
     Late,
     EarlyLeave,
+    ShortHours,
     Overtime,
     MissingIn,
     MissingOut,
     Absent,
+    OnLeave,
     SingleFactor,
     DualTimeout,
     OutOfFence,
@@ -66,10 +68,12 @@ impl Status {
         match self {
             Status::Late => "late",
             Status::EarlyLeave => "early_leave",
+            Status::ShortHours => "short_hours",
             Status::Overtime => "overtime",
             Status::MissingIn => "missing_in",
             Status::MissingOut => "missing_out",
             Status::Absent => "absent",
+            Status::OnLeave => "on_leave",
             Status::SingleFactor => "single_factor",
             Status::DualTimeout => "dual_timeout",
             Status::OutOfFence => "out_of_fence",
@@ -90,6 +94,60 @@ pub struct DayContext<'a> {
     pub dedupe_window_ms: i64,
     /// The window has closed: missing punches now raise statuses.
     pub closed: bool,
+    /// Approved leave on the shift, if any ([`LeaveCover::of`]).
+    pub leave: Option<LeaveCover>,
+}
+
+/// Approved leave that overlaps a record's shift, as the evaluation uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaveCover {
+    /// Nothing is expected of the employee on this shift.
+    pub full: bool,
+    /// When the employee is expected in: the shift's start (a flexible shift's core start), or the end of the leave
+    /// that covers it.
+    pub in_ms: i64,
+    /// When the employee may leave: the shift's end (a flexible shift's core end), or the start of the leave that
+    /// covers it.
+    pub out_ms: i64,
+    /// How much of the scheduled span [start, end] the leave covers: a flexible shift's `hours` shrink by it.
+    pub covered_ms: i64,
+}
+
+impl LeaveCover {
+    /// The cover of `leave` (intervals `[from, to)` in Unix ms, any order, may overlap) on a shift scheduled as `span`;
+    /// `None` when no leave overlaps its scheduled span. `hours_ms` is a flexible shift's time to work.
+    pub fn of(leave: &[(i64, i64)], span: &ShiftSpan, hours_ms: Option<i64>) -> Option<LeaveCover> {
+        let mut parts: Vec<(i64, i64)> =
+            leave.iter().map(|&(a, b)| (a.max(span.start_ms), b.min(span.end_ms))).filter(|(a, b)| a < b).collect();
+        if parts.is_empty() {
+            return None;
+        }
+        parts.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(parts.len());
+        for (a, b) in parts {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let covered_ms: i64 = merged.iter().map(|(a, b)| b - a).sum();
+        let (mut in_ms, mut out_ms) = span.core.unwrap_or((span.start_ms, span.end_ms));
+        // An instant is covered when a leave interval contains it ([from, to), and a leave ending at the shift's end
+        // covers the end).
+        let covering = |t: i64| merged.iter().find(|(a, b)| *a <= t && (t < *b || *b == span.end_ms)).copied();
+        if let Some((_, to)) = covering(in_ms) {
+            in_ms = to;
+        }
+        if let Some((from, _)) = covering(out_ms) {
+            out_ms = from;
+        }
+        let whole = covered_ms >= span.end_ms - span.start_ms;
+        let full = match hours_ms {
+            Some(h) => whole || (in_ms >= out_ms && covered_ms >= h),
+            None => whole || in_ms >= out_ms,
+        };
+        Some(LeaveCover { full, in_ms, out_ms, covered_ms })
+    }
 }
 
 impl<'a> DayContext<'a> {
@@ -102,6 +160,7 @@ impl<'a> DayContext<'a> {
             verification: group.verification,
             dedupe_window_ms: rules.dedupe_window_ms,
             closed,
+            leave: None,
         }
     }
 }
@@ -188,22 +247,49 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
         e.worked_minutes = minutes_down(o.at - i.at);
     }
     let span = ctx.span;
-    if ctx.workday {
+    let flex = ctx.shift.flex;
+    let full_leave = ctx.leave.is_some_and(|l| l.full);
+    if ctx.workday && !full_leave {
+        // Late and early are measured against the shift (a flexible shift's core hours), moved by leave that covers
+        // its start or end.
+        let (in_ms, out_ms) = match ctx.leave {
+            Some(l) => (l.in_ms, l.out_ms),
+            None => span.core.unwrap_or((span.start_ms, span.end_ms)),
+        };
         if let Some(i) = clock_in {
-            if i.at > span.start_ms + ctx.shift.late_grace_ms {
+            if i.at > in_ms + ctx.shift.late_grace_ms {
                 statuses.push(Status::Late);
-                e.late_minutes = minutes_down(i.at - span.start_ms);
+                e.late_minutes = minutes_down(i.at - in_ms);
             }
         }
         if let Some(o) = clock_out {
-            if o.at < span.end_ms - ctx.shift.early_grace_ms {
+            if o.at < out_ms - ctx.shift.early_grace_ms {
                 statuses.push(Status::EarlyLeave);
-                e.early_leave_minutes = minutes_up(span.end_ms - o.at);
+                e.early_leave_minutes = minutes_up(out_ms - o.at);
             }
-            if o.at >= span.end_ms + ctx.shift.overtime_after_ms && o.at - span.end_ms >= MINUTE_MS {
+        }
+        match (flex, clock_in, clock_out) {
+            // A flexible shift: the hours worked against the hours to work (less leave); overtime is the time worked
+            // beyond them once it reaches `overtime_after`.
+            (Some(f), Some(i), Some(o)) => {
+                let worked = o.at - i.at;
+                let expected = (f.hours_ms - ctx.leave.map_or(0, |l| l.covered_ms)).max(0);
+                if worked < expected {
+                    statuses.push(Status::ShortHours);
+                }
+                let extra = worked - f.hours_ms;
+                if extra >= ctx.shift.overtime_after_ms && extra >= MINUTE_MS {
+                    statuses.push(Status::Overtime);
+                    e.overtime_minutes = minutes_down(extra);
+                }
+            }
+            (None, _, Some(o))
+                if o.at >= span.end_ms + ctx.shift.overtime_after_ms && o.at - span.end_ms >= MINUTE_MS =>
+            {
                 statuses.push(Status::Overtime);
                 e.overtime_minutes = minutes_down(o.at - span.end_ms);
             }
+            _ => {}
         }
         if ctx.closed {
             if punches.is_empty() {
@@ -217,12 +303,15 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
                 }
             }
         }
-    } else if !counting.is_empty() {
+    } else if !ctx.workday && !counting.is_empty() {
         statuses.push(Status::RestDayWork);
         e.overtime_minutes = e.worked_minutes;
         if e.overtime_minutes > 0 {
             statuses.push(Status::Overtime);
         }
+    }
+    if ctx.workday && ctx.leave.is_some() {
+        statuses.push(Status::OnLeave);
     }
     if punches.iter().any(|p| p.fence.outside()) {
         statuses.push(Status::OutOfFence);

@@ -50,9 +50,11 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use super::day::{evaluate, DayContext, DayPunch, Evaluation, Fence};
+use super::day::{evaluate, DayContext, DayPunch, Evaluation, Fence, LeaveCover};
+use super::leave::LeaveBook;
 use super::punch_id::PunchId;
 use super::punches::{mark_punch, Dict, Fact, Key, Map, Punches};
+use super::schedule::Schedule;
 use crate::proto::upstream;
 use crate::punch::Punch;
 use crate::reconcile::approvals::FenceRequest;
@@ -83,6 +85,10 @@ pub enum Input {
     Roster(Arc<Roster>),
     /// A manager's decision on an out-of-fence punch.
     FenceDecision { punch_id: String, approved: bool },
+    /// A new schedule in force (per-employee day assignments).
+    Schedule(Arc<Schedule>),
+    /// The approved leave, all of it, after a decision.
+    Leaves(Arc<LeaveBook>),
 }
 
 /// What the engine must remember across restarts besides punches and records (the stage persists it).
@@ -167,6 +173,8 @@ pub struct Engine {
     rules: BTreeMap<u32, Arc<Rules>>,
     current: u32,
     roster: Arc<Roster>,
+    schedule: Arc<Schedule>,
+    leaves: Arc<LeaveBook>,
     marks: Watermarks,
     strings: Set<Arc<str>>,
     /// Devices, subjects and id heads of kept punches, by number.
@@ -245,7 +253,7 @@ struct Windows {
 
 impl Default for Windows {
     fn default() -> Self {
-        let none = ShiftSpan { start_ms: 0, end_ms: 0, open_ms: 0, close_ms: -1 };
+        let none = ShiftSpan { start_ms: 0, end_ms: 0, open_ms: 0, close_ms: -1, core: None };
         Windows { items: [(Date::constant(2000, 1, 1), none); MAX_WINDOWS], len: 0, tried: 0 }
     }
 }
@@ -378,6 +386,8 @@ impl Engine {
             rules,
             current,
             roster,
+            schedule: Arc::default(),
+            leaves: Arc::default(),
             marks,
             strings: Set::default(),
             dict: Dict::default(),
@@ -498,7 +508,13 @@ impl Engine {
         let now = self.marks.now_ms;
         let decisions: Map<String, bool> = day.decisions.into_iter().collect();
         let mut spans: Map<(usize, Date), Option<(DayPlan, ShiftSpan)>> = Map::default();
-        let mut span_of = |g: usize, d: Date| -> Option<(DayPlan, ShiftSpan)> {
+        let schedule = self.schedule.clone();
+        let leaves = self.leaves.clone();
+        let mut span_of = |g: usize, employee: &str, d: Date| -> Option<(DayPlan, ShiftSpan)> {
+            if let Some(assigned) = schedule.get(employee, d) {
+                let plan = rules.plan_for(g, d, Some(assigned))?;
+                return Some((plan, rules.shifts.get(plan.shift)?.span(d, &tz)));
+            }
             *spans.entry((g, d)).or_insert_with(|| {
                 let plan = rules.plan(g, d)?;
                 Some((plan, rules.shifts.get(plan.shift)?.span(d, &tz)))
@@ -526,7 +542,7 @@ impl Engine {
             let Some(g) = rules.group_of(&employee, department_of(&roster, &employee)) else { continue };
             let mut windows = Windows::default();
             for d in around {
-                if let Some((_, span)) = span_of(g, d) {
+                if let Some((_, span)) = span_of(g, &employee, d) {
                     windows.items[windows.len] = (d, span);
                     windows.len += 1;
                 }
@@ -558,7 +574,7 @@ impl Engine {
         for (employee, mut entries) in mine {
             let department = department_of(&roster, &employee);
             let computed = rules.group_of(&employee, department).and_then(|g| {
-                let (plan, span) = span_of(g, date)?;
+                let (plan, span) = span_of(g, &employee, date)?;
                 let closed = now > span.close_ms;
                 let group = &rules.groups[g];
                 entries.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
@@ -571,7 +587,9 @@ impl Engine {
                         fence: fence_status(p.geo, group.geofence.as_ref(), p.method, || decisions.get(&p.id).copied()),
                     })
                     .collect();
-                let ctx = DayContext::new(&rules, group, plan, span, closed);
+                let mut ctx = DayContext::new(&rules, group, plan, span, closed);
+                let leave = leaves.intervals(&employee, date, &span);
+                ctx.leave = LeaveCover::of(&leave, &span, ctx.shift.flex.map(|f| f.hours_ms));
                 let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 for (p, e) in day_punches.iter().zip(&entries) {
@@ -659,6 +677,8 @@ impl Engine {
                 Input::Rules { version, rules } => self.set_rules(version, rules),
                 Input::Roster(roster) => self.set_roster(roster),
                 Input::FenceDecision { punch_id, approved } => self.decide(&punch_id, approved),
+                Input::Schedule(schedule) => self.set_schedule(schedule),
+                Input::Leaves(leaves) => self.set_leaves(leaves),
             }
         }
         self.settle()
@@ -713,7 +733,14 @@ impl Engine {
         found.map(|id| self.intern(&id))
     }
 
-    fn span_for(&mut self, version: u32, group: usize, date: Date) -> Option<(DayPlan, ShiftSpan)> {
+    /// The plan and shift span of `employee` (of `group`) on `date` under rules `version`: the group's, cached, unless
+    /// the schedule assigns the employee something else that day.
+    fn span_for(&mut self, version: u32, group: usize, employee: &str, date: Date) -> Option<(DayPlan, ShiftSpan)> {
+        if let Some(assigned) = self.schedule.get(employee, date) {
+            let rules = self.rules.get(&version)?;
+            let plan = rules.plan_for(group, date, Some(assigned))?;
+            return Some((plan, rules.shifts.get(plan.shift)?.span(date, &self.settings.tz)));
+        }
         if let Some(hit) = self.spans.get(&(version, group, date)) {
             return Some(*hit);
         }
@@ -733,7 +760,7 @@ impl Engine {
             out.tried += 1;
             let version = self.version_for(d);
             let group = self.rules.get(&version).and_then(|r| r.group_of(employee, department));
-            if let Some((_, span)) = group.and_then(|g| self.span_for(version, g, d)) {
+            if let Some((_, span)) = group.and_then(|g| self.span_for(version, g, employee, d)) {
                 out.items[out.len] = (d, span);
                 out.len += 1;
             }
@@ -978,6 +1005,51 @@ impl Engine {
         self.remark_open();
     }
 
+    /// A new schedule: the records of every (employee, date) whose assignment changed are recomputed, and those of the
+    /// dates around it (a punch near midnight may change dates with the shift). Closed dates too: a schedule is a fact
+    /// about who was to work, and correcting it corrects the record.
+    fn set_schedule(&mut self, schedule: Arc<Schedule>) {
+        if *schedule == *self.schedule {
+            return;
+        }
+        let changed = self.schedule.differences(&schedule);
+        self.schedule = schedule;
+        for (employee, date) in changed {
+            let e = self.intern(&employee);
+            for d in [prev_day(date), date, next_day(date)] {
+                self.touch_known(d, e.clone());
+            }
+        }
+    }
+
+    /// New approved leave: the records of the dates every changed leave covers are recomputed.
+    fn set_leaves(&mut self, leaves: Arc<LeaveBook>) {
+        if *leaves == *self.leaves {
+            return;
+        }
+        let changed = self.leaves.differences(&leaves, &self.settings.tz);
+        self.leaves = leaves;
+        for (employee, from, to) in changed {
+            let e = self.intern(&employee);
+            let mut d = from;
+            for _ in 0..=crate::reconcile::leave::MAX_DAYS {
+                self.touch_known(d, e.clone());
+                if d >= to || next_day(d) == d {
+                    break;
+                }
+                d = next_day(d);
+            }
+        }
+    }
+
+    /// Marks a record of a date up to today for recomputation (dates after today have nothing to recompute yet: their
+    /// windows are handled when they come).
+    fn touch_known(&mut self, date: Date, employee: Arc<str>) {
+        if self.today().is_some_and(|t| date <= t) {
+            self.touch(date, employee);
+        }
+    }
+
     fn set_roster(&mut self, roster: Arc<Roster>) {
         if *roster == *self.roster {
             return;
@@ -1100,7 +1172,7 @@ impl Engine {
         let mut out = Vec::new();
         for e in roster.employees() {
             let Some(g) = rules.group_of(&e.id, &e.department) else { continue };
-            if let Some((plan, _)) = self.span_for(version, g, date) {
+            if let Some((plan, _)) = self.span_for(version, g, &e.id, date) {
                 if plan.workday && plan.shift == shift {
                     out.push(self.intern(&e.id));
                 }
@@ -1252,7 +1324,7 @@ impl Engine {
         let group = rules.group_of(employee, department);
         let now = self.marks.now_ms;
         let mut computed: Option<(Arc<str>, upstream::AttendanceRecord, i64)> = None;
-        if let Some((g, (plan, span))) = group.and_then(|g| self.span_for(version, g, date).map(|s| (g, s))) {
+        if let Some((g, (plan, span))) = group.and_then(|g| self.span_for(version, g, employee, date).map(|s| (g, s))) {
             let closed = now > span.close_ms;
             // The punches in the window that belong to this date (not to an overlapping window of a nearby date).
             let windows = self.windows(employee, department, prev_day(prev_day(date)), next_day(next_day(date)));
@@ -1280,7 +1352,11 @@ impl Engine {
                         DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence }
                     })
                     .collect();
-                let ctx = DayContext::new(&rules, group, plan, span, closed);
+                let mut ctx = DayContext::new(&rules, group, plan, span, closed);
+                if !self.leaves.is_empty() {
+                    let leave = self.leaves.intervals(employee, date, &span);
+                    ctx.leave = LeaveCover::of(&leave, &span, ctx.shift.flex.map(|f| f.hours_ms));
+                }
                 let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 let mut requests = Vec::new();

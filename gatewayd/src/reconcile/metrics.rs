@@ -199,4 +199,10 @@ pub mod events {
             tracing::error!(%problem, "roster not imported; the roster in force stays");
         }
     }
+
+    pub fn schedule_rejected(problems: &[String]) {
+        for problem in problems {
+            tracing::error!(%problem, "schedule not read; the schedule in force stays");
+        }
+    }
 }

@@ -46,11 +46,13 @@ use super::engine::{Engine, EngineSettings, Input, StoredDay};
 use super::records::RecordStore;
 use crate::config::reload::Updates;
 use crate::config::Config;
-use crate::reconcile::approvals::{ApprovalError, Approvals, FenceListener};
+use crate::reconcile::approvals::{ApprovalError, Approvals, Decided, DecisionListener};
 use crate::reconcile::changes::{Change, ChangeLog};
+use crate::reconcile::leave::LeaveBook;
 use crate::reconcile::metrics::events;
 use crate::reconcile::roster::{Roster, RosterError, RosterStore};
 use crate::reconcile::rules::{local_date, local_ms, Rules};
+use crate::reconcile::schedule::Schedule;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -92,7 +94,13 @@ pub enum StageError {
 #[derive(Debug)]
 enum Command {
     Roster(Arc<Roster>),
-    Fence { punch_id: String, approved: bool },
+    Fence {
+        punch_id: String,
+        approved: bool,
+    },
+    Schedule(Arc<Schedule>),
+    /// The approved leave changed: read it again from the approvals.
+    Leaves,
 }
 
 /// How other parts of the daemon talk to the engine stage. Cheap to clone.
@@ -117,9 +125,18 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Roster(roster)).await;
     }
 
-    /// A manager decided an out-of-fence punch (the decision is already durable in the approvals tree).
-    pub async fn fence_decided(&self, punch_id: String, approved: bool) {
-        let _ = self.tx.send(Command::Fence { punch_id, approved }).await;
+    /// A manager decided (the decision is already durable in the approvals tree).
+    pub async fn decided(&self, decision: Decided) {
+        let command = match decision {
+            Decided::Fence { punch_id, approved } => Command::Fence { punch_id, approved },
+            Decided::Leave => Command::Leaves,
+        };
+        let _ = self.tx.send(command).await;
+    }
+
+    /// A new schedule is in force (written by the API): reconcile with it.
+    pub async fn schedule_replaced(&self, schedule: Arc<Schedule>) {
+        let _ = self.tx.send(Command::Schedule(schedule)).await;
     }
 }
 
@@ -130,6 +147,8 @@ pub struct Attendance {
     pub records: RecordStore,
     pub roster: RosterStore,
     pub approvals: Approvals,
+    /// Held while a schedule update is merged and written, so two updates cannot lose each other's rows.
+    pub schedule_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The stage, ready to run.
@@ -161,16 +180,21 @@ pub fn open(
     let records = RecordStore::open(db)?;
     let roster_store = RosterStore::open(db)?;
     let (engine, commands) = EngineHandle::channel();
-    let listener: FenceListener = {
+    let listener: DecisionListener = {
         let engine = engine.clone();
-        Arc::new(move |punch_id, approved| {
+        Arc::new(move |decision| {
             let engine = engine.clone();
-            Box::pin(async move { engine.fence_decided(punch_id, approved).await })
+            Box::pin(async move { engine.decided(decision).await })
         })
     };
     let approvals = Approvals::open(db, &config.gateway.id, sink.clone(), listener)?;
-    let attendance =
-        Attendance { engine, records: records.clone(), roster: roster_store.clone(), approvals: approvals.clone() };
+    let attendance = Attendance {
+        engine,
+        records: records.clone(),
+        roster: roster_store.clone(),
+        approvals: approvals.clone(),
+        schedule_writes: Arc::default(),
+    };
     let stage = Stage {
         settings: EngineSettings { gateway_id: config.gateway.id.clone(), tz: config.timezone() },
         store: store.clone(),
@@ -198,6 +222,14 @@ fn read_rules(config: &Config) -> Result<(Rules, String), Vec<String>> {
         None => Ok((Rules::none(), String::new())),
         Some(f) => Rules::load(&f).map_err(|ps| ps.iter().map(ToString::to_string).collect()),
     }
+}
+
+/// The schedule in force for a configuration (empty when there is no schedule file), or the problems. Shift ids are
+/// checked against the rules file in force when it reads.
+fn read_schedule(config: &Config) -> Result<Schedule, Vec<String>> {
+    let Some(f) = crate::reconcile::schedule::file_in_force(config) else { return Ok(Schedule::default()) };
+    let rules = read_rules(config).ok().map(|(r, _)| r);
+    Schedule::load(&f, rules.as_ref()).map_err(|ps| ps.iter().map(ToString::to_string).collect())
 }
 
 fn compile(version: u32, text: &str) -> Rules {
@@ -281,10 +313,20 @@ impl Stage {
                 }
                 Some(cmd) = self.commands.recv() => {
                     let input = match cmd {
-                        Command::Roster(r) => Input::Roster(r),
-                        Command::Fence { punch_id, approved } => Input::FenceDecision { punch_id, approved },
+                        Command::Roster(r) => Some(Input::Roster(r)),
+                        Command::Fence { punch_id, approved } => Some(Input::FenceDecision { punch_id, approved }),
+                        Command::Schedule(s) => Some(Input::Schedule(s)),
+                        Command::Leaves => match self.approvals.leaves() {
+                            Ok(leaves) => Some(Input::Leaves(Arc::new(LeaveBook::new(leaves)))),
+                            Err(e) => {
+                                events::engine_failed(&self.metrics, &StageError::Approvals(e));
+                                None
+                            }
+                        },
                     };
-                    engine = self.step(engine.take(), vec![input], false).await;
+                    if let Some(input) = input {
+                        engine = self.step(engine.take(), vec![input], false).await;
+                    }
                 }
                 changed = self.config.changed() => {
                     if changed.is_ok() {
@@ -335,6 +377,10 @@ impl Stage {
                 },
                 Err(problems) => events::roster_rejected(&problems.iter().map(ToString::to_string).collect::<Vec<_>>()),
             }
+        }
+        match read_schedule(config) {
+            Ok(schedule) => inputs.push(Input::Schedule(Arc::new(schedule))),
+            Err(problems) => events::schedule_rejected(&problems),
         }
         inputs
     }
@@ -399,11 +445,17 @@ impl Stage {
             for id in approvals.fence_punches()? {
                 engine.mark_requested(&id);
             }
-            let inputs: Vec<Input> = approvals
+            let mut inputs: Vec<Input> = approvals
                 .fence_decisions()?
                 .into_iter()
                 .map(|(punch_id, approved)| Input::FenceDecision { punch_id, approved })
                 .collect();
+            inputs.push(Input::Leaves(Arc::new(LeaveBook::new(approvals.leaves()?))));
+            // The schedule in force now stands for the one the stored records were made with (a schedule changed while
+            // the daemon was stopped revises them, as a change while it runs does).
+            if let Ok(schedule) = read_schedule(&config) {
+                inputs.push(Input::Schedule(Arc::new(schedule)));
+            }
             let from_ms = local_ms(from_date, 0, &settings.tz);
             let mut replayed = 0usize;
             let mut failed: Option<StoreError> = None;

@@ -16,6 +16,8 @@ use crate::reconcile::changes::Change;
 use crate::reconcile::roster::Roster;
 use crate::reconcile::rules::Rules;
 
+mod plans;
+
 const RULES: &str = r#"
 dedupe_window = "5m"
 max_clock_skew = "5m"
@@ -1124,6 +1126,7 @@ proptest! {
             verification: Some(Verification { methods: [Method::Fingerprint, Method::Card], window_ms }),
             dedupe_window_ms: 0,
             closed: true,
+            leave: None,
         };
         let day: Vec<DayPunch> = punches
             .iter()

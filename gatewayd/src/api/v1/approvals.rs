@@ -38,6 +38,7 @@ pub(super) fn approval_error(e: ApprovalError) -> ApiError {
         ApprovalError::AlreadyDecided { id, state } => {
             ApiError::new(StatusCode::CONFLICT, format!("approval {id} is already {state}"))
         }
+        e @ ApprovalError::Overlaps { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         ApprovalError::OwnRequest(_) => ApiError::forbidden("nobody decides their own request"),
         ApprovalError::NotFound(id) => ApiError::forbidden(format!("approval {id} is outside this token's scope")),
         ApprovalError::NotAllowed { .. } => ApiError::forbidden("the approval is outside this token's scope"),

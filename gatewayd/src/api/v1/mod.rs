@@ -40,17 +40,21 @@ mod approvals;
 mod audit;
 mod devices;
 mod employees;
+mod leave;
 mod punches;
 mod qr;
 mod records;
 mod reports;
 mod rules;
+mod schedules;
 
 pub use approvals::{Decision, MakeupRequest};
 pub use employees::{roster_from_csv, roster_from_employees, EmployeeIn, EmployeeView};
+pub use leave::{LeaveFilter, LeaveRequest, LeaveView};
 pub use punches::{punch_from_request, Posted, PunchFilter, PunchRequest, PunchView, CLAIMED_TIME};
 pub use records::{RecordFilter, RecordView};
 pub use reports::{csv_cell, summarize, ExportQuery, LateEntry, SummaryQuery, EXPORT_COLUMNS};
+pub use schedules::{ScheduleEntry, ScheduleFilter};
 
 use super::audit::AuditLog;
 use super::auth::{self, AuthState, Principal, RateLimiter};
@@ -159,6 +163,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/approvals", get(approvals::approvals).post(approvals::request_makeup))
         .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
+        .route("/api/v1/leave", get(leave::list).post(leave::request))
+        .route("/api/v1/schedules", get(schedules::list).put(schedules::put))
         .route("/api/v1/reports/export", get(reports::export))
         .route("/api/v1/reports/summary", get(reports::summary))
         .route("/api/v1/audit", get(audit::audit))

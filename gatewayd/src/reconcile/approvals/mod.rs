@@ -6,9 +6,12 @@
 //! - approving a make-up request adds a new punch (method `makeup`, device [`DEVICE_ID`], device sequence = the approval
 //!   id, so its punch id is `{gateway}:approvals:{id}`) through the ingest [`PunchSink`]: it is stored like any other
 //!   punch, reaches the engine through the store and revises the record;
-//! - deciding an out-of-fence approval tells the engine (a [`FenceListener`]), which clears `pending_approval` (approved:
-//!   the punch counts; rejected: it stays as evidence and does not count) and revises the record. The engine asks for
-//!   these approvals itself when it finds a GPS punch outside the fence ([`Approvals::ensure_fence`]).
+//! - deciding an out-of-fence approval tells the engine (a [`DecisionListener`]), which clears `pending_approval`
+//!   (approved: the punch counts; rejected: it stays as evidence and does not count) and revises the record. The engine
+//!   asks for these approvals itself when it finds a GPS punch outside the fence ([`Approvals::ensure_fence`]);
+//! - approving a leave request ([`Kind::Leave`], see [`crate::reconcile::leave`]) tells the engine too, which reads every
+//!   approved leave again ([`Approvals::leaves`]) and revises the records of the dates it covers. A leave request that
+//!   overlaps a pending or approved leave of the same employee is refused ([`ApprovalError::Overlaps`]).
 //!
 //! # Key layout (sled tree `approvals`)
 //! | key                    | value                                  |
@@ -29,6 +32,7 @@ use drivers::sink::Subject;
 use drivers::{DevicePunch, Method, Outcome, PunchSink};
 use serde::{Deserialize, Serialize};
 
+use crate::reconcile::leave::{Leave, LeaveType, Period};
 use crate::reconcile::roster::{Employee, Roster};
 use crate::store::Store;
 
@@ -41,13 +45,22 @@ pub struct FenceRequest {
     pub time_ms: i64,
 }
 
-/// Told of an out-of-fence decision (punch id, approved) once it is durable. The engine stage listens
-/// ([`crate::reconcile::stage`]); the approvals know nothing of it beyond this.
-pub type FenceListener = std::sync::Arc<dyn Fn(String, bool) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// A decision the engine must hear about, once it is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// An out-of-fence punch was approved or rejected.
+    Fence { punch_id: String, approved: bool },
+    /// A leave was approved: the approved leave changed.
+    Leave,
+}
 
-/// A [`FenceListener`] that hears nothing (for tests of other parts, where no engine runs).
-pub fn no_listener() -> FenceListener {
-    std::sync::Arc::new(|_, _| Box::pin(async {}))
+/// Told of a [`Decided`]. The engine stage listens ([`crate::reconcile::stage`]); the approvals know nothing of it
+/// beyond this.
+pub type DecisionListener = std::sync::Arc<dyn Fn(Decided) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A [`DecisionListener`] that hears nothing (for tests of other parts, where no engine runs).
+pub fn no_listener() -> DecisionListener {
+    std::sync::Arc::new(|_| Box::pin(async {}))
 }
 
 /// The device id make-up punches are stored under.
@@ -65,6 +78,8 @@ pub enum Kind {
     Makeup { time_ms: i64, reason: String },
     /// A GPS punch outside the geofence.
     OutOfFence { punch_id: String, time_ms: i64 },
+    /// Leave (请假): approving it makes the days it covers `on_leave` (see [`crate::reconcile::leave`]).
+    Leave { leave_type: LeaveType, period: Period, reason: String },
     /// A punch a phone made while offline (`"offline": true`), claimed for `time_ms` and received at `received_ms`:
     /// approving adds it (its method, point and code kept, flagged `offline_claim`) at the claimed time.
     OfflineClaim {
@@ -167,6 +182,8 @@ pub enum ApprovalError {
     UnknownEmployee(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the leave overlaps leave {id} of the same employee ({state}); withdraw or change that one first")]
+    Overlaps { id: u64, state: State },
     #[error("approval {id} is approved, but its make-up punch was not stored yet ({reason}); it is submitted again at the next start")]
     PunchNotStored { id: u64, reason: String },
 }
@@ -177,8 +194,10 @@ pub struct Approvals {
     db: sled::Db,
     tree: sled::Tree,
     sink: PunchSink,
-    engine: FenceListener,
+    engine: DecisionListener,
     gateway_id: String,
+    /// Held while a leave request is checked for overlaps and filed, so two requests cannot both pass the check.
+    leave_filing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for Approvals {
@@ -216,7 +235,7 @@ impl Approvals {
         db: &sled::Db,
         gateway_id: &str,
         sink: PunchSink,
-        engine: FenceListener,
+        engine: DecisionListener,
     ) -> Result<Approvals, ApprovalError> {
         Ok(Approvals {
             db: db.clone(),
@@ -224,6 +243,7 @@ impl Approvals {
             sink: sink.for_driver(DEVICE_ID),
             engine,
             gateway_id: gateway_id.to_owned(),
+            leave_filing: std::sync::Arc::default(),
         })
     }
 
@@ -298,6 +318,46 @@ impl Approvals {
             return Err(ApprovalError::Invalid("not an offline claim".into()));
         }
         self.file(e, kind, requested_by, now_ms).await
+    }
+
+    /// An employee asks for leave. Refused when it overlaps a pending or approved leave of theirs.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_leave(
+        &self,
+        roster: &Roster,
+        employee: &str,
+        leave_type: LeaveType,
+        period: Period,
+        reason: &str,
+        requested_by: &str,
+        now_ms: i64,
+        tz: &jiff::tz::TimeZone,
+    ) -> Result<Approval, ApprovalError> {
+        let e = roster.get(employee).ok_or_else(|| ApprovalError::UnknownEmployee(employee.to_owned()))?;
+        check_text("the reason", reason)?;
+        let _filing = self.leave_filing.lock().await;
+        for a in self.list()? {
+            if let Kind::Leave { period: other, .. } = &a.kind {
+                if a.employee == e.id && a.state != State::Rejected && other.overlaps(&period, tz) {
+                    return Err(ApprovalError::Overlaps { id: a.id, state: a.state });
+                }
+            }
+        }
+        self.file(e, Kind::Leave { leave_type, period, reason: reason.to_owned() }, requested_by, now_ms).await
+    }
+
+    /// Every approved leave.
+    pub fn leaves(&self) -> Result<Vec<Leave>, ApprovalError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                Kind::Leave { leave_type, period, .. } if a.state == State::Approved => {
+                    Some(Leave { approval: a.id, employee: a.employee, leave_type, period })
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Stores a new pending request of `employee`, durable before it returns.
@@ -427,9 +487,10 @@ impl Approvals {
             }
             Kind::OutOfFence { punch_id, .. } => {
                 // Durable already; if the engine is not running it reads the decision when it starts.
-                (self.engine)(punch_id.clone(), approve).await;
+                (self.engine)(Decided::Fence { punch_id: punch_id.clone(), approved: approve }).await;
             }
-            Kind::Makeup { .. } | Kind::OfflineClaim { .. } => {}
+            Kind::Leave { .. } if approve => (self.engine)(Decided::Leave).await,
+            Kind::Makeup { .. } | Kind::OfflineClaim { .. } | Kind::Leave { .. } => {}
         }
         Ok(new)
     }
@@ -454,7 +515,7 @@ impl Approvals {
                 let geo = lat.zip(*lng).map(|(lat, lng)| drivers::sink::GeoPoint { lat, lng, accuracy_m: *accuracy_m });
                 (*time_ms, *method, geo)
             }
-            Kind::OutOfFence { .. } => return Ok(()),
+            Kind::OutOfFence { .. } | Kind::Leave { .. } => return Ok(()),
         };
         let now = jiff::Timestamp::now().as_millisecond();
         let punch = DevicePunch {

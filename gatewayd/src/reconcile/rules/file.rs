@@ -5,7 +5,9 @@ use drivers::Method;
 use jiff::civil::{Date, Weekday};
 use serde::Deserialize;
 
-use super::{Geofence, Group, HashMap, Plan, Rules, Shift, Verification, MAX_WINDOW_EXTENSION_MS, RADIUS_RANGE_M};
+use super::{
+    Flex, Geofence, Group, HashMap, Plan, Rules, Shift, Verification, MAX_WINDOW_EXTENSION_MS, RADIUS_RANGE_M,
+};
 use crate::config::source::Seg;
 use crate::config::Problems;
 
@@ -60,6 +62,17 @@ pub struct ShiftFile {
     pub closes_after: Option<String>,
     /// Overtime counts once the clock-out is at least this after `end`. Default `"30m"`, at most `closes_after`.
     pub overtime_after: Option<String>,
+    /// Flexible working time: on time when present through the core hours, `short_hours` below `hours` worked.
+    pub flex: Option<FlexFile>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexFile {
+    /// `["HH:MM", "HH:MM"]`: the hours everyone must be present, within the shift's `start`..`end`.
+    pub core: Vec<String>,
+    /// The time to work in the day, e.g. `"8h"` (at most the shift's length).
+    pub hours: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -305,6 +318,7 @@ fn compile_shift(file: &RulesFile, i: usize, s: &ShiftFile, out: &mut Problems<'
         opens_before_ms: duration("opens_before", s.opens_before.as_ref(), 2 * HOUR),
         closes_after_ms: duration("closes_after", s.closes_after.as_ref(), 6 * HOUR),
         overtime_after_ms: 0,
+        flex: None,
     };
     shift.overtime_after_ms =
         duration("overtime_after", s.overtime_after.as_ref(), (30 * 60_000).min(shift.closes_after_ms));
@@ -321,7 +335,69 @@ fn compile_shift(file: &RulesFile, i: usize, s: &ShiftFile, out: &mut Problems<'
     if length_ms > 0 && shift.early_grace_ms >= length_ms {
         out.add(&e.at("early_grace"), &e.key("early_grace"), "must be shorter than the shift".into());
     }
+    if let Some(f) = &s.flex {
+        shift.flex = compile_flex(&e, f, start_s, length_ms, out);
+    }
     shift
+}
+
+/// A shift's `flex` table: the core hours must lie within the shift (`start`..`end`, read across midnight for a night
+/// shift) and `hours` must fit in it.
+fn compile_flex(e: &Entry, f: &FlexFile, start_s: u32, length_ms: i64, out: &mut Problems<'_>) -> Option<Flex> {
+    let core_at = e.at_in("flex", &[Seg::Key("core")]);
+    let mut ok = true;
+    let mut times = Vec::with_capacity(2);
+    if f.core.len() != 2 {
+        out.add(
+            &core_at,
+            &e.key("flex.core"),
+            "must be [\"HH:MM\", \"HH:MM\"]: the start and end of the core hours".into(),
+        );
+        ok = false;
+    }
+    for (j, t) in f.core.iter().enumerate().take(2) {
+        match parse_time_of_day(t) {
+            Ok(secs) => times.push(secs),
+            Err(problem) => {
+                out.add(&e.at_in("flex", &[Seg::Key("core"), Seg::Index(j)]), &e.key("flex.core"), problem);
+                ok = false;
+            }
+        }
+    }
+    let hours_at = e.at_in("flex", &[Seg::Key("hours")]);
+    let hours_ms = duration_ms(out, &hours_at, &e.key("flex.hours"), Some(&f.hours), 0, (60_000, 24 * HOUR));
+    if hours_ms == 0 {
+        ok = false;
+    } else if length_ms > 0 && hours_ms > length_ms {
+        out.add(
+            &hours_at,
+            &e.key("flex.hours"),
+            format!("{} does not fit in the shift ({} from start to end)", show_ms(hours_ms), show_ms(length_ms)),
+        );
+        ok = false;
+    }
+    if !ok || times.len() != 2 {
+        return None;
+    }
+    // Offsets from the shift's start, in seconds, read forward across midnight.
+    let offset = |t: u32| if t >= start_s { t - start_s } else { t + 86_400 - start_s };
+    let (from, to) = (offset(times[0]), offset(times[1]));
+    let length_s = u32::try_from(length_ms / 1000).unwrap_or(u32::MAX);
+    if from >= to || to > length_s {
+        out.add(
+            &core_at,
+            &e.key("flex.core"),
+            format!(
+                "{}..{} is not within the shift ({} long from its start): the core hours must start after the shift \
+                 starts and end before it ends",
+                f.core[0],
+                f.core[1],
+                show_ms(length_ms)
+            ),
+        );
+        return None;
+    }
+    Some(Flex { core_from_s: from, core_to_s: to, hours_ms })
 }
 
 /// Which group each department and employee was given to so far (each may be in one group only).

@@ -28,8 +28,9 @@ use jiff::tz::TimeZone;
 
 use crate::config::source::{Problem, TomlSource};
 use crate::config::Problems;
+use crate::reconcile::schedule::Assignment;
 pub use file::{
-    parse_date, parse_time_of_day, CalendarFile, GeofenceFile, GroupFile, RotationFile, RulesFile, ShiftFile,
+    parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, RotationFile, RulesFile, ShiftFile,
     VerificationFile,
 };
 pub use geo::Geofence;
@@ -66,6 +67,16 @@ pub struct Shift {
     pub opens_before_ms: i64,
     pub closes_after_ms: i64,
     pub overtime_after_ms: i64,
+    /// Flexible working time, when the shift has it.
+    pub flex: Option<Flex>,
+}
+
+/// A flexible shift's terms: core hours as seconds after the shift's start, and the time to work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flex {
+    pub core_from_s: u32,
+    pub core_to_s: u32,
+    pub hours_ms: i64,
 }
 
 /// The absolute times of one shift on one work date.
@@ -77,6 +88,8 @@ pub struct ShiftSpan {
     /// The window: punches in `[open_ms, close_ms]` belong to this shift.
     pub open_ms: i64,
     pub close_ms: i64,
+    /// A flexible shift's core hours (Unix ms).
+    pub core: Option<(i64, i64)>,
 }
 
 impl Shift {
@@ -91,11 +104,20 @@ impl Shift {
         let start_ms = local_ms(date, self.start_s, tz);
         let end_date = if self.crosses_midnight() { date.tomorrow().unwrap_or(date) } else { date };
         let end_ms = local_ms(end_date, self.end_s, tz).max(start_ms);
+        let core = self.flex.map(|f| {
+            let at = |offset: u32| {
+                let secs = self.start_s + offset;
+                let day = if secs >= 86_400 { date.tomorrow().unwrap_or(date) } else { date };
+                local_ms(day, secs % 86_400, tz).clamp(start_ms, end_ms)
+            };
+            (at(f.core_from_s), at(f.core_to_s))
+        });
         ShiftSpan {
             start_ms,
             end_ms,
             open_ms: start_ms - self.opens_before_ms,
             close_ms: end_ms + self.closes_after_ms,
+            core,
         }
     }
 }
@@ -248,6 +270,22 @@ impl Rules {
             _ => g.rest_day_shift,
         };
         Some(DayPlan { shift, workday })
+    }
+
+    /// What `group` works on `date` for an employee whose schedule assigns `assigned` that day
+    /// ([`crate::reconcile::schedule`]): an assigned shift is a working day on it (holidays included), `off` a rest
+    /// day; an unassigned date, or a shift these rules do not define, follows the group.
+    pub fn plan_for(&self, group: usize, date: Date, assigned: Option<&Assignment>) -> Option<DayPlan> {
+        match assigned {
+            Some(Assignment::Shift(id)) => match self.shift_index(id) {
+                Some(shift) if group < self.groups.len() => Some(DayPlan { shift, workday: true }),
+                _ => self.plan(group, date),
+            },
+            Some(Assignment::Off) => {
+                self.groups.get(group).map(|g| DayPlan { shift: g.rest_day_shift, workday: false })
+            }
+            None => self.plan(group, date),
+        }
     }
 
     /// When every shift window of `date` has closed (and, with no shifts, the end of the local day).
