@@ -52,7 +52,7 @@ fn time(days: i64, hh: i8, mm: i8) -> String {
 }
 
 /// Publishes punches as device `face-1` and waits for every ack to say `stored`.
-fn publish(gw: &Gateway, punches: &[String]) {
+pub(crate) fn publish(gw: &Gateway, punches: &[String]) {
     let addr = gw.addr("mqtt");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -163,7 +163,7 @@ fn punches_become_records_and_restarts_add_no_revisions() {
 
 /// A site time zone in which it is now between 03:00 and 21:00, so that a shift a few minutes around now does not
 /// cross midnight (the three zones are 8 and 16 hours apart).
-fn daytime_zone() -> &'static str {
+pub(crate) fn daytime_zone() -> &'static str {
     let now = jiff::Timestamp::now();
     ["Asia/Shanghai", "UTC", "America/Los_Angeles"]
         .into_iter()
@@ -176,7 +176,7 @@ fn daytime_zone() -> &'static str {
 }
 
 /// The records of `date` through the API, as JSON.
-fn api_records(gw: &Gateway, token: &str, date: &str) -> Vec<serde_json::Value> {
+pub(crate) fn api_records(gw: &Gateway, token: &str, date: &str) -> Vec<serde_json::Value> {
     let auth = format!("Bearer {token}");
     let (status, body) = http(
         "GET",
@@ -190,7 +190,7 @@ fn api_records(gw: &Gateway, token: &str, date: &str) -> Vec<serde_json::Value> 
     v["records"].as_array().unwrap().clone()
 }
 
-fn statuses_of(records: &[serde_json::Value], employee: &str) -> Option<Vec<String>> {
+pub(crate) fn statuses_of(records: &[serde_json::Value], employee: &str) -> Option<Vec<String>> {
     records
         .iter()
         .find(|r| r["employee_id"] == employee)

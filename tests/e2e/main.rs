@@ -17,6 +17,7 @@ mod engine;
 mod lifecycle;
 mod mqtt;
 mod mqtt_edge;
+mod plans;
 mod privileges;
 mod serial;
 mod store_durability;
