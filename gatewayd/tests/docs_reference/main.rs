@@ -269,7 +269,7 @@ fn check_page<K: Kind>(
 
 /// The work directory of the configuration checks: development certificates, the roster of configuration.md and the
 /// first rules example of rules.md, in the files the configuration examples name.
-fn config_kind(examples: &[(String, Table)], roster: &str, rules: &str) -> ConfigKind {
+fn config_kind(examples: &[(String, Table)], roster: &str, schedule: &str, rules: &str) -> ConfigKind {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("dev-certs");
     let out = Command::new(env!("CARGO_BIN_EXE_gatewayd"))
@@ -296,6 +296,7 @@ fn config_kind(examples: &[(String, Table)], roster: &str, rules: &str) -> Confi
                 "upstream.key" => std::fs::read_to_string(certs.join("client.key")),
                 "roster.file" => Ok(roster.to_owned()),
                 "rules.file" => Ok(rules.to_owned()),
+                "schedule.file" => Ok(schedule.to_owned()),
                 other => {
                     panic!("the configuration examples name a file for `{other}`: say in config_kind what it holds")
                 }
@@ -309,11 +310,17 @@ fn config_kind(examples: &[(String, Table)], roster: &str, rules: &str) -> Confi
     ConfigKind { dir }
 }
 
+/// The CSV example of configuration.md whose header starts with `header` (the roster's, the schedule's).
+fn csv_example(page: &Page, header: &str) -> String {
+    let blocks: Vec<&str> =
+        page.code.iter().filter(|b| b.lang == "csv" && b.text.starts_with(header)).map(|b| b.text.as_str()).collect();
+    assert_eq!(blocks.len(), 1, "configuration.md: one CSV example starting `{header}`");
+    blocks[0].to_owned()
+}
+
 /// The roster CSV example of configuration.md.
 fn roster_example(page: &Page) -> String {
-    let blocks: Vec<&str> = page.code.iter().filter(|b| b.lang == "csv").map(|b| b.text.as_str()).collect();
-    assert_eq!(blocks.len(), 1, "configuration.md: one roster CSV example");
-    blocks[0].to_owned()
+    csv_example(page, "employee,name")
 }
 
 #[test]
@@ -328,7 +335,7 @@ fn configuration_md_is_the_configuration() {
     for (_, doc) in &mut complete {
         *doc = toml_paths::with(doc, "gateway.data_dir", Value::String("data".into())).unwrap();
     }
-    let kind = config_kind(&complete, &roster_example(&page), &rules);
+    let kind = config_kind(&complete, &roster_example(&page), &csv_example(&page, "employee,date,shift"), &rules);
     let mut failures = check_page("configuration.md", CONFIG_ROOT, &kind, &page, &complete);
 
     let documented: BTreeSet<String> = key_rows(&page, "configuration.md").into_iter().map(|r| r.path).collect();

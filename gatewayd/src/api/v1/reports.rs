@@ -118,8 +118,8 @@ pub struct LateEntry {
     pub late_minutes: i64,
 }
 
-/// The month summary of records in scope: attendance rate (workday records without `absent`, of all workday records),
-/// the ten employees late most often, overtime minutes per department.
+/// The month summary of records in scope: attendance rate (workday records without `absent`, of all workday records
+/// but those of a whole day's leave), the ten employees late most often, overtime minutes per department.
 pub fn summarize(records: &[AttendanceRecord], roster: &Roster) -> serde_json::Value {
     let mut expected = 0u64;
     let mut attended = 0u64;
@@ -128,7 +128,9 @@ pub fn summarize(records: &[AttendanceRecord], roster: &Roster) -> serde_json::V
     for r in records {
         let has = |s: &str| r.statuses.iter().any(|x| x == s);
         let department = roster.get(&r.employee_id).map(|e| e.department.clone()).unwrap_or_default();
-        if !has("rest_day_work") {
+        // A whole day's leave (`on_leave`, nothing worked, not absent for the rest of the shift) is not expected.
+        let whole_leave = has("on_leave") && !has("absent") && r.clock_in_ms.is_none();
+        if !has("rest_day_work") && !whole_leave {
             expected += 1;
             if !has("absent") {
                 attended += 1;
@@ -209,6 +211,7 @@ mod tests {
             rec("E1", &["late"], 7, 30),
             rec("E2", &["absent"], 0, 0),
             rec("E2", &["rest_day_work"], 0, 60),
+            rec("E2", &["on_leave"], 0, 0),
         ];
         let s = summarize(&list, &roster);
         assert_eq!(s["expected_days"], 3);
