@@ -1,14 +1,14 @@
 //! The local API's request bodies through the same checks the handlers run: `POST /api/v1/punches`,
 //! `PUT /api/v1/employees`, `POST /api/v1/employees/import`, `POST /api/v1/approvals`, approve/reject decisions and
-//! `PUT /api/v1/rules`. The first byte picks the endpoint; the rest is the body.
+//! `PUT /api/v1/rules`, `POST /api/v1/leave`. The first byte picks the endpoint; the rest is the body.
 #![no_main]
 
-use gatewayd::api::v1::{self, Decision, EmployeeIn, MakeupRequest, PunchRequest};
+use gatewayd::api::v1::{self, Decision, EmployeeIn, LeaveRequest, MakeupRequest, PunchRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else { return };
-    match which % 6 {
+    match which % 7 {
         0 => {
             if let Ok(req) = serde_json::from_slice::<PunchRequest>(body) {
                 let now = 1_795_827_600_000;
@@ -44,6 +44,18 @@ fuzz_target!(|data: &[u8]| {
         }
         4 => {
             let _ = Decision::from_body(body);
+        }
+        5 => {
+            if let Ok(req) = serde_json::from_slice::<LeaveRequest>(body) {
+                let _ = gatewayd::reconcile::leave::LeaveType::parse(&req.leave_type);
+                let tz = jiff::tz::TimeZone::get("Asia/Shanghai").expect("bundled zone");
+                if let Ok(p) = gatewayd::reconcile::leave::Period::parse(&req.from, &req.to, &tz) {
+                    // A leave overlaps itself, and its dates are in order.
+                    assert!(p.overlaps(&p, &tz));
+                    let (from, to) = p.dates(&tz);
+                    assert!(from <= to);
+                }
+            }
         }
         _ => {
             if let Ok(text) = std::str::from_utf8(body) {

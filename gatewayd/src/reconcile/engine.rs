@@ -1006,7 +1006,7 @@ impl Engine {
     }
 
     /// A new schedule: the records of every (employee, date) whose assignment changed are recomputed, and those of the
-    /// dates around it (a punch near midnight may change dates with the shift). Closed dates too: a schedule is a fact
+    /// dates around it (a punch near a window's edge may change dates with the shift). Closed dates too: a schedule is a fact
     /// about who was to work, and correcting it corrects the record.
     fn set_schedule(&mut self, schedule: Arc<Schedule>) {
         if *schedule == *self.schedule {
@@ -1016,8 +1016,9 @@ impl Engine {
         self.schedule = schedule;
         for (employee, date) in changed {
             let e = self.intern(&employee);
-            for d in [prev_day(date), date, next_day(date)] {
-                self.touch_known(d, e.clone());
+            // A night shift's window reaches into the second day after its date (`closes_after` up to 24 h).
+            for d in [prev_day(date), date, next_day(date), next_day(next_day(date))] {
+                self.touch(d, e.clone());
             }
         }
     }
@@ -1033,20 +1034,12 @@ impl Engine {
             let e = self.intern(&employee);
             let mut d = from;
             for _ in 0..=crate::reconcile::leave::MAX_DAYS {
-                self.touch_known(d, e.clone());
+                self.touch(d, e.clone());
                 if d >= to || next_day(d) == d {
                     break;
                 }
                 d = next_day(d);
             }
-        }
-    }
-
-    /// Marks a record of a date up to today for recomputation (dates after today have nothing to recompute yet: their
-    /// windows are handled when they come).
-    fn touch_known(&mut self, date: Date, employee: Arc<str>) {
-        if self.today().is_some_and(|t| date <= t) {
-            self.touch(date, employee);
         }
     }
 

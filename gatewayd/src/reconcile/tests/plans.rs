@@ -330,3 +330,76 @@ fn flex_rules_are_checked() {
     let text = "[[shift]]\nid = \"n\"\nstart = \"22:00\"\nend = \"08:00\"\nflex = { core = [\"23:00\", \"03:00\"], hours = \"8h\" }\n";
     assert!(Rules::parse(Path::new("rules.toml"), text).is_ok());
 }
+
+/// Schedules and leave books for the property below: none, or a few assignments and leaves over the punches' days.
+fn arb_plans() -> impl Strategy<Value = (String, Vec<Leave>)> {
+    let schedules = [
+        "",
+        "E-DAY,2026-11-23,night\nE-DAY,2026-11-24,off\n",
+        "E-NIGHT,2026-11-24,day\nE-DUAL,2026-11-25,night\nE-ROT,2026-11-23,flexi\n",
+        "E-GEO,2026-11-23,off\nE-DAY,2026-11-25,flexi\n",
+    ];
+    let leaves = (0..4usize).prop_map(|k| match k {
+        0 => vec![],
+        1 => vec![leave(1, "E-DAY", "2026-11-24", "2026-11-24")],
+        2 => vec![
+            leave(1, "E-NIGHT", "2026-11-23T23:00", "2026-11-24T03:00"),
+            leave(2, "E-DUAL", "2026-11-23T09:00", "2026-11-23T12:00"),
+        ],
+        _ => vec![
+            leave(1, "E-ROT", "2026-11-23", "2026-11-25"),
+            leave(2, "E-DAY", "2026-11-25T15:00", "2026-11-25T18:00"),
+        ],
+    });
+    (0..schedules.len(), leaves).prop_map(move |(s, l)| (schedules[s].to_owned(), l))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// A schedule and approved leave give the same records whether they are in force before the punches come or arrive
+    /// at any point among them (after windows closed too), whatever the punches' order.
+    #[test]
+    fn schedules_and_leave_give_the_same_records_whenever_they_arrive(
+        punches in arb_punches(),
+        (sched, leaves) in arb_plans(),
+        at_batch in 0usize..8,
+        reversed in any::<bool>(),
+        mid_tick in proptest::option::of(0i64..(4 * 24 * 60)),
+    ) {
+        let start = at("2026-11-22T00:00");
+        let end = at("2026-11-29T00:00");
+        let mut a = plans_engine();
+        let mut ca = a.apply(Input::Tick(start));
+        ca.extend(a.apply_batch([schedule(&sched), book(leaves.clone())]));
+        ca.extend(a.apply_batch(punches.iter().cloned().map(Input::Punch)));
+        ca.extend(a.apply(Input::Tick(end)));
+
+        let mut order = punches.clone();
+        if reversed {
+            order.reverse();
+        }
+        let mut b = plans_engine();
+        let mut cb = b.apply(Input::Tick(start));
+        let chunks: Vec<&[Punch]> = order.chunks(4).collect();
+        for i in 0..=chunks.len() {
+            if i == at_batch.min(chunks.len()) {
+                cb.extend(b.apply_batch([schedule(&sched), book(leaves.clone())]));
+            }
+            if let Some(chunk) = chunks.get(i) {
+                cb.extend(b.apply_batch(chunk.iter().cloned().map(Input::Punch)));
+            }
+            if let (Some(minute), 1) = (mid_tick, i) {
+                cb.extend(b.apply(Input::Tick(start + 24 * 3_600_000 + minute * 60_000)));
+            }
+        }
+        cb.extend(b.apply(Input::Tick(end)));
+        // A record the schedule took away is withdrawn with a cleared revision (no statuses, no punches): the same as
+        // never having had it.
+        let live = |c: &[Change]| -> BTreeMap<String, AttendanceRecord> {
+            content(&latest(c)).into_iter().filter(|(_, r)| !(r.statuses.is_empty() && r.punch_ids.is_empty())).collect()
+        };
+        prop_assert_eq!(live(&ca), live(&cb));
+        check_revisions_increase(&cb)?;
+    }
+}
