@@ -31,10 +31,12 @@ pub enum Method {
     Makeup,
     /// A device verify code with no single method (ZKTeco code 0 and combinations); the code is kept.
     Other,
+    /// A phone on the site's Wi-Fi: the access point's BSSID is kept in the punch's `bssid` attribute.
+    Wifi,
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::Face,
         Method::Fingerprint,
         Method::Card,
@@ -45,6 +47,7 @@ impl Method {
         Method::Qr,
         Method::Makeup,
         Method::Other,
+        Method::Wifi,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Method {
             Method::Qr => "qr",
             Method::Makeup => "makeup",
             Method::Other => "other",
+            Method::Wifi => "wifi",
         }
     }
 

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
                 let now = 1_795_827_600_000;
                 match v1::punch_from_request(req, "E1".into(), "tok", now, 4 * 3_600_000) {
                     Ok(v1::Posted::Punch(p)) => {
-                        assert!(matches!(p.method, drivers::Method::Gps | drivers::Method::Qr));
+                        assert!(matches!(p.method, drivers::Method::Gps | drivers::Method::Qr | drivers::Method::Wifi));
                         assert_eq!(p.device_time_ms, now, "timed by the gateway");
                     }
                     Ok(v1::Posted::OfflineClaim(gatewayd::reconcile::approvals::Kind::OfflineClaim { time_ms, .. })) => {

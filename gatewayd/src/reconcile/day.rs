@@ -21,7 +21,8 @@ pub enum Fence {
     /// No GPS point, or no fence in force for the employee's group.
     NotApplicable,
     Inside,
-    /// Outside the fence and no manager decided yet: counts provisionally, the record is `pending_approval`.
+    /// Outside the fence (or a fix too wide to tell, see [`DayPunch::weak`]) and no manager decided yet: counts
+    /// provisionally, the record is `pending_approval`.
     Pending,
     /// Outside, approved by a manager: counts.
     Approved,
@@ -42,6 +43,9 @@ pub struct DayPunch {
     pub method: Method,
     pub clock_skew: bool,
     pub fence: Fence,
+    /// The punch needs a decision because its GPS fix is less accurate than the fence is wide (`weak_location`),
+    /// not because it is outside.
+    pub weak: bool,
 }
 
 /// A record status (SPEC section 4), in the order statuses are listed.
@@ -58,6 +62,7 @@ pub enum Status {
     SingleFactor,
     DualTimeout,
     OutOfFence,
+    WeakLocation,
     PendingApproval,
     RestDayWork,
     ClockSkew,
@@ -77,6 +82,7 @@ impl Status {
             Status::SingleFactor => "single_factor",
             Status::DualTimeout => "dual_timeout",
             Status::OutOfFence => "out_of_fence",
+            Status::WeakLocation => "weak_location",
             Status::PendingApproval => "pending_approval",
             Status::RestDayWork => "rest_day_work",
             Status::ClockSkew => "clock_skew",
@@ -313,8 +319,11 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
     if ctx.workday && ctx.leave.is_some() {
         statuses.push(Status::OnLeave);
     }
-    if punches.iter().any(|p| p.fence.outside()) {
+    if punches.iter().any(|p| p.fence.outside() && !p.weak) {
         statuses.push(Status::OutOfFence);
+    }
+    if punches.iter().any(|p| p.fence.outside() && p.weak) {
+        statuses.push(Status::WeakLocation);
     }
     if punches.iter().any(|p| p.fence == Fence::Pending) {
         statuses.push(Status::PendingApproval);

@@ -60,7 +60,7 @@ use crate::punch::Punch;
 use crate::reconcile::approvals::FenceRequest;
 use crate::reconcile::changes::Change;
 use crate::reconcile::roster::Roster;
-use crate::reconcile::rules::{local_date, local_ms, DayPlan, Geofence, Rules, ShiftSpan};
+use crate::reconcile::rules::{local_date, local_ms, normalize_bssid, DayPlan, Group, Rules, ShiftSpan};
 
 /// Flags on punches as they go upstream.
 pub mod flags {
@@ -68,6 +68,7 @@ pub mod flags {
     pub const CLOCK_SKEW: &str = "clock_skew";
     pub const DUPLICATE_MERGED: &str = "duplicate_merged";
     pub const OUT_OF_FENCE: &str = "out_of_fence";
+    pub const WEAK_LOCATION: &str = "weak_location";
 }
 
 /// One input to the engine.
@@ -161,6 +162,7 @@ struct RecState {
 struct Notes {
     merged: bool,
     outside: bool,
+    weak: bool,
     skew: bool,
 }
 
@@ -182,6 +184,8 @@ pub struct Engine {
     by_employee: Map<Arc<str>, Punches>,
     unresolved: BTreeMap<Key, Fact>,
     geo: Map<PunchId, (GeoPoint, i64)>,
+    /// The access point of every kept Wi-Fi punch, with the punch's time.
+    wifi: Map<PunchId, (Arc<str>, i64)>,
     decisions: Map<PunchId, bool>,
     records: Map<(Arc<str>, Date), Vec<RecState>>,
     closing: BTreeMap<(i64, Date), Set<Arc<str>>>,
@@ -303,26 +307,52 @@ fn days_before(d: Date, n: u32) -> Date {
 }
 
 /// Where a punch stands with its group's geofence; `decision` is asked only for a punch outside it.
+/// Where a punch stands with its group's fence, and whether a doubt is only the fix's accuracy (`weak_location`):
+/// - a Wi-Fi punch, when the group lists access points: inside when its BSSID is listed, else outside;
+/// - a punch with a GPS point, when the group has a geofence: outside when the point is; inside, but in doubt
+///   (`weak`), when the fix's accuracy is worse than the fence's radius;
+/// - anything else (make-up punches, no fence): not applicable.
+///
+/// A punch outside or in doubt counts as its manager decides (`decision`), provisionally until then.
 fn fence_status(
     geo: Option<GeoPoint>,
-    fence: Option<&Geofence>,
+    bssid: Option<&str>,
+    group: &Group,
     method: Method,
     decision: impl FnOnce() -> Option<bool>,
-) -> Fence {
-    match (geo, fence) {
-        (Some(pt), Some(fence)) if method != Method::Makeup => {
-            if fence.contains(pt.lat, pt.lng) {
-                Fence::Inside
+) -> (Fence, bool) {
+    let decided = |d: Option<bool>| match d {
+        Some(true) => Fence::Approved,
+        Some(false) => Fence::Rejected,
+        None => Fence::Pending,
+    };
+    if method == Method::Makeup {
+        return (Fence::NotApplicable, false);
+    }
+    if let (Method::Wifi, Some(list)) = (method, &group.wifi) {
+        let listed = bssid.is_some_and(|b| list.iter().any(|x| x == b));
+        return if listed { (Fence::Inside, false) } else { (decided(decision()), false) };
+    }
+    match (geo, &group.geofence) {
+        (Some(pt), Some(fence)) => {
+            if !fence.contains(pt.lat, pt.lng) {
+                (decided(decision()), false)
+            } else if pt.accuracy_m.is_some_and(|a| a > fence.radius_m()) {
+                (decided(decision()), true)
             } else {
-                match decision() {
-                    Some(true) => Fence::Approved,
-                    Some(false) => Fence::Rejected,
-                    None => Fence::Pending,
-                }
+                (Fence::Inside, false)
             }
         }
-        _ => Fence::NotApplicable,
+        _ => (Fence::NotApplicable, false),
     }
+}
+
+/// The `bssid` attribute of a Wi-Fi punch, as [`normalize_bssid`] writes it.
+fn bssid_of(p: &Punch) -> Option<String> {
+    if p.method != Method::Wifi {
+        return None;
+    }
+    p.attributes.iter().find(|(k, _)| k == "bssid").and_then(|(_, v)| normalize_bssid(v))
 }
 
 /// What names a record besides its evaluation.
@@ -394,6 +424,7 @@ impl Engine {
             by_employee: Map::default(),
             unresolved: BTreeMap::new(),
             geo: Map::default(),
+            wifi: Map::default(),
             decisions: Map::default(),
             records: Map::default(),
             closing: BTreeMap::new(),
@@ -529,6 +560,7 @@ impl Engine {
             method: Method,
             skew: bool,
             geo: Option<GeoPoint>,
+            bssid: Option<String>,
         }
         let mut mine: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         for p in punches {
@@ -551,7 +583,9 @@ impl Engine {
                 continue;
             }
             let skew = p.realtime && (p.device_time_ms - p.received_time_ms).abs() > rules.max_clock_skew_ms;
+            let bssid = bssid_of(&p);
             mine.entry(employee).or_default().push(Entry {
+                bssid,
                 time_ms: p.device_time_ms,
                 id: p.punch_id,
                 method: p.method,
@@ -580,11 +614,10 @@ impl Engine {
                 entries.sort_by(|a, b| (a.time_ms, &a.id).cmp(&(b.time_ms, &b.id)));
                 let day_punches: Vec<DayPunch> = entries
                     .iter()
-                    .map(|p| DayPunch {
-                        time_ms: p.time_ms,
-                        method: p.method,
-                        clock_skew: p.skew,
-                        fence: fence_status(p.geo, group.geofence.as_ref(), p.method, || decisions.get(&p.id).copied()),
+                    .map(|p| {
+                        let (fence, weak) =
+                            fence_status(p.geo, p.bssid.as_deref(), group, p.method, || decisions.get(&p.id).copied());
+                        DayPunch { time_ms: p.time_ms, method: p.method, clock_skew: p.skew, fence, weak }
                     })
                     .collect();
                 let mut ctx = DayContext::new(&rules, group, plan, span, closed);
@@ -599,6 +632,7 @@ impl Engine {
                             employee: employee.clone(),
                             department: department.to_owned(),
                             time_ms: p.time_ms,
+                            weak_location: p.weak,
                         });
                     }
                 }
@@ -936,6 +970,10 @@ impl Engine {
         if let Some(g) = p.geo {
             self.geo.insert(id.clone(), (g, p.device_time_ms));
         }
+        if let Some(b) = bssid_of(&p) {
+            let b = self.intern(&b);
+            self.wifi.insert(id.clone(), (b, p.device_time_ms));
+        }
         self.replaying = !fresh;
         match &employee {
             Some(e) => self.mark(&e.clone(), p.device_time_ms),
@@ -1104,7 +1142,9 @@ impl Engine {
         if self.decisions.insert(id.clone(), approved) == Some(approved) {
             return;
         }
-        let Some(&(_, t)) = self.geo.get(&id) else { return };
+        let Some(t) = self.geo.get(&id).map(|(_, t)| *t).or_else(|| self.wifi.get(&id).map(|(_, t)| *t)) else {
+            return;
+        };
         let key: Key = (t, id);
         let owner = self.by_employee.iter().find(|(_, m)| m.contains_key(&key, &self.dict)).map(|(e, _)| e.clone());
         if let Some(e) = owner {
@@ -1124,6 +1164,7 @@ impl Engine {
         for punches in self.by_employee.values_mut() {
             for ((_, id), _) in punches.drain_before(cut, &mut self.dict) {
                 self.geo.remove(&id);
+                self.wifi.remove(&id);
                 self.decisions.remove(&id);
             }
         }
@@ -1148,8 +1189,8 @@ impl Engine {
         self.marks.announced = self.marks.announced.split_off(&keep_from);
         let current = self.current;
         self.rules.retain(|v, _| *v == current || versions_needed.contains(v));
-        let geo = &self.geo;
-        self.requested.retain(|id| geo.contains_key(id));
+        let (geo, wifi) = (&self.geo, &self.wifi);
+        self.requested.retain(|id| geo.contains_key(id) || wifi.contains_key(id));
         // A string only the interner still holds is no longer used.
         self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
@@ -1292,6 +1333,9 @@ impl Engine {
         if notes.outside {
             flags.push(flags::OUT_OF_FENCE.to_owned());
         }
+        if notes.weak {
+            flags.push(flags::WEAK_LOCATION.to_owned());
+        }
         let geo = self.geo.get(id).map(|(g, _)| *g);
         Some(upstream::Punch {
             punch_id: id.text(),
@@ -1340,9 +1384,10 @@ impl Engine {
                     .iter()
                     .map(|((t, id), method, skew)| {
                         let geo = self.geo.get(id).map(|(g, _)| *g);
-                        let fence =
-                            fence_status(geo, group.geofence.as_ref(), *method, || self.decisions.get(id).copied());
-                        DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence }
+                        let bssid = self.wifi.get(id).map(|(b, _)| &**b);
+                        let (fence, weak) =
+                            fence_status(geo, bssid, group, *method, || self.decisions.get(id).copied());
+                        DayPunch { time_ms: *t, method: *method, clock_skew: *skew, fence, weak }
                     })
                     .collect();
                 let mut ctx = DayContext::new(&rules, group, plan, span, closed);
@@ -1357,7 +1402,12 @@ impl Engine {
                     if self.fresh_set.contains(id) {
                         self.notes.insert(
                             id.clone(),
-                            Notes { merged: *merged, outside: p.fence.outside(), skew: p.clock_skew },
+                            Notes {
+                                merged: *merged,
+                                outside: p.fence.outside() && !p.weak,
+                                weak: p.fence.outside() && p.weak,
+                                skew: p.clock_skew,
+                            },
                         );
                     }
                     if p.fence == Fence::Pending && !self.requested.contains(id) {
@@ -1368,6 +1418,7 @@ impl Engine {
                                 employee: employee.to_string(),
                                 department: department.to_owned(),
                                 time_ms: p.time_ms,
+                                weak_location: p.weak,
                             },
                         ));
                     }

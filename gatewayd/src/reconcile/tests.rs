@@ -16,6 +16,7 @@ use crate::reconcile::changes::Change;
 use crate::reconcile::roster::Roster;
 use crate::reconcile::rules::Rules;
 
+mod fences;
 mod plans;
 
 const RULES: &str = r#"
@@ -1130,7 +1131,7 @@ proptest! {
         };
         let day: Vec<DayPunch> = punches
             .iter()
-            .map(|&(method, time_ms)| DayPunch { time_ms, method, clock_skew: false, fence: Fence::NotApplicable })
+            .map(|&(method, time_ms)| DayPunch { time_ms, method, clock_skew: false, fence: Fence::NotApplicable, weak: false })
             .collect();
         let ev = evaluate(&ctx, &day);
         prop_assert_eq!((ev.clock_in_ms, ev.clock_out_ms), dual_oracle(&punches, window_ms), "{:?}", punches);

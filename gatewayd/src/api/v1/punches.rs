@@ -122,6 +122,10 @@ pub struct PunchRequest {
     pub accuracy_m: Option<f64>,
     /// The scanned QR code (kept as evidence).
     pub code: Option<String>,
+    /// A Wi-Fi punch: the access point's BSSID (`aa:bb:cc:dd:ee:ff`), checked against the group's `wifi` list.
+    pub bssid: Option<String>,
+    /// A Wi-Fi punch: the network name (kept as evidence).
+    pub ssid: Option<String>,
     /// Made while the phone was offline: counts at `time` only once a manager approves.
     #[serde(default)]
     pub offline: bool,
@@ -148,8 +152,22 @@ pub fn punch_from_request(
     now_ms: i64,
     offline_limit_ms: i64,
 ) -> ApiResult<Posted> {
-    if !matches!(req.method, Method::Gps | Method::Qr) {
-        return Err(ApiError::bad("method: only `gps` and `qr` punches can be posted"));
+    if !matches!(req.method, Method::Gps | Method::Qr | Method::Wifi) {
+        return Err(ApiError::bad("method: only `gps`, `qr` and `wifi` punches can be posted"));
+    }
+    let bssid = match (req.method, req.bssid.as_deref()) {
+        (Method::Wifi, Some(b)) => Some(
+            crate::reconcile::rules::normalize_bssid(b)
+                .ok_or_else(|| ApiError::bad("bssid: not a BSSID (six hex pairs like aa:bb:cc:dd:ee:ff)"))?,
+        ),
+        (Method::Wifi, None) => return Err(ApiError::bad("bssid: required for a wifi punch")),
+        (_, None) if req.ssid.is_none() => None,
+        _ => return Err(ApiError::bad("bssid/ssid: only for wifi punches")),
+    };
+    if let Some(ssid) = &req.ssid {
+        if ssid.len() > 32 || ssid.chars().any(char::is_control) {
+            return Err(ApiError::bad("ssid: at most 32 bytes without control characters"));
+        }
     }
     let geo = match (req.lat, req.lng) {
         (Some(lat), Some(lng)) => {
@@ -162,7 +180,7 @@ pub fn punch_from_request(
             }
             Some(GeoPoint { lat, lng, accuracy_m: req.accuracy_m })
         }
-        (None, None) if req.method == Method::Qr => None,
+        (None, None) if matches!(req.method, Method::Qr | Method::Wifi) => None,
         _ => return Err(ApiError::bad("lat and lng are required for a gps punch")),
     };
     if let Some(code) = &req.code {
@@ -195,6 +213,8 @@ pub fn punch_from_request(
             lng: geo.map(|g| g.lng),
             accuracy_m: geo.and_then(|g| g.accuracy_m),
             code: req.code,
+            bssid,
+            ssid: req.ssid,
         }));
     }
     let mut attributes = vec![("token".to_owned(), token_id.to_owned())];
@@ -203,6 +223,12 @@ pub fn punch_from_request(
     }
     if let Some(t) = claimed {
         attributes.push((CLAIMED_TIME.into(), t.to_string()));
+    }
+    if let Some(b) = bssid {
+        attributes.push(("bssid".into(), b));
+    }
+    if let Some(ssid) = req.ssid {
+        attributes.push(("ssid".into(), ssid));
     }
     Ok(Posted::Punch(DevicePunch {
         device_id: API_DEVICE.into(),
@@ -295,6 +321,22 @@ mod tests {
     }
 
     #[test]
+    fn wifi_punches_keep_the_access_point() {
+        let Ok(Posted::Punch(p)) = post(r#"{"method":"wifi","bssid":"AA-BB-CC-DD-EE-0F","ssid":"plant-a"}"#) else {
+            panic!("a punch")
+        };
+        assert_eq!(p.method, Method::Wifi);
+        let attr = |k: &str| p.attributes.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+        assert_eq!(attr("bssid").as_deref(), Some("aa:bb:cc:dd:ee:0f"));
+        assert_eq!(attr("ssid").as_deref(), Some("plant-a"));
+        let t = jiff::Timestamp::from_millisecond(NOW - 60_000).unwrap();
+        let claim = post(&format!(r#"{{"time":"{t}","method":"wifi","bssid":"aa:bb:cc:dd:ee:0f","offline":true}}"#));
+        assert!(
+            matches!(claim, Ok(Posted::OfflineClaim(Kind::OfflineClaim { bssid: Some(b), .. })) if b == "aa:bb:cc:dd:ee:0f")
+        );
+    }
+
+    #[test]
     fn offline_claims_are_held_within_the_limit() {
         let t = jiff::Timestamp::from_millisecond(NOW - 3_600_000).unwrap();
         let ok = post(&format!(r#"{{"time":"{t}","method":"gps","lat":1,"lng":2,"offline":true}}"#));
@@ -322,6 +364,13 @@ mod tests {
             r#"{"method":"gps","lat":1,"lng":1,"accuracy_m":-1}"#,
             r#"{"method":"qr","code":"a\u0000b"}"#,
             r#"{"method":"qr","employee":"E2"}"#,
+            r#"{"method":"wifi"}"#,
+            r#"{"method":"wifi","bssid":"aa:bb:cc:dd:ee"}"#,
+            r#"{"method":"wifi","bssid":"aa:bb:cc:dd:ee:fg"}"#,
+            r#"{"method":"wifi","bssid":"aabbccddeeff"}"#,
+            r#"{"method":"wifi","bssid":"aa:bb:cc:dd:ee:ff","ssid":"thirty-three-bytes-long-ssid-name"}"#,
+            r#"{"method":"gps","lat":1,"lng":1,"bssid":"aa:bb:cc:dd:ee:ff"}"#,
+            r#"{"method":"qr","ssid":"plant"}"#,
         ] {
             let e = post(bad).err().unwrap_or_else(|| panic!("accepted {bad}"));
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}: {}", e.message);

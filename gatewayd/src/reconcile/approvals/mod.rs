@@ -43,6 +43,8 @@ pub struct FenceRequest {
     pub employee: String,
     pub department: String,
     pub time_ms: i64,
+    /// Inside the fence, but the fix is less accurate than the fence is wide (`weak_location`).
+    pub weak_location: bool,
 }
 
 /// A decision the engine must hear about, once it is durable.
@@ -76,8 +78,14 @@ pub const MAX_FUTURE_MS: i64 = 0;
 pub enum Kind {
     /// A missed punch: approving adds a `makeup` punch at `time_ms`.
     Makeup { time_ms: i64, reason: String },
-    /// A GPS punch outside the geofence.
-    OutOfFence { punch_id: String, time_ms: i64 },
+    /// A GPS punch outside the geofence (or a Wi-Fi punch from an access point not listed), or, with
+    /// `weak_location`, one whose fix is too wide to tell.
+    OutOfFence {
+        punch_id: String,
+        time_ms: i64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        weak_location: bool,
+    },
     /// Leave (请假): approving it makes the days it covers `on_leave` (see [`crate::reconcile::leave`]).
     Leave { leave_type: LeaveType, period: Period, reason: String },
     /// A punch a phone made while offline (`"offline": true`), claimed for `time_ms` and received at `received_ms`:
@@ -94,6 +102,11 @@ pub enum Kind {
         accuracy_m: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         code: Option<String>,
+        /// A Wi-Fi claim's access point and network name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bssid: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ssid: Option<String>,
     },
 }
 
@@ -404,7 +417,8 @@ impl Approvals {
         if self.tree.get(&key)?.is_some() {
             return Ok(None);
         }
-        let kind = Kind::OutOfFence { punch_id: req.punch_id.clone(), time_ms: req.time_ms };
+        let kind =
+            Kind::OutOfFence { punch_id: req.punch_id.clone(), time_ms: req.time_ms, weak_location: req.weak_location };
         let a = self.pending(&req.employee, &req.department, kind, "engine", now_ms)?;
         // The index entry decides who creates it; the approval follows.
         if self.tree.compare_and_swap(&key, None as Option<&[u8]>, Some(&a.id.to_be_bytes()[..]))?.is_err() {
@@ -507,10 +521,16 @@ impl Approvals {
         ];
         let (time_ms, method, geo) = match &a.kind {
             Kind::Makeup { time_ms, .. } => (*time_ms, Method::Makeup, None),
-            Kind::OfflineClaim { time_ms, received_ms, method, lat, lng, accuracy_m, code } => {
+            Kind::OfflineClaim { time_ms, received_ms, method, lat, lng, accuracy_m, code, bssid, ssid } => {
                 attributes.push(("offline_claim".into(), received_ms.to_string()));
                 if let Some(code) = code {
                     attributes.push(("qr".into(), code.clone()));
+                }
+                if let Some(b) = bssid {
+                    attributes.push(("bssid".into(), b.clone()));
+                }
+                if let Some(s) = ssid {
+                    attributes.push(("ssid".into(), s.clone()));
                 }
                 let geo = lat.zip(*lng).map(|(lat, lng)| drivers::sink::GeoPoint { lat, lng, accuracy_m: *accuracy_m });
                 (*time_ms, *method, geo)

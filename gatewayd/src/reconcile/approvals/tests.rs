@@ -104,8 +104,13 @@ async fn concurrent_decisions_one_wins() {
 #[tokio::test]
 async fn fence_approvals_are_created_once_and_listed_with_decisions() {
     let f = fixture();
-    let req =
-        FenceRequest { punch_id: "gw:phone:1".into(), employee: "E1".into(), department: "D-OFF".into(), time_ms: NOW };
+    let req = FenceRequest {
+        punch_id: "gw:phone:1".into(),
+        employee: "E1".into(),
+        department: "D-OFF".into(),
+        time_ms: NOW,
+        weak_location: false,
+    };
     let created = f.approvals.ensure_fence(&req, NOW).unwrap().unwrap();
     assert!(f.approvals.ensure_fence(&req, NOW).unwrap().is_none());
     assert_eq!(f.approvals.fence_punches().unwrap(), vec!["gw:phone:1"]);

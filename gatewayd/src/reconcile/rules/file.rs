@@ -99,6 +99,8 @@ pub struct GroupFile {
     pub verification: Option<VerificationFile>,
     /// Where GPS punches must be: `center` + `radius_m` (50..5000 m), or `polygon`.
     pub geofence: Option<GeofenceFile>,
+    /// The BSSIDs (access point MAC addresses, `aa:bb:cc:dd:ee:ff`) Wi-Fi punches must come from.
+    pub wifi: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -459,8 +461,9 @@ fn compile_group<'f>(
     let workdays = compile_workdays(&e, g.workdays.as_deref(), out);
     let verification = g.verification.as_ref().and_then(|v| compile_verification(&e, v, out));
     let geofence = g.geofence.as_ref().and_then(|f| compile_geofence(f, &e.at("geofence"), &e.key("geofence"), out));
+    let wifi = g.wifi.as_ref().map(|list| compile_wifi(&e, list, out));
     if let Some(plan) = plan {
-        rules.groups.push(Group { id: g.id.clone(), plan, rest_day_shift, workdays, verification, geofence });
+        rules.groups.push(Group { id: g.id.clone(), plan, rest_day_shift, workdays, verification, geofence, wifi });
         let idx = rules.groups.len() - 1;
         for d in &g.departments {
             rules.by_department.entry(d.clone()).or_insert(idx);
@@ -561,7 +564,7 @@ fn compile_verification(e: &Entry, v: &VerificationFile, out: &mut Problems<'_>)
             Some(Method::Makeup | Method::Other) | None => out.add(
                 &vpath,
                 &e.key("verification.require"),
-                format!("`{m}` is not a method a person can punch with (face, fingerprint, card, pin, password, palm, gps, qr)"),
+                format!("`{m}` is not a method a person can punch with (face, fingerprint, card, pin, password, palm, gps, qr, wifi)"),
             ),
             Some(method) => methods.push(method),
         }
@@ -577,6 +580,28 @@ fn compile_verification(e: &Entry, v: &VerificationFile, out: &mut Problems<'_>)
         [a, b] if a != b => Some(Verification { methods: [a, b], window_ms }),
         _ => None,
     }
+}
+
+/// A group's `wifi` list: BSSIDs, read case-insensitively (`-` separators accepted), kept as `aa:bb:cc:dd:ee:ff`.
+fn compile_wifi(e: &Entry, list: &[String], out: &mut Problems<'_>) -> Vec<String> {
+    let mut bssids = Vec::with_capacity(list.len());
+    if list.is_empty() || list.len() > 1000 {
+        out.add(&e.at("wifi"), &e.key("wifi"), "must list 1 to 1000 BSSIDs".into());
+    }
+    for (j, text) in list.iter().enumerate() {
+        match super::normalize_bssid(text) {
+            Some(b) if bssids.contains(&b) => {
+                out.add(&e.at_in("wifi", &[Seg::Index(j)]), &e.key("wifi"), format!("`{text}` is listed twice"));
+            }
+            Some(b) => bssids.push(b),
+            None => out.add(
+                &e.at_in("wifi", &[Seg::Index(j)]),
+                &e.key("wifi"),
+                format!("`{text}` is not a BSSID (six hex pairs like \"aa:bb:cc:dd:ee:ff\")"),
+            ),
+        }
+    }
+    bssids
 }
 
 fn compile_calendar(calendar: &CalendarFile, rules: &mut Rules, out: &mut Problems<'_>) {

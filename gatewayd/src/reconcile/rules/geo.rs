@@ -17,6 +17,19 @@ pub enum Geofence {
 
 impl Geofence {
     /// Whether a GPS point lies inside the fence. Points exactly on the circle are inside.
+    /// The fence's radius in metres: a circle's own; for a polygon, that of the circle around its vertices' mean
+    /// through its farthest vertex. A GPS fix less accurate than this cannot tell inside from outside.
+    pub fn radius_m(&self) -> f64 {
+        match self {
+            Geofence::Circle { radius_m, .. } => *radius_m,
+            Geofence::Polygon(ring) => {
+                let n = ring.len().max(1) as f64;
+                let (clat, clng) = ring.iter().fold((0.0, 0.0), |(a, b), (lat, lng)| (a + lat / n, b + lng / n));
+                ring.iter().map(|(lat, lng)| distance_m(clat, clng, *lat, *lng)).fold(0.0, f64::max)
+            }
+        }
+    }
+
     pub fn contains(&self, lat: f64, lng: f64) -> bool {
         match self {
             Geofence::Circle { lat: clat, lng: clng, radius_m } => distance_m(*clat, *clng, lat, lng) <= *radius_m,

@@ -167,6 +167,15 @@ pub struct Group {
     pub workdays: [bool; 7],
     pub verification: Option<Verification>,
     pub geofence: Option<Geofence>,
+    /// The BSSIDs Wi-Fi punches must come from ([`normalize_bssid`] form); `None`: Wi-Fi punches are not checked.
+    pub wifi: Option<Vec<String>>,
+}
+
+/// A BSSID as `aa:bb:cc:dd:ee:ff` (lower case), from six hex pairs separated by `:` or `-`; `None` when it is not one.
+pub fn normalize_bssid(text: &str) -> Option<String> {
+    let parts: Vec<&str> = text.trim().split([':', '-']).collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| parts.join(":").to_ascii_lowercase())
 }
 
 /// What a group works on one date.
