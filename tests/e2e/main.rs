@@ -14,6 +14,7 @@ mod config_files;
 mod crash;
 mod demo;
 mod engine;
+mod fences;
 mod lifecycle;
 mod mqtt;
 mod mqtt_edge;
