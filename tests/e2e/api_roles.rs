@@ -485,12 +485,15 @@ fn self_punches_are_timed_by_the_gateway() {
     assert_eq!(v["pending_approval"]["kind"], "offline_claim", "{body}");
     let id = v["pending_approval"]["id"].as_u64().unwrap();
     let records = || api.get("/api/v1/records?employee=INA1", &ina1).1;
-    let first = wait_until("INA1's record", Duration::from_secs(30), records, |b| b.contains("INA1"));
+    let first = wait_until("INA1's record pending the claim", Duration::from_secs(30), records, |b| {
+        b.contains("pending_approval")
+    });
     assert!(!first.contains(&local(claimed)), "a pending claim does not count: {first}");
     expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &ina1, ""), 403, &[]);
     expect(api.post(&format!("/api/v1/approvals/{id}/approve"), &mgra, ""), 200, &[]);
+    // The claim's punch and the end of its pending state reach the engine separately: wait for both.
     let revised = wait_until("the record revised by the approved claim", Duration::from_secs(30), records, |b| {
-        b.contains(&format!("\"clock_in\":\"{}\"", local(claimed)))
+        b.contains(&format!("\"clock_in\":\"{}\"", local(claimed))) && !b.contains("pending_approval")
     });
     assert!(revised.contains("INA1"), "{revised}");
     let list = expect(api.get("/api/v1/punches", &ina1), 200, &[]);

@@ -102,6 +102,8 @@ pub struct DayContext<'a> {
     pub closed: bool,
     /// Approved leave on the shift, if any ([`LeaveCover::of`]).
     pub leave: Option<LeaveCover>,
+    /// An offline claim for this record waits for a manager: the record is `pending_approval`.
+    pub claim_pending: bool,
 }
 
 /// Approved leave that overlaps a record's shift, as the evaluation uses it.
@@ -167,6 +169,7 @@ impl<'a> DayContext<'a> {
             dedupe_window_ms: rules.dedupe_window_ms,
             closed,
             leave: None,
+            claim_pending: false,
         }
     }
 }
@@ -325,7 +328,7 @@ pub fn evaluate(ctx: &DayContext<'_>, punches: &[DayPunch]) -> Evaluation {
     if punches.iter().any(|p| p.fence.outside() && p.weak) {
         statuses.push(Status::WeakLocation);
     }
-    if punches.iter().any(|p| p.fence == Fence::Pending) {
+    if ctx.claim_pending || punches.iter().any(|p| p.fence == Fence::Pending) {
         statuses.push(Status::PendingApproval);
     }
     if punches.iter().any(|p| p.clock_skew) {

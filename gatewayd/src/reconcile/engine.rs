@@ -90,6 +90,8 @@ pub enum Input {
     Schedule(Arc<Schedule>),
     /// The approved leave, all of it, after a decision.
     Leaves(Arc<LeaveBook>),
+    /// The offline claims waiting for a manager: (employee, claimed time). Their records show `pending_approval`.
+    Claims(Arc<Vec<(String, i64)>>),
 }
 
 /// What the engine must remember across restarts besides punches and records (the stage persists it).
@@ -177,6 +179,7 @@ pub struct Engine {
     roster: Arc<Roster>,
     schedule: Arc<Schedule>,
     leaves: Arc<LeaveBook>,
+    claims: Arc<Vec<(String, i64)>>,
     marks: Watermarks,
     strings: Set<Arc<str>>,
     /// Devices, subjects and id heads of kept punches, by number.
@@ -418,6 +421,7 @@ impl Engine {
             roster,
             schedule: Arc::default(),
             leaves: Arc::default(),
+            claims: Arc::default(),
             marks,
             strings: Set::default(),
             dict: Dict::default(),
@@ -713,6 +717,7 @@ impl Engine {
                 Input::FenceDecision { punch_id, approved } => self.decide(&punch_id, approved),
                 Input::Schedule(schedule) => self.set_schedule(schedule),
                 Input::Leaves(leaves) => self.set_leaves(leaves),
+                Input::Claims(claims) => self.set_claims(claims),
             }
         }
         self.settle()
@@ -1081,6 +1086,21 @@ impl Engine {
         }
     }
 
+    /// New pending offline claims: the records the old and new claims fall on are recomputed.
+    fn set_claims(&mut self, mut claims: Arc<Vec<(String, i64)>>) {
+        Arc::make_mut(&mut claims).sort_unstable();
+        if claims == self.claims {
+            return;
+        }
+        let old = std::mem::replace(&mut self.claims, claims.clone());
+        let changed: BTreeSet<&(String, i64)> =
+            old.iter().filter(|c| !claims.contains(c)).chain(claims.iter().filter(|c| !old.contains(c))).collect();
+        for (employee, t) in changed {
+            let e = self.intern(employee);
+            self.mark(&e, *t);
+        }
+    }
+
     fn set_roster(&mut self, roster: Arc<Roster>) {
         if *roster == *self.roster {
             return;
@@ -1378,7 +1398,9 @@ impl Engine {
                         .collect()
                 })
                 .unwrap_or_default();
-            if !mine.is_empty() || (plan.workday && closed) {
+            let claim_pending =
+                self.claims.iter().any(|(e, t)| **e == **employee && pick(windows.as_slice(), *t) == Some(date));
+            if !mine.is_empty() || (plan.workday && closed) || claim_pending {
                 let group = &rules.groups[g];
                 let day_punches: Vec<DayPunch> = mine
                     .iter()
@@ -1391,6 +1413,7 @@ impl Engine {
                     })
                     .collect();
                 let mut ctx = DayContext::new(&rules, group, plan, span, closed);
+                ctx.claim_pending = claim_pending;
                 if !self.leaves.is_empty() {
                     let leave = self.leaves.intervals(employee, date, &span);
                     ctx.leave = LeaveCover::of(&leave, &span, ctx.shift.flex.map(|f| f.hours_ms));

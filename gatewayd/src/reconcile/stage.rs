@@ -101,6 +101,8 @@ enum Command {
     Schedule(Arc<Schedule>),
     /// The approved leave changed: read it again from the approvals.
     Leaves,
+    /// The pending offline claims changed: read them again from the approvals.
+    Claims,
 }
 
 /// How other parts of the daemon talk to the engine stage. Cheap to clone.
@@ -130,6 +132,7 @@ impl EngineHandle {
         let command = match decision {
             Decided::Fence { punch_id, approved } => Command::Fence { punch_id, approved },
             Decided::Leave => Command::Leaves,
+            Decided::Claims => Command::Claims,
         };
         let _ = self.tx.send(command).await;
     }
@@ -323,6 +326,13 @@ impl Stage {
                                 None
                             }
                         },
+                        Command::Claims => match self.approvals.pending_claims() {
+                            Ok(claims) => Some(Input::Claims(Arc::new(claims))),
+                            Err(e) => {
+                                events::engine_failed(&self.metrics, &StageError::Approvals(e));
+                                None
+                            }
+                        },
                     };
                     if let Some(input) = input {
                         engine = self.step(engine.take(), vec![input], false).await;
@@ -451,6 +461,7 @@ impl Stage {
                 .map(|(punch_id, approved)| Input::FenceDecision { punch_id, approved })
                 .collect();
             inputs.push(Input::Leaves(Arc::new(LeaveBook::new(approvals.leaves()?))));
+            inputs.push(Input::Claims(Arc::new(approvals.pending_claims()?)));
             // The schedule in force now stands for the one the stored records were made with (a schedule changed while
             // the daemon was stopped revises them, as a change while it runs does).
             if let Ok(schedule) = read_schedule(&config) {

@@ -1128,6 +1128,7 @@ proptest! {
             dedupe_window_ms: 0,
             closed: true,
             leave: None,
+            claim_pending: false,
         };
         let day: Vec<DayPunch> = punches
             .iter()

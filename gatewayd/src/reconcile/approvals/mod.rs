@@ -54,6 +54,8 @@ pub enum Decided {
     Fence { punch_id: String, approved: bool },
     /// A leave was approved: the approved leave changed.
     Leave,
+    /// An offline claim was filed or decided: the pending claims changed.
+    Claims,
 }
 
 /// Told of a [`Decided`]. The engine stage listens ([`crate::reconcile::stage`]); the approvals know nothing of it
@@ -330,7 +332,21 @@ impl Approvals {
         if !matches!(kind, Kind::OfflineClaim { .. }) {
             return Err(ApprovalError::Invalid("not an offline claim".into()));
         }
-        self.file(e, kind, requested_by, now_ms).await
+        let a = self.file(e, kind, requested_by, now_ms).await?;
+        (self.engine)(Decided::Claims).await;
+        Ok(a)
+    }
+
+    /// Offline claims waiting for a decision: (employee, claimed time).
+    pub fn pending_claims(&self) -> Result<Vec<(String, i64)>, ApprovalError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter_map(|a| match a.kind {
+                Kind::OfflineClaim { time_ms, .. } if a.state == State::Pending => Some((a.employee, time_ms)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// An employee asks for leave. Refused when it overlaps a pending or approved leave of theirs.
@@ -493,6 +509,10 @@ impl Approvals {
             return Err(ApprovalError::AlreadyDecided { id, state: now.state });
         }
         self.db.flush_async().await?;
+        if matches!(new.kind, Kind::OfflineClaim { .. }) {
+            // No longer pending, whatever the decision (an approved claim's punch follows).
+            (self.engine)(Decided::Claims).await;
+        }
         match &new.kind {
             Kind::Makeup { .. } | Kind::OfflineClaim { .. } if approve => {
                 if let Err(reason) = self.submit_makeup(&new).await {

@@ -83,3 +83,23 @@ fn wifi_lists_are_checked() {
     let p = bad("[]");
     assert!(p[0].contains("1 to 1000"), "{p:?}");
 }
+
+#[test]
+fn a_pending_offline_claim_shows_on_its_record() {
+    let mut e = engine();
+    e.apply(Input::Tick(at("2026-11-23T08:00")));
+    // A claim for 09:00 while nothing else was punched: the day's record says a decision is waiting.
+    let c = e.apply(Input::Claims(Arc::new(vec![("E-DAY".into(), at("2026-11-23T09:00"))])));
+    let r = latest(&c).remove("gw:E-DAY:2026-11-23:day").unwrap();
+    assert_eq!((r.statuses.clone(), r.punch_ids.len()), (vec!["pending_approval".to_owned()], 0));
+    // With punches of its own, the record keeps them and the pending claim.
+    let c = e.apply(Input::Punch(punch(1, "E-DAY", Method::Face, "2026-11-23T18:00")));
+    let r = latest(&c).remove("gw:E-DAY:2026-11-23:day").unwrap();
+    assert!(r.statuses.contains(&"pending_approval".to_owned()), "{r:?}");
+    // Decided (the claim is no longer pending; an approved claim's punch comes through the store): the status goes.
+    let c = e.apply(Input::Claims(Arc::new(vec![])));
+    let r = latest(&c).remove("gw:E-DAY:2026-11-23:day").unwrap();
+    assert!(!r.statuses.contains(&"pending_approval".to_owned()), "{r:?}");
+    // The same claims again change nothing.
+    assert!(e.apply(Input::Claims(Arc::new(vec![]))).is_empty());
+}
