@@ -105,6 +105,9 @@ pub struct DeviceConfig {
     pub secret: Option<Secret>,
     /// `adms`: the terminal's serial number; unknown serial numbers are refused.
     pub serial_number: Option<String>,
+    /// `adms`: the source addresses the terminal may push from (`10.1.2.0/24`, `10.1.2.7`, IPv6 too); others get 403.
+    /// Default: any address.
+    pub allow_from: Option<Vec<String>>,
     /// Serial drivers: how often to poll the reader for a card or a finger. Default 200ms.
     pub poll_interval: Option<HumanDuration>,
     /// `pn532`: after a card leaves the reader, how long before the same card counts as a new punch. Default 2s.
@@ -223,6 +226,15 @@ impl PortSpec {
     }
 }
 
+/// One `allow_from` entry: a network in CIDR form (`10.1.2.0/24`, `fd00::/8`) or a single address (`10.1.2.7`).
+pub fn parse_allow(text: &str) -> Result<ipnet::IpNet, String> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{text}` is not an address or a network (write e.g. \"10.1.2.0/24\" or \"10.1.2.7\")"))
+}
+
 impl DeviceConfig {
     /// Checks the entry on its own: required keys for its driver present, keys of other drivers absent, values in range.
     pub fn validate(&self) -> Vec<Problem> {
@@ -243,10 +255,21 @@ impl DeviceConfig {
         only(self.response_timeout.is_some(), "response_timeout", serial, "pn532, r30x");
         only(self.secret.is_some(), "secret", d == DriverKind::Mqtt, "mqtt");
         only(self.serial_number.is_some(), "serial_number", d == DriverKind::Adms, "adms");
+        only(self.allow_from.is_some(), "allow_from", d == DriverKind::Adms, "adms");
         only(self.hold_off.is_some(), "hold_off", d == DriverKind::Pn532, "pn532");
         only(self.min_score.is_some(), "min_score", d == DriverKind::R30x, "r30x");
         only(self.password.is_some(), "password", d == DriverKind::R30x, "r30x");
         only(self.address.is_some(), "address", d == DriverKind::R30x, "r30x");
+        if let Some(list) = &self.allow_from {
+            if list.is_empty() || list.len() > 256 {
+                problems.push(Problem::new("allow_from", "must list 1 to 256 addresses or networks"));
+            }
+            for entry in list {
+                if let Err(e) = parse_allow(entry) {
+                    problems.push(Problem::new("allow_from", e));
+                }
+            }
+        }
 
         if serial {
             match &self.port {
@@ -319,6 +342,28 @@ impl DeviceConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn allow_from_takes_networks_and_addresses() {
+        assert_eq!(parse_allow("10.1.2.0/24").unwrap().to_string(), "10.1.2.0/24");
+        assert_eq!(parse_allow("10.1.2.7/24").unwrap().to_string(), "10.1.2.0/24", "host bits dropped");
+        assert_eq!(parse_allow(" 10.1.2.7 ").unwrap().to_string(), "10.1.2.7/32");
+        assert_eq!(parse_allow("fd00::/8").unwrap().to_string(), "fd00::/8");
+        for bad in ["", "10.1.2", "10.1.2.0/33", "host.example", "10.1.2.0/24/1"] {
+            assert!(parse_allow(bad).unwrap_err().contains("is not an address or a network"), "{bad}");
+        }
+        let mut d = device(DriverKind::Adms);
+        d.serial_number = Some("SN1".into());
+        d.allow_from = Some(vec!["10.0.0.0/8".into(), "nope".into()]);
+        let problems: Vec<String> = d.validate().iter().map(|p| format!("{}: {}", p.key, p.message)).collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("allow_from: `nope`"), "{problems:?}");
+        d.allow_from = Some(vec![]);
+        assert!(d.validate().iter().any(|p| p.message.contains("1 to 256")));
+        let mut m = device(DriverKind::Mqtt);
+        m.allow_from = Some(vec!["10.0.0.0/8".into()]);
+        assert!(m.validate().iter().any(|p| p.key == "allow_from" && p.message.contains("only to adms")));
+    }
+
     fn device(toml_driver: DriverKind) -> DeviceConfig {
         DeviceConfig {
             id: "d1".into(),
@@ -327,6 +372,7 @@ mod tests {
             baud: None,
             secret: None,
             serial_number: None,
+            allow_from: None,
             poll_interval: None,
             hold_off: None,
             min_score: None,

@@ -42,6 +42,7 @@ struct Inner {
     stored: Family<DeviceLabels, Counter>,
     duplicates: Family<DeviceLabels, Counter>,
     rejected: Family<RejectLabels, Counter>,
+    refused: Family<RejectLabels, Counter>,
     online: Family<DeviceLabels, Gauge>,
     reconnects: Family<DeviceLabels, Counter>,
     ack_latency: Family<DriverLabel, Histogram, fn() -> Histogram>,
@@ -58,6 +59,7 @@ impl Default for DriverMetrics {
             stored: Family::default(),
             duplicates: Family::default(),
             rejected: Family::default(),
+            refused: Family::default(),
             online: Family::default(),
             reconnects: Family::default(),
             ack_latency: Family::new_with_constructor(ack_histogram as fn() -> Histogram),
@@ -90,6 +92,11 @@ impl DriverMetrics {
             m.duplicates.clone(),
         );
         registry.register("gatewayd_punches_rejected", "Punches rejected, by reason", m.rejected.clone());
+        registry.register(
+            "gatewayd_device_requests_refused",
+            "Device requests refused before they were read (an ADMS terminal pushing from an address not allowed)",
+            m.refused.clone(),
+        );
         registry.register("gatewayd_device_online", "1 when the device is connected", m.online.clone());
         registry.register("gatewayd_device_reconnects", "Times a device link was re-established", m.reconnects.clone());
         registry.register(
@@ -98,6 +105,12 @@ impl DriverMetrics {
             m.ack_latency.clone(),
         );
         metrics
+    }
+
+    /// A device request refused before it was read, by reason.
+    pub fn refused(&self, driver: &str, device: &str, reason: &str) {
+        let l = RejectLabels { driver: driver.to_owned(), device: device.to_owned(), reason: reason.to_owned() };
+        self.0.refused.get_or_create(&l).inc();
     }
 
     /// Creates the series of a configured device at zero, so they show in `/metrics` before its first punch.

@@ -228,3 +228,45 @@ fn adms_backlog_after_a_handshake_is_not_flagged_clock_skew() {
     assert_eq!((all[0].clock_in_ms.is_some(), all[0].clock_out_ms.is_some()), (true, true), "{all:#?}");
     assert!(all[0].statuses.is_empty(), "a backlog is not real-time: {:?}", all[0].statuses);
 }
+
+/// `allow_from`: a terminal may push only from its networks; elsewhere it gets 403 and the refusal is counted. The
+/// same routes are served over HTTPS when the API listener has TLS (terminals that speak HTTPS), with the same check.
+#[test]
+fn adms_allow_from_refuses_other_addresses_over_http_and_https() {
+    let devices = "[[device]]\nid = \"zk-far\"\ndriver = \"adms\"\nserial_number = \"FAR0001\"\n\
+                   allow_from = [\"10.0.0.0/8\", \"fd00::/8\"]\n\n\
+                   [[device]]\nid = \"zk-near\"\ndriver = \"adms\"\nserial_number = \"NEAR0001\"\n\
+                   allow_from = [\"127.0.0.1\", \"::1\"]\n";
+    let gw = Gateway::start(&(base_config("gw-adms-allow") + devices));
+    let api = gw.addr("api");
+    let (status, _, body) = get(api, "/iclock/cdata?SN=FAR0001&options=all");
+    assert_eq!((status, body.as_str()), (403, "ERROR: this device may not push from this address\n"));
+    let (status, body) = post(api, "/iclock/cdata?SN=FAR0001&table=ATTLOG&Stamp=1", b"1\t2026-11-22 08:59:30\t0\t1\n");
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = get(api, "/iclock/cdata?SN=NEAR0001&options=all");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        gw.metric(r#"gatewayd_device_requests_refused_total{driver="adms",device="zk-far",reason="source_address"}"#),
+        Some(2.0)
+    );
+    assert_eq!(gw.metric("gatewayd_store_punches"), Some(0.0));
+    drop(gw);
+
+    // Over TLS.
+    use gatewayd::cli::certs::{DevPki, Validity};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = DevPki::new("site api ca").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    let server = pki.server(&["localhost", "127.0.0.1"], Validity::days(30)).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
+    let config = base_config("gw-adms-tls") + "[api.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\n\n" + devices;
+    let gw = Gateway::start_in(dir, &config);
+    let tls = crate::api_files::client_tls(&gw.dir.path().join("ca.pem"), None);
+    let https = |path: &str| crate::api_files::https(gw.addr("api"), tls.clone(), "GET", path, None).unwrap();
+    let (status, body, _) = https("/iclock/cdata?SN=NEAR0001&options=all&pushver=2.4.1");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("GET OPTION FROM: NEAR0001\n"), "{body}");
+    let (status, body, _) = https("/iclock/cdata?SN=FAR0001&options=all");
+    assert_eq!((status, body.as_str()), (403, "ERROR: this device may not push from this address\n"));
+}

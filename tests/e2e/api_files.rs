@@ -162,7 +162,7 @@ fn api_roster_import_is_the_roster_after_sighup_and_restart() {
 
 /// One request over TLS with an optional bearer token: `Err` when the connection or the handshake fails. Also returns
 /// the DER of the server certificate.
-fn https(
+pub(crate) fn https(
     addr: std::net::SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     method: &str,
@@ -197,7 +197,7 @@ fn https(
     })
 }
 
-fn client_tls(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+pub(crate) fn client_tls(ca: &Path, cert_key: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
     match cert_key {
         Some((cert, key)) => gatewayd::upstream::tls::client_config(ca, cert, key).unwrap(),
         None => {

@@ -1,6 +1,9 @@
 //! ZKTeco PUSH ("ADMS" / iclock) terminals over HTTP (SPEC 3.2), served as routes of the API listener.
 //!
-//! A terminal is known by its serial number (`SN=` on every request); unknown serial numbers get 403. The exchange:
+//! A terminal is known by its serial number (`SN=` on every request); unknown serial numbers get 403. A terminal with
+//! `allow_from` must also push from one of those addresses: a request from elsewhere gets 403 and is counted in
+//! `gatewayd_device_requests_refused{reason="source_address"}`. The peer address is the [`Peer`] extension the server
+//! puts on each request (plain HTTP and TLS alike); without one, such a terminal is refused. The exchange:
 //! - `GET /iclock/cdata?SN=…&options=all`: the handshake. The reply starts `GET OPTION FROM: {SN}` and sets
 //!   `ATTLOGStamp` (the last stamp this gateway stored for the device), `Delay` (seconds between polls), `TransFlag`
 //!   (attendance records only), `TimeZone` (the site's UTC offset now: hours when whole, else minutes, as the protocol
@@ -66,11 +69,23 @@ struct Seen {
     online_since: Option<Instant>,
 }
 
+/// The address a request came from, put on the request by the server (the routes run behind plain HTTP and TLS
+/// listeners alike, which know it differently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// A terminal as configured: its device id and the networks it may push from (empty: any).
+#[derive(Clone, Debug)]
+struct Terminal {
+    id: String,
+    allow_from: Arc<[ipnet::IpNet]>,
+}
+
 /// The shared state of the ADMS routes. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Adms {
-    /// Serial number → device id.
-    devices: Arc<RwLock<HashMap<String, String>>>,
+    /// Serial number → the terminal.
+    devices: Arc<RwLock<HashMap<String, Terminal>>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     /// Serial number → the last `Stamp` of a durable upload.
     stamps: Arc<Mutex<HashMap<String, String>>>,
@@ -107,14 +122,18 @@ impl Adms {
 
     /// Applies a (re)loaded device list: serial numbers added or removed take effect on the next request.
     pub fn update_devices(&self, devices: &[DeviceConfig]) {
-        let table: HashMap<String, String> = devices
+        let table: HashMap<String, Terminal> = devices
             .iter()
             .filter(|d| d.driver == DriverKind::Adms)
-            .filter_map(|d| d.serial_number.clone().map(|sn| (sn, d.id.clone())))
+            .filter_map(|d| {
+                let allow_from =
+                    d.allow_from.iter().flatten().filter_map(|a| crate::config::parse_allow(a).ok()).collect();
+                d.serial_number.clone().map(|sn| (sn, Terminal { id: d.id.clone(), allow_from }))
+            })
             .collect();
-        for id in table.values() {
-            if self.status.get(id).is_none() {
-                self.status.register(id, DRIVER);
+        for t in table.values() {
+            if self.status.get(&t.id).is_none() {
+                self.status.register(&t.id, DRIVER);
             }
         }
         if let Ok(mut t) = self.devices.write() {
@@ -123,6 +142,10 @@ impl Adms {
     }
 
     fn device_of(&self, sn: &str) -> Option<String> {
+        self.devices.read().ok().and_then(|t| t.get(sn).map(|d| d.id.clone()))
+    }
+
+    fn terminal(&self, sn: &str) -> Option<Terminal> {
         self.devices.read().ok().and_then(|t| t.get(sn).cloned())
     }
 
@@ -238,11 +261,33 @@ impl Adms {
             .route("/iclock/getrequest", get(poll))
             .route("/iclock/devicecmd", axum::routing::post(command_result))
             .route("/iclock/ping", get(poll))
+            .route_layer(axum::middleware::from_fn_with_state(self.clone(), source_guard))
             .with_state(self.clone())
     }
 }
 
 type Params = Query<HashMap<String, String>>;
+
+/// Refuses a request for a terminal with `allow_from` that does not come from one of its networks (IPv4-mapped IPv6
+/// addresses are read as IPv4). Requests for unknown serial numbers pass on, to be refused by [`identify`].
+async fn source_guard(State(adms): State<Adms>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let sn = Query::<HashMap<String, String>>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|Query(q)| param(&q, "SN").map(str::to_owned));
+    if let Some(t) = sn.as_deref().and_then(|sn| adms.terminal(sn)) {
+        if !t.allow_from.is_empty() {
+            let peer = req.extensions().get::<Peer>().map(|Peer(ip)| ip.to_canonical());
+            if !peer.is_some_and(|ip| t.allow_from.iter().any(|n| n.contains(&ip))) {
+                let shown = peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+                tracing::warn!(device = %t.id, peer = %shown, "adms request from an address not in allow_from refused");
+                adms.sink.metrics().refused(DRIVER, &t.id, "source_address");
+                return Refusal(StatusCode::FORBIDDEN, "ERROR: this device may not push from this address\n")
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
 
 /// A plain-text answer with the HTTP `Date` header (the terminals set their clock from it).
 fn text(status: StatusCode, body: String) -> Response {

@@ -171,6 +171,7 @@ pub(crate) mod testkit {
             baud: None,
             secret: None,
             serial_number: None,
+            allow_from: None,
             poll_interval: Some(HumanDuration(Duration::from_millis(20))),
             hold_off: None,
             min_score: None,

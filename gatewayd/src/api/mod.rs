@@ -152,3 +152,18 @@ pub fn check_config(config: &Config, out: &mut Problems<'_>) {
         );
     }
 }
+
+/// Puts the peer address on a request as [`drivers::adms::Peer`], for the ADMS routes' `allow_from` check: from the
+/// plain listener's or the TLS listener's connection info.
+pub async fn with_peer(mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::extract::ConnectInfo;
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+        .or_else(|| req.extensions().get::<ConnectInfo<tls::TlsPeer>>().map(|ConnectInfo(p)| p.addr.ip()));
+    if let Some(ip) = ip {
+        req.extensions_mut().insert(drivers::adms::Peer(ip));
+    }
+    next.run(req).await
+}

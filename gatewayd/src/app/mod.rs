@@ -375,7 +375,7 @@ async fn start_api(
         source,
     })?;
     let router = api::health_router(health)
-        .merge(adms)
+        .merge(adms.layer(axum::middleware::from_fn(api::with_peer)))
         .merge(api::v1::router(state))
         .layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_bytes));
     let api_cancel = front.clone();

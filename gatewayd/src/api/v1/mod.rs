@@ -52,6 +52,7 @@ pub use approvals::{Decision, MakeupRequest};
 pub use employees::{roster_from_csv, roster_from_employees, EmployeeIn, EmployeeView};
 pub use leave::{LeaveFilter, LeaveRequest, LeaveView};
 pub use punches::{punch_from_request, Posted, PunchFilter, PunchRequest, PunchView, CLAIMED_TIME};
+pub use qr::QrQuery;
 pub use records::{RecordFilter, RecordView};
 pub use reports::{csv_cell, summarize, ExportQuery, LateEntry, SummaryQuery, EXPORT_COLUMNS};
 pub use schedules::{ScheduleEntry, ScheduleFilter};
