@@ -225,6 +225,44 @@ fn role_matrix() {
     expect(api.post(&format!("/api/v1/approvals/{a1}/reject"), &mgr_a, ""), 409, &[]);
     expect(api.post(&format!("/api/v1/approvals/{b1}/reject"), &mgr_b, ""), 200, &[]);
 
+    // Leave: employees ask (for a day ten days ahead, which no record of this test touches), managers of the
+    // department decide, reads are scoped.
+    let later = today().checked_add(jiff::Span::new().days(10)).unwrap().to_string();
+    let leave = format!(r#"{{"type":"annual","from":"{later}","to":"{later}","reason":"trip"}}"#);
+    for tok in [&admin, &mgr_a] {
+        expect(api.post("/api/v1/leave", tok, &leave), 403, &[]);
+    }
+    let l1: serde_json::Value =
+        serde_json::from_str(&expect(api.post("/api/v1/leave", &emp_a, &leave), 201, &[])).unwrap();
+    expect(api.post("/api/v1/leave", &emp_b, &leave), 201, &[]);
+    expect(api.post("/api/v1/leave", &emp_a, &leave), 409, &[]);
+    expect(api.post("/api/v1/leave", &emp_a, r#"{"type":"annual","from":"x","to":"y"}"#), 400, &[]);
+    let l1 = l1["id"].as_u64().unwrap();
+    let a = expect(api.get("/api/v1/leave", &mgr_a), 200, &["OUTB1"]);
+    assert!(a.contains("INA1"), "{a}");
+    expect(api.get("/api/v1/leave", &emp_a), 200, &["OUTB1"]);
+    expect(api.get("/api/v1/leave?employee=OUTB1", &mgr_a), 403, &[]);
+    expect(api.get("/api/v1/leave?employee=OUTB1", &emp_a), 403, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{l1}/approve"), &mgr_b, ""), 403, &["INA1"]);
+    expect(api.post(&format!("/api/v1/approvals/{l1}/approve"), &emp_a, ""), 403, &[]);
+    expect(api.post(&format!("/api/v1/approvals/{l1}/approve"), &mgr_a, ""), 200, &[]);
+
+    // Schedules: admins write them; reads are scoped.
+    let rows = format!("employee,date,shift\nINA1,{later},off\nOUTB1,{later},day\n");
+    for tok in [&mgr_a, &emp_a] {
+        expect(api.put("/api/v1/schedules", tok, &rows), 403, &[]);
+    }
+    expect(api.put("/api/v1/schedules", &admin, "employee,date,shift\nINA1,2026-02-30,day\n"), 400, &[]);
+    expect(api.put("/api/v1/schedules", &admin, &rows), 200, &[]);
+    let q = format!("/api/v1/schedules?from={later}&to={later}");
+    let all = expect(api.get(&q, &admin), 200, &[]);
+    assert!(all.contains("INA1") && all.contains("OUTB1"), "{all}");
+    expect(api.get(&q, &mgr_a), 200, &["OUTB1"]);
+    expect(api.get(&q, &emp_a), 200, &["OUTB1"]);
+    expect(api.get(&format!("{q}&employee=OUTB1"), &emp_a), 403, &[]);
+    expect(api.get(&format!("{q}&employee=OUTB1"), &mgr_a), 403, &[]);
+    expect(api.get("/api/v1/schedules?from=x&to=y", &admin), 400, &[]);
+
     // Reports.
     let date = &today().to_string(); // self-punches count when they arrive
     let q = format!("from={date}&to={date}&format=csv");
@@ -255,6 +293,8 @@ fn role_matrix() {
         "POST /api/v1/employees/import",
         &format!("POST /api/v1/approvals/{a1}/approve"),
         "POST /api/v1/punches",
+        "POST /api/v1/leave",
+        "PUT /api/v1/schedules",
         "127.0.0.1:",
         "\"outcome\":\"403\"",
     ] {
