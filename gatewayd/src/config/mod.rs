@@ -1,7 +1,9 @@
-//! The configuration file (SPEC section 2): serde structs that reject unknown keys, then an explicit [`Config::validate`]
-//! that checks every field and every file the configuration references.
+//! The configuration file (SPEC section 2): serde structs that reject unknown keys, then explicit checks of every field
+//! ([`Config::check`] for the sections no stage owns; each stage checks its own, see [`crate::app::load::check`]) and of
+//! every file the configuration references.
 //!
-//! Relative paths are relative to the directory of the configuration file; [`Config::load`] resolves them. Problems are
+//! Relative paths are relative to the directory of the configuration file; the loader ([`crate::app::load::load`])
+//! resolves them. Problems are
 //! reported as `FILE:LINE: key: problem` (see [`source`]).
 
 pub mod reload;

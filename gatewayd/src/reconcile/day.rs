@@ -10,6 +10,10 @@
 //! Dual verification: a clock event is a verified pair, two punches of the two required methods within the window of
 //! each other. The clock-in is the EARLIER punch of the first pair (the first factor proves presence, the second only
 //! confirms it); the clock-out is the LATER punch of the last pair whose punches both follow the clock-in pair.
+//!
+//! Flexible shifts (`flex`): late and early leave are measured against the core hours, `short_hours` when the time
+//! worked is below `hours` (less leave), overtime is the time worked beyond `hours`. Approved leave ([`LeaveCover`])
+//! turns a whole shift into `on_leave`, or moves what is expected of a partly covered one.
 
 use drivers::Method;
 

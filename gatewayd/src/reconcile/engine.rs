@@ -6,6 +6,10 @@
 //! Every punch of the last `reconcile_days` (rules) by employee (or, while its credential is unknown, by credential), the
 //! latest revision and a content digest of every record in that horizon, the dates whose windows are still open, and
 //! the watermarks ([`Watermarks`]) the stage persists. Records themselves are not kept: they are recomputed from punches.
+//! Besides the rules and the roster, three inputs shape records and are given whole when they change: the schedule
+//! (per-employee day assignments that override the group's plan, [`super::schedule`]), the approved leave
+//! ([`super::leave`]) and the offline claims waiting for a manager (their records show `pending_approval`). Each change
+//! recomputes the records of the dates it touches.
 //!
 //! # Beyond the horizon
 //! A punch whose work date is older than the horizon is forwarded but not kept; its date goes on the backfill set

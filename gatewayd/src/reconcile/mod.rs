@@ -5,6 +5,8 @@
 //! - [`engine`]: the synchronous, I/O-free engine. It assigns punches to (employee, work date, shift) records, keeps the
 //!   latest revision of each, and turns inputs (punches, ticks, rules, roster, decisions) into [`crate::reconcile::changes::Change`]s.
 //!   Time is an input ([`engine::Input::Tick`]); nothing in it reads a clock or a file.
+//! - [`schedule`] and [`leave`]: per-employee day assignments and approved leave, which the engine reads alongside the
+//!   rules (`gatewayd/src/reconcile/tests/plans.rs` has their table of cases).
 //! - [`records`]: the sled trees that keep the latest revision of every record and the engine's watermarks, with the
 //!   queries the API uses (by date range, employee, department).
 //! - [`stage`]: the daemon stage that feeds the engine from the store, writes its changes and its state in one sled
