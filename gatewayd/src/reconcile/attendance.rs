@@ -25,7 +25,7 @@ pub enum UpdateError {
     },
     #[error(transparent)]
     Roster(#[from] RosterError),
-    #[error("roster write task failed: {0}")]
+    #[error("file write task failed: {0}")]
     Task(String),
 }
 
