@@ -35,23 +35,7 @@ pub fn file_in_force(config: &crate::config::Config) -> Option<PathBuf> {
     config.schedule.as_ref().map(|f| f.file.clone())
 }
 
-/// What an employee works on a scheduled date.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Assignment {
-    /// A working day on this shift (a shift id of the rules).
-    Shift(String),
-    /// A rest day.
-    Off,
-}
-
-impl Assignment {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Assignment::Shift(s) => s,
-            Assignment::Off => "off",
-        }
-    }
-}
+pub use crate::reconcile::rules::Assignment;
 
 /// The schedule in force: employee → date → assignment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

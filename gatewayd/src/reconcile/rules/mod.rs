@@ -28,7 +28,6 @@ use jiff::tz::TimeZone;
 
 use crate::config::source::{Problem, TomlSource};
 use crate::config::Problems;
-use crate::reconcile::schedule::Assignment;
 pub use file::{
     parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, RotationFile, RulesFile, ShiftFile,
     VerificationFile,
@@ -138,6 +137,24 @@ pub fn local_date(ms: i64, tz: &TimeZone) -> Date {
     match jiff::Timestamp::from_millisecond(ms) {
         Ok(ts) => tz.to_datetime(ts).date(),
         Err(_) => Date::constant(2000, 1, 1),
+    }
+}
+
+/// What an employee works on a date their schedule names ([`crate::reconcile::schedule`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Assignment {
+    /// A working day on this shift (a shift id of the rules).
+    Shift(String),
+    /// A rest day.
+    Off,
+}
+
+impl Assignment {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Assignment::Shift(s) => s,
+            Assignment::Off => "off",
+        }
     }
 }
 
