@@ -18,6 +18,7 @@
 
 mod file;
 pub mod geo;
+pub mod ics;
 
 use std::collections::BTreeSet;
 use std::path::Path;
