@@ -16,6 +16,7 @@
 //! Versions: the engine stage numbers every distinct rules text it puts in force (see [`crate::reconcile::stage`]); each
 //! record carries the version that produced it. This module only parses and checks.
 
+pub mod calendar_merge;
 mod file;
 pub mod geo;
 pub mod ics;
