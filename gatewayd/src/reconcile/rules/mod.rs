@@ -32,8 +32,8 @@ use crate::config::source::{Problem, TomlSource};
 use crate::config::Problems;
 use crate::reconcile::schedule::Assignment;
 pub use file::{
-    parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, RotationFile, RulesFile, ShiftFile,
-    VerificationFile,
+    parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, ReportsFile, RotationFile,
+    RulesFile, ShiftFile, VerificationFile,
 };
 pub use geo::Geofence;
 
@@ -201,6 +201,8 @@ pub struct Rules {
     pub makeup_workdays: BTreeSet<Date>,
     by_department: HashMap<String, usize>,
     by_employee: HashMap<String, usize>,
+    /// `[reports] cycle_start_day`: the day of the month on which an attendance cycle starts (1 to 28).
+    pub cycle_start_day: u8,
 }
 
 impl Default for Rules {
@@ -222,6 +224,7 @@ impl Rules {
             makeup_workdays: BTreeSet::new(),
             by_department: HashMap::default(),
             by_employee: HashMap::default(),
+            cycle_start_day: 1,
         }
     }
 
