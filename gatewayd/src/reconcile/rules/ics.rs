@@ -31,8 +31,9 @@
 //!   time zone is refused.
 //! - An event ending before it starts, lasting more than [`MAX_EVENT_DAYS`] days, without `DTSTART`, or with a
 //!   recurrence (`RRULE`, `RDATE`: expand it into one event per date first) is a problem, as is a date that the file
-//!   makes both a holiday and a working day. Problems name the event: its line, `UID` and `SUMMARY`. Every problem is
-//!   collected (up to [`MAX_PROBLEMS`]); one problem means nothing is imported.
+//!   makes both a holiday and a working day, or a file naming more than [`MAX_DATES`] dates. Problems name the event:
+//!   its line, `UID` and `SUMMARY`. Every problem is collected (up to [`MAX_PROBLEMS`]); one problem means nothing is
+//!   imported.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -48,6 +49,8 @@ pub const DEFAULT_WORKDAY_KEYWORDS: &[&str] =
     &["班", "makeup work", "make-up work", "make up work", "working day", "workday", "work day"];
 /// The longest event, in days.
 pub const MAX_EVENT_DAYS: i64 = 366;
+/// The most dates one file may name (ten years of days; a public-holiday calendar names a few dozen a year).
+pub const MAX_DATES: usize = 3660;
 /// At most this many problems are reported.
 pub const MAX_PROBLEMS: usize = 20;
 
@@ -278,6 +281,13 @@ pub fn parse(text: &str, tz: &TimeZone, classify: &Classify) -> Result<CalendarD
                 }
             }
         }
+        if seen.len() > MAX_DATES {
+            problems.push(format!(
+                "the calendar names more than {MAX_DATES} dates (at {at}): a public-holiday calendar names a few dozen a \
+                 year"
+            ));
+            break;
+        }
         if problems.len() > MAX_PROBLEMS {
             break;
         }
@@ -377,17 +387,21 @@ fn when(p: &Property<'_>, tz: &TimeZone) -> Result<When, String> {
     let name = p.name.as_str().to_uppercase();
     let value = p.val.as_str().trim();
     let is_date = param(p, "VALUE").is_some_and(|v| v.eq_ignore_ascii_case("DATE"));
-    if is_date || (value.len() == 8 && value.bytes().all(|b| b.is_ascii_digit())) {
-        return Date::strptime("%Y%m%d", value)
-            .map(When::Date)
-            .map_err(|_| format!("{name} `{value}` is not a date (YYYYMMDD)"));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    let shown = clean(value);
+    if is_date || (value.len() == 8 && digits(value)) {
+        let date = (value.len() == 8 && digits(value)).then(|| Date::strptime("%Y%m%d", value).ok()).flatten();
+        return date.map(When::Date).ok_or_else(|| format!("{name} `{shown}` is not a date (YYYYMMDD)"));
     }
     let (local, utc) = match value.strip_suffix(['Z', 'z']) {
         Some(v) => (v, true),
         None => (value, false),
     };
-    let dt = DateTime::strptime("%Y%m%dT%H%M%S", local)
-        .map_err(|_| format!("{name} `{value}` is neither a date (YYYYMMDD) nor a date-time (YYYYMMDDTHHMMSS)"))?;
+    let shaped = local.len() == 15 && local.as_bytes()[8] == b'T' && digits(&local[..8]) && digits(&local[9..]);
+    let dt = shaped
+        .then(|| DateTime::strptime("%Y%m%dT%H%M%S", local).ok())
+        .flatten()
+        .ok_or_else(|| format!("{name} `{shown}` is neither a date (YYYYMMDD) nor a date-time (YYYYMMDDTHHMMSS)"))?;
     let zone = if utc {
         TimeZone::UTC
     } else if let Some(id) = param(p, "TZID") {
@@ -397,7 +411,7 @@ fn when(p: &Property<'_>, tz: &TimeZone) -> Result<When, String> {
     } else {
         tz.clone()
     };
-    let zoned = dt.to_zoned(zone).map_err(|e| format!("{name} `{value}`: {e}"))?;
+    let zoned = dt.to_zoned(zone).map_err(|e| format!("{name} `{shown}`: {e}"))?;
     Ok(When::Time(zoned.with_time_zone(tz.clone())))
 }
 

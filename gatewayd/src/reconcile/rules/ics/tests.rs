@@ -261,6 +261,8 @@ fn malformed_calendars_are_refused_with_the_reason() {
         (calendar(&event("SUMMARY:元旦\nDTSTART;VALUE=DATE:2026-10-01\n")), "DTSTART `2026-10-01` is not a date"),
         (calendar(&event("SUMMARY:元旦\nDTSTART;VALUE=DATE:20261301\n")), "DTSTART `20261301` is not a date"),
         (calendar(&event("SUMMARY:元旦\nDTSTART:tomorrow\n")), "neither a date"),
+        (calendar(&event("SUMMARY:元旦\nDTSTART;VALUE=DATE:-0261001\n")), "DTSTART `-0261001` is not a date"),
+        (calendar(&event("SUMMARY:元旦\nDTSTART:+20261001T090000\n")), "neither a date"),
         (
             calendar(&event("SUMMARY:元旦\nDTSTART;VALUE=DATE:20261005\nDTEND;VALUE=DATE:20261001\n")),
             "ends (2026-10-01) before it starts (2026-10-05)",
@@ -379,4 +381,13 @@ proptest::proptest! {
         let cut = text.char_indices().nth(fold).map_or(text.len(), |(i, _)| i);
         let _ = read(&format!("{}\r\n {}", &text[..cut], &text[cut..]));
     }
+}
+
+#[test]
+fn a_file_naming_more_dates_than_years_of_holidays_is_refused() {
+    let events: String = (0..11)
+        .map(|i| event(&format!("UID:{i}\nSUMMARY:假期\nDTSTART;VALUE=DATE:{}0101\nDURATION:P366D\n", 2030 + 2 * i)))
+        .collect();
+    let message = problems(&calendar(&events));
+    assert!(message.starts_with(&format!("the calendar names more than {MAX_DATES} dates (at event 11 ")), "{message}");
 }
