@@ -123,6 +123,27 @@ mod tests {
         );
     }
 
+    /// The example of docs/rules.md: its .ics, imported into its calendar, gives its result.
+    #[test]
+    fn the_import_example_of_the_rules_reference_is_what_happens() {
+        let page = include_str!("../../../../docs/rules.md");
+        let section = &page[page.find("### Importing a holiday calendar").expect("the section")..];
+        let block = |lang: &str, nth: usize| -> String {
+            let open = format!("```{lang}\n");
+            let start = section.match_indices(&open).nth(nth).expect("a block").0 + open.len();
+            let len = section[start..].find("```").expect("the block's end");
+            section[start..start + len].to_owned()
+        };
+        let ics_text = block("ics", 0).replace('\n', "\r\n");
+        let (before, after) = (block("toml", 0), block("toml", 1));
+        let tz = TimeZone::get("Asia/Shanghai").expect("tz");
+        let days = ics::parse(&ics_text, &tz, &Classify::default()).expect("the example imports");
+        let note = format!("imported 2026-11-20 from the calendar \"{}\"", days.name.as_deref().unwrap_or_default());
+        let merged = calendar_merge::merge(&before, &days.holidays, &days.workdays, &note).expect("merges");
+        assert_eq!(merged.text, after);
+        assert_eq!(merged.holidays.already_present, [Date::constant(2026, 10, 1)]);
+    }
+
     #[test]
     fn the_answer_lists_dates_as_text() {
         let outcome = Outcome { added: vec![Date::constant(2026, 10, 1)], ..Outcome::default() };
