@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn the_import_example_of_the_rules_reference_is_what_happens() {
         let page = include_str!("../../../../docs/rules.md");
-        let section = &page[page.find("### Importing a holiday calendar").expect("the section")..];
+        let section = &page[page.find("## Importing a holiday calendar").expect("the section")..];
         let block = |lang: &str, nth: usize| -> String {
             let open = format!("```{lang}\n");
             let start = section.match_indices(&open).nth(nth).expect("a block").0 + open.len();
