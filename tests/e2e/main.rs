@@ -10,6 +10,7 @@ mod harness;
 mod adms;
 mod api_files;
 mod api_roles;
+mod calendar;
 mod config_files;
 mod crash;
 mod demo;

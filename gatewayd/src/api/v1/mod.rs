@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 mod approvals;
 mod audit;
+mod calendar;
 mod devices;
 mod employees;
 mod leave;
@@ -158,6 +159,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/records", get(records::records))
         .route("/api/v1/punches", get(punches::punches).post(punches::post_punch))
         .route("/api/v1/rules", get(rules::get_rules).put(rules::put_rules))
+        .route("/api/v1/calendar/import", post(calendar::import))
         .route("/api/v1/employees", get(employees::employees).put(employees::put_employees))
         .route("/api/v1/employees/import", post(employees::import_employees))
         .route("/api/v1/devices", get(devices::devices))

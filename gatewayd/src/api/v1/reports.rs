@@ -164,14 +164,36 @@ pub fn summarize(records: &[AttendanceRecord], roster: &Roster) -> serde_json::V
     })
 }
 
+/// The attendance cycle that starts in the month of `month` (any date of it): from `start_day` of that month to the
+/// day before `start_day` of the next month (`[reports] cycle_start_day`, 1 to 28; 1 is the natural month).
+pub fn cycle(month: Date, start_day: u8) -> ApiResult<(Date, Date)> {
+    let day = i8::try_from(start_day.clamp(1, 28)).unwrap_or(1);
+    let from = month.first_of_month().with().day(day).build().map_err(ApiError::internal)?;
+    let next = from.checked_add(jiff::Span::new().months(1)).map_err(|e| ApiError::bad(format!("month: {e}")))?;
+    let to = next.yesterday().map_err(ApiError::internal)?;
+    Ok((from, to))
+}
+
+/// `cycle_start_day` of the rules in force (1 without rules).
+fn cycle_start_day(state: &ApiState) -> ApiResult<u8> {
+    let records = &state.attendance.records;
+    let version = records.current_rules().map_err(ApiError::internal)?;
+    let text = records.rules_versions().map_err(ApiError::internal)?.remove(&version).unwrap_or_default();
+    if text.is_empty() {
+        return Ok(1);
+    }
+    let path = std::path::PathBuf::from(format!("rules version {version}"));
+    Ok(crate::reconcile::rules::Rules::parse(&path, &text).map(|r| r.cycle_start_day).unwrap_or(1))
+}
+
 pub(super) async fn summary(
     State(state): State<ApiState>,
     Extension(p): Extension<Principal>,
     Query(q): Query<SummaryQuery>,
 ) -> ApiResult<Response> {
-    let first = parse_date("month", &format!("{}-01", q.month))
+    let month = parse_date("month", &format!("{}-01", q.month))
         .map_err(|_| ApiError::bad(format!("month: `{}` is not YYYY-MM", q.month)))?;
-    let last = first.last_of_month();
+    let (first, last) = cycle(month, cycle_start_day(&state)?)?;
     let roster = state.roster()?;
     check_filters(&p, &roster, None, q.department.as_deref())?;
     let employee = if p.role() == Role::Employee { p.employee().map(str::to_owned) } else { None };
@@ -180,6 +202,8 @@ pub(super) async fn summary(
     list.retain(|r| p.sees_employee(&roster, &r.employee_id));
     let mut body = summarize(&list, &roster);
     body["month"] = serde_json::Value::String(q.month.clone());
+    body["from"] = serde_json::Value::String(first.to_string());
+    body["to"] = serde_json::Value::String(last.to_string());
     Ok(axum::Json(body).into_response())
 }
 
@@ -194,6 +218,27 @@ mod tests {
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_cell("=HYPERLINK(1)"), "'=HYPERLINK(1)");
         assert_eq!(csv_cell("-1,2"), "\"'-1,2\"");
+    }
+
+    #[test]
+    fn a_cycle_runs_from_its_start_day_to_the_day_before_it_next_month() {
+        let d = |t: &str| t.parse::<Date>().expect("date");
+        let cases = [
+            ("2026-11-01", 1, "2026-11-01", "2026-11-30"),
+            ("2026-02-01", 1, "2026-02-01", "2026-02-28"),
+            ("2028-02-01", 1, "2028-02-01", "2028-02-29"),
+            ("2026-11-01", 26, "2026-11-26", "2026-12-25"),
+            ("2026-12-01", 26, "2026-12-26", "2027-01-25"),
+            ("2026-12-01", 1, "2026-12-01", "2026-12-31"),
+            ("2026-01-01", 28, "2026-01-28", "2026-02-27"),
+            ("2026-02-01", 28, "2026-02-28", "2026-03-27"),
+            ("2026-02-01", 2, "2026-02-02", "2026-03-01"),
+        ];
+        for (month, start, from, to) in cases {
+            let got = cycle(d(month), start).expect("a cycle");
+            assert_eq!(got, (d(from), d(to)), "{month} from day {start}");
+        }
+        assert!(cycle(Date::constant(9999, 12, 1), 1).is_err());
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct RulesFile {
     /// Holidays and make-up working days of the site.
     #[serde(default)]
     pub calendar: CalendarFile,
+    /// How reports count months.
+    #[serde(default)]
+    pub reports: ReportsFile,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -141,6 +144,13 @@ pub struct CalendarFile {
     /// Make-up working days even on weekends (`YYYY-MM-DD`).
     #[serde(default)]
     pub workdays: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsFile {
+    /// The day of the month on which an attendance cycle starts, 1 to 28. Default 1 (the natural month).
+    pub cycle_start_day: Option<i64>,
 }
 
 /// Parses `HH:MM` or `HH:MM:SS` into seconds after midnight.
@@ -283,6 +293,16 @@ pub(super) fn compile(file: &RulesFile, out: &mut Problems<'_>) -> Rules {
         compile_group(file, i, g, &mut owners, &mut rules, out);
     }
     compile_calendar(&file.calendar, &mut rules, out);
+    if let Some(day) = file.reports.cycle_start_day {
+        match u8::try_from(day) {
+            Ok(d) if (1..=28).contains(&d) => rules.cycle_start_day = d,
+            _ => out.add(
+                &[Seg::Key("reports"), Seg::Key("cycle_start_day")],
+                "reports.cycle_start_day",
+                format!("{day} is out of range: must be between 1 and 28 (every month has the day)"),
+            ),
+        }
+    }
     rules
 }
 

@@ -16,8 +16,10 @@
 //! Versions: the engine stage numbers every distinct rules text it puts in force (see [`crate::reconcile::stage`]); each
 //! record carries the version that produced it. This module only parses and checks.
 
+pub mod calendar_merge;
 mod file;
 pub mod geo;
+pub mod ics;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,8 +31,8 @@ use jiff::tz::TimeZone;
 use crate::config::source::{Problem, TomlSource};
 use crate::config::Problems;
 pub use file::{
-    parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, RotationFile, RulesFile, ShiftFile,
-    VerificationFile,
+    parse_date, parse_time_of_day, CalendarFile, FlexFile, GeofenceFile, GroupFile, ReportsFile, RotationFile,
+    RulesFile, ShiftFile, VerificationFile,
 };
 pub use geo::Geofence;
 
@@ -216,6 +218,8 @@ pub struct Rules {
     pub makeup_workdays: BTreeSet<Date>,
     by_department: HashMap<String, usize>,
     by_employee: HashMap<String, usize>,
+    /// `[reports] cycle_start_day`: the day of the month on which an attendance cycle starts (1 to 28).
+    pub cycle_start_day: u8,
 }
 
 impl Default for Rules {
@@ -237,6 +241,7 @@ impl Rules {
             makeup_workdays: BTreeSet::new(),
             by_department: HashMap::default(),
             by_employee: HashMap::default(),
+            cycle_start_day: 1,
         }
     }
 

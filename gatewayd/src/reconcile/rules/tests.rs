@@ -308,3 +308,22 @@ proptest::proptest! {
         let _ = parse(&text);
     }
 }
+
+#[test]
+fn the_attendance_cycle_starts_on_a_day_every_month_has() {
+    assert_eq!(parse(BASE).unwrap().cycle_start_day, 1);
+    assert_eq!(parse(&format!("{BASE}[reports]\ncycle_start_day = 26\n")).unwrap().cycle_start_day, 26);
+    assert_eq!(parse("[reports]\ncycle_start_day = 28\n").unwrap().cycle_start_day, 28);
+    for bad in [0, 29, 31, -1, 300] {
+        assert_eq!(
+            first_problem(&format!("\n[reports]\ncycle_start_day = {bad}\n")),
+            format!(
+                "3: reports.cycle_start_day: {bad} is out of range: must be between 1 and 28 (every month has the day)"
+            )
+        );
+    }
+    assert_eq!(
+        first_problem("[reports]\nstart = 2\n"),
+        "2: reports.start: unknown field `start`, expected `cycle_start_day`"
+    );
+}
