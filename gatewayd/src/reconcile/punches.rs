@@ -498,8 +498,8 @@ mod tests {
             received_ms: i as i64 * 13,
             score: score.unwrap_or(f32::NAN),
             method: Method::ALL[(i % 10) as usize],
-            credential: i % 2 == 0,
-            realtime: i % 3 == 0,
+            credential: i.is_multiple_of(2),
+            realtime: i.is_multiple_of(3),
         }
     }
 

@@ -213,7 +213,7 @@ proptest! {
                     let batch: Vec<DevicePunch> = items.iter().map(|&(d, e, t)| {
                         device_seq += 1;
                         // Every third punch re-sends the previous one.
-                        let seq = if device_seq % 3 == 0 { device_seq - 1 } else { device_seq };
+                        let seq = if device_seq.is_multiple_of(3) { device_seq - 1 } else { device_seq };
                         punch(&format!("d{d}"), seq, &format!("E{e}"), t)
                     }).collect();
                     for ins in r.insert(&batch) {

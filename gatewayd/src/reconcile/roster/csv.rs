@@ -44,7 +44,7 @@ pub fn parse(text: &str) -> Result<Vec<Record>, CsvError> {
         }
         let end = usize::try_from(reader.position().byte()).unwrap_or(usize::MAX).min(text.len());
         let quotes = text.as_bytes()[..end].iter().filter(|b| **b == b'"').count();
-        let balanced = (quotes - quotes_before) % 2 == 0;
+        let balanced = (quotes - quotes_before).is_multiple_of(2);
         quotes_before = quotes;
         // The reader's position is where the previous record's text ended: its line ends and any blank lines follow.
         let from = usize::try_from(start).unwrap_or(usize::MAX).min(text.len());
