@@ -29,6 +29,13 @@ pub enum UpdateError {
     Task(String),
 }
 
+impl UpdateError {
+    /// [`UpdateError::Invalid`] listing `problems`, one per line.
+    pub fn invalid(problems: &[crate::config::source::Problem]) -> UpdateError {
+        UpdateError::Invalid(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    }
+}
+
 /// A schedule update put in force through [`Attendance::update_schedule`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleUpdated {
@@ -52,8 +59,7 @@ impl Attendance {
     /// force by the next reload, which the caller asks for. Returns the file written.
     pub fn write_rules(&self, config: &Config, text: &str) -> Result<PathBuf, UpdateError> {
         if let Err(problems) = Rules::parse(Path::new("rules.toml"), text) {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(UpdateError::Invalid(list.join("\n")));
+            return Err(UpdateError::invalid(&problems));
         }
         let file = config.gateway.data_dir.join(rules::API_FILE);
         crate::atomic_file::write_atomic(&file, text.as_bytes())
@@ -65,16 +71,7 @@ impl Attendance {
     /// it), then the roster tree (durable before this returns), then the engine reconciles with it.
     pub async fn replace_roster(&self, config: &Config, roster: Roster) -> Result<RosterReplaced, UpdateError> {
         let file = config.gateway.data_dir.join(roster::API_FILE);
-        let csv = roster.to_csv();
-        let written = {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || crate::atomic_file::write_atomic(&file, csv.as_bytes())).await
-        };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(UpdateError::Write { path: file, source }),
-            Err(e) => return Err(UpdateError::Task(e.to_string())),
-        }
+        write_blocking(&file, roster.to_csv()).await?;
         let changed = self.roster.replace(&roster)?;
         self.roster.flush().await?;
         let employees = roster.len();
@@ -88,8 +85,7 @@ impl Attendance {
     pub fn schedule(&self, config: &Config) -> Result<Schedule, UpdateError> {
         match schedule::file_in_force(config) {
             None => Ok(Schedule::default()),
-            Some(f) => Schedule::load(&f, None)
-                .map_err(|ps| UpdateError::Invalid(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))),
+            Some(f) => Schedule::load(&f, None).map_err(|ps| UpdateError::invalid(&ps)),
         }
     }
 
@@ -105,20 +101,21 @@ impl Attendance {
         }
         let changed = old.differences(&new).len();
         let file = config.gateway.data_dir.join(schedule::API_FILE);
-        let csv = new.to_csv();
-        let written = {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || crate::atomic_file::write_atomic(&file, csv.as_bytes())).await
-        };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => return Err(UpdateError::Write { path: file, source }),
-            Err(e) => return Err(UpdateError::Task(e.to_string())),
-        }
+        write_blocking(&file, new.to_csv()).await?;
         let rows = new.len();
         if changed > 0 {
             self.engine.schedule_replaced(Arc::new(new)).await;
         }
         Ok(ScheduleUpdated { file, rows, changed })
+    }
+}
+
+/// Writes `text` to `file` atomically on the blocking pool.
+async fn write_blocking(file: &Path, text: String) -> Result<(), UpdateError> {
+    let target = file.to_owned();
+    match tokio::task::spawn_blocking(move || crate::atomic_file::write_atomic(&target, text.as_bytes())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(UpdateError::Write { path: file.to_owned(), source }),
+        Err(e) => Err(UpdateError::Task(e.to_string())),
     }
 }

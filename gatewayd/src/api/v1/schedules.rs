@@ -66,7 +66,7 @@ pub(super) async fn put(
     let rules =
         crate::reconcile::rules::file_in_force(&config).and_then(|f| crate::reconcile::rules::Rules::load(&f).ok());
     let update = schedule::parse_rows(std::path::Path::new("body"), text, rules.as_ref().map(|(r, _)| r), true)
-        .map_err(|ps| ApiError::bad(ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        .map_err(|ps| update_error(UpdateError::invalid(&ps)))?;
     let updated = state.attendance.update_schedule(&config, update).await.map_err(update_error)?;
     Ok(axum::Json(serde_json::json!({
         "written": updated.file.display().to_string(),
