@@ -54,7 +54,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use super::day::{evaluate, DayContext, DayPunch, Evaluation, Fence, LeaveCover};
+use super::day::{evaluate, DayContext, DayPunch, Evaluation, Fence};
 use super::leave::LeaveBook;
 use super::punch_id::PunchId;
 use super::punches::{mark_punch, Dict, Fact, Key, Map, Punches};
@@ -550,14 +550,10 @@ impl Engine {
         let schedule = self.schedule.clone();
         let leaves = self.leaves.clone();
         let mut span_of = |g: usize, employee: &str, d: Date| -> Option<(DayPlan, ShiftSpan)> {
-            if let Some(assigned) = schedule.get(employee, d) {
-                let plan = rules.plan_for(g, d, Some(assigned))?;
-                return Some((plan, rules.shifts.get(plan.shift)?.span(d, &tz)));
+            match schedule.get(employee, d) {
+                Some(assigned) => rules.plan_span(g, d, Some(assigned), &tz),
+                None => *spans.entry((g, d)).or_insert_with(|| rules.plan_span(g, d, None, &tz)),
             }
-            *spans.entry((g, d)).or_insert_with(|| {
-                let plan = rules.plan(g, d)?;
-                Some((plan, rules.shifts.get(plan.shift)?.span(d, &tz)))
-            })
         };
         let around = [prev_day(prev_day(date)), prev_day(date), date, next_day(date), next_day(next_day(date))];
 
@@ -629,8 +625,7 @@ impl Engine {
                     })
                     .collect();
                 let mut ctx = DayContext::new(&rules, group, plan, span, closed);
-                let leave = leaves.intervals(&employee, date, &span);
-                ctx.leave = LeaveCover::of(&leave, &span, ctx.shift.flex.map(|f| f.hours_ms));
+                ctx.leave = leaves.cover(&employee, date, &span, ctx.shift);
                 let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 for (p, e) in day_punches.iter().zip(&entries) {
@@ -779,19 +774,16 @@ impl Engine {
     /// The plan and shift span of `employee` (of `group`) on `date` under rules `version`: the group's, cached, unless
     /// the schedule assigns the employee something else that day.
     fn span_for(&mut self, version: u32, group: usize, employee: &str, date: Date) -> Option<(DayPlan, ShiftSpan)> {
+        let rules = self.rules.get(&version)?;
         if let Some(assigned) = self.schedule.get(employee, date) {
-            let rules = self.rules.get(&version)?;
-            let plan = rules.plan_for(group, date, Some(assigned))?;
-            return Some((plan, rules.shifts.get(plan.shift)?.span(date, &self.settings.tz)));
+            return rules.plan_span(group, date, Some(assigned), &self.settings.tz);
         }
         if let Some(hit) = self.spans.get(&(version, group, date)) {
             return Some(*hit);
         }
-        let rules = self.rules.get(&version)?.clone();
-        let plan = rules.plan(group, date)?;
-        let span = rules.shifts.get(plan.shift)?.span(date, &self.settings.tz);
-        self.spans.insert((version, group, date), (plan, span));
-        Some((plan, span))
+        let found = rules.plan_span(group, date, None, &self.settings.tz)?;
+        self.spans.insert((version, group, date), found);
+        Some(found)
     }
 
     /// The shift windows of `employee` on the dates `from..=to` (at most [`MAX_WINDOWS`] dates; dates without a group
@@ -1418,10 +1410,7 @@ impl Engine {
                     .collect();
                 let mut ctx = DayContext::new(&rules, group, plan, span, closed);
                 ctx.claim_pending = claim_pending;
-                if !self.leaves.is_empty() {
-                    let leave = self.leaves.intervals(employee, date, &span);
-                    ctx.leave = LeaveCover::of(&leave, &span, ctx.shift.flex.map(|f| f.hours_ms));
-                }
+                ctx.leave = self.leaves.cover(employee, date, &span, ctx.shift);
                 let shift = ctx.shift;
                 let ev = evaluate(&ctx, &day_punches);
                 let mut requests = Vec::new();

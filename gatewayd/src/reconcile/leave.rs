@@ -19,7 +19,8 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::rules::{local_date, ShiftSpan};
+use crate::reconcile::day::LeaveCover;
+use crate::reconcile::rules::{local_date, Shift, ShiftSpan};
 
 /// The longest leave accepted, in days.
 pub const MAX_DAYS: i64 = 366;
@@ -187,6 +188,15 @@ impl LeaveBook {
                 }
             })
             .collect()
+    }
+
+    /// The leave of `employee` on the record of `date` whose shift is `shift`, scheduled as `span`, as the evaluation
+    /// uses it; `None` without leave there.
+    pub fn cover(&self, employee: &str, date: Date, span: &ShiftSpan, shift: &Shift) -> Option<LeaveCover> {
+        if self.by_employee.is_empty() {
+            return None;
+        }
+        LeaveCover::of(&self.intervals(employee, date, span), span, shift.flex.map(|f| f.hours_ms))
     }
 
     /// The (employee, work dates) whose leave differs between `self` and `other`: each changed leave's dates.

@@ -319,6 +319,18 @@ impl Rules {
         }
     }
 
+    /// [`Rules::plan_for`] with the span of the shift it names on `date` in `tz`.
+    pub fn plan_span(
+        &self,
+        group: usize,
+        date: Date,
+        assigned: Option<&Assignment>,
+        tz: &TimeZone,
+    ) -> Option<(DayPlan, ShiftSpan)> {
+        let plan = self.plan_for(group, date, assigned)?;
+        Some((plan, self.shifts.get(plan.shift)?.span(date, tz)))
+    }
+
     /// When every shift window of `date` has closed (and, with no shifts, the end of the local day).
     pub fn day_close_ms(&self, date: Date, tz: &TimeZone) -> i64 {
         let midnight = local_ms(date.tomorrow().unwrap_or(date), 0, tz);
