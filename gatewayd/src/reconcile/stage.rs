@@ -229,10 +229,9 @@ fn read_rules(config: &Config) -> Result<(Rules, String), Vec<String>> {
 
 /// The schedule in force for a configuration (empty when there is no schedule file), or the problems. Shift ids are
 /// checked against the rules file in force when it reads.
-fn read_schedule(config: &Config) -> Result<Schedule, Vec<String>> {
+fn read_schedule(config: &Config, rules: Option<&Rules>) -> Result<Schedule, Vec<String>> {
     let Some(f) = crate::reconcile::schedule::file_in_force(config) else { return Ok(Schedule::default()) };
-    let rules = read_rules(config).ok().map(|(r, _)| r);
-    Schedule::load(&f, rules.as_ref()).map_err(|ps| ps.iter().map(ToString::to_string).collect())
+    Schedule::load(&f, rules).map_err(|ps| ps.iter().map(ToString::to_string).collect())
 }
 
 fn compile(version: u32, text: &str) -> Rules {
@@ -364,18 +363,26 @@ impl Stage {
     /// Rules and roster from the files in force for `config`, as inputs for the engine (only what changed).
     fn reload(&self, config: &Config, engine: Option<&Engine>) -> Vec<Input> {
         let mut inputs = Vec::new();
-        match read_rules(config) {
-            Ok((rules, text)) => match self.records.register_rules(&text) {
-                Ok((version, _)) => {
-                    if engine.is_none_or(|e| e.rules_version() != version) {
-                        events::rules_in_force(&self.metrics, version);
-                        inputs.push(Input::Rules { version, rules: Arc::new(rules) });
+        // The rules file as read now: the schedule's shift ids are checked against it too.
+        let file_rules = match read_rules(config) {
+            Ok((rules, text)) => {
+                let rules = Arc::new(rules);
+                match self.records.register_rules(&text) {
+                    Ok((version, _)) => {
+                        if engine.is_none_or(|e| e.rules_version() != version) {
+                            events::rules_in_force(&self.metrics, version);
+                            inputs.push(Input::Rules { version, rules: rules.clone() });
+                        }
                     }
+                    Err(e) => events::engine_failed(&self.metrics, &StageError::Store(e)),
                 }
-                Err(e) => events::engine_failed(&self.metrics, &StageError::Store(e)),
-            },
-            Err(problems) => events::rules_rejected(&problems),
-        }
+                Some(rules)
+            }
+            Err(problems) => {
+                events::rules_rejected(&problems);
+                None
+            }
+        };
         if let Some(f) = crate::reconcile::roster::file_in_force(config) {
             match Roster::load(&f) {
                 Ok(roster) => match self.roster_store.replace(&roster) {
@@ -388,7 +395,7 @@ impl Stage {
                 Err(problems) => events::roster_rejected(&problems.iter().map(ToString::to_string).collect::<Vec<_>>()),
             }
         }
-        match read_schedule(config) {
+        match read_schedule(config, file_rules.as_deref()) {
             Ok(schedule) => inputs.push(Input::Schedule(Arc::new(schedule))),
             Err(problems) => events::schedule_rejected(&problems),
         }
@@ -464,7 +471,8 @@ impl Stage {
             inputs.push(Input::Claims(Arc::new(approvals.pending_claims()?)));
             // The schedule in force now stands for the one the stored records were made with (a schedule changed while
             // the daemon was stopped revises them, as a change while it runs does).
-            if let Ok(schedule) = read_schedule(&config) {
+            let file_rules = read_rules(&config).ok().map(|(r, _)| r);
+            if let Ok(schedule) = read_schedule(&config, file_rules.as_ref()) {
                 inputs.push(Input::Schedule(Arc::new(schedule)));
             }
             let from_ms = local_ms(from_date, 0, &settings.tz);
