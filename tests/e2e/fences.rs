@@ -5,25 +5,10 @@
 use std::time::Duration;
 
 use crate::engine::{api_records, daytime_zone, statuses_of};
-use crate::harness::{base_config, http, wait_until, Gateway};
+use crate::harness::{base_config, wait_until, Gateway};
+use crate::plans::call;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn call(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, serde_json::Value) {
-    let auth = format!("Bearer {token}");
-    let mut headers = vec![("Authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    let (status, text) = http(method, gw.addr("api"), path, &headers, body.map(|b| b.to_string().into_bytes()));
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
-}
 
 #[test]
 fn wifi_and_weak_gps_punches_wait_for_the_manager_when_in_doubt() {
@@ -65,15 +50,20 @@ fn wifi_and_weak_gps_punches_wait_for_the_manager_when_in_doubt() {
         "POST",
         "/api/v1/punches",
         &e1,
-        Some(serde_json::json!({"method": "wifi", "bssid": "AA:BB:CC:00:00:01", "ssid": "plant"})),
+        crate::plans::json(serde_json::json!({"method": "wifi", "bssid": "AA:BB:CC:00:00:01", "ssid": "plant"})),
     );
     assert_eq!(status, 201, "{body}");
     let records =
         wait_until("E1's record", LIMIT, || api_records(&gw, &admin, &date), |r| statuses_of(r, "E1").is_some());
     assert_eq!(statuses_of(&records, "E1"), Some(vec![]), "{records:?}");
     // A malformed BSSID is refused.
-    let (status, body) =
-        call(&gw, "POST", "/api/v1/punches", &e1, Some(serde_json::json!({"method": "wifi", "bssid": "aa:bb"})));
+    let (status, body) = call(
+        &gw,
+        "POST",
+        "/api/v1/punches",
+        &e1,
+        crate::plans::json(serde_json::json!({"method": "wifi", "bssid": "aa:bb"})),
+    );
     assert_eq!(status, 400, "{body}");
 
     // E2 on another access point, then a GPS fix 2 km wide inside the fence: both wait for M1.
@@ -82,7 +72,7 @@ fn wifi_and_weak_gps_punches_wait_for_the_manager_when_in_doubt() {
         "POST",
         "/api/v1/punches",
         &e2,
-        Some(serde_json::json!({"method": "wifi", "bssid": "de:ad:be:ef:00:01"})),
+        crate::plans::json(serde_json::json!({"method": "wifi", "bssid": "de:ad:be:ef:00:01"})),
     );
     assert_eq!(status, 201, "{body}");
     let (status, body) = call(
@@ -90,7 +80,7 @@ fn wifi_and_weak_gps_punches_wait_for_the_manager_when_in_doubt() {
         "POST",
         "/api/v1/punches",
         &e2,
-        Some(serde_json::json!({"method": "gps", "lat": 31.2310, "lng": 121.4737, "accuracy_m": 2000})),
+        crate::plans::json(serde_json::json!({"method": "gps", "lat": 31.2310, "lng": 121.4737, "accuracy_m": 2000})),
     );
     assert_eq!(status, 201, "{body}");
     let records = wait_until(

@@ -9,7 +9,13 @@ use crate::harness::{base_config, http, wait_until, Gateway};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn call(gw: &Gateway, method: &str, path: &str, token: &str, body: Option<(&str, String)>) -> (u16, serde_json::Value) {
+pub(crate) fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<(&str, String)>,
+) -> (u16, serde_json::Value) {
     let auth = format!("Bearer {token}");
     let mut headers = vec![("Authorization", auth.as_str())];
     if let Some((kind, _)) = &body {
@@ -20,7 +26,7 @@ fn call(gw: &Gateway, method: &str, path: &str, token: &str, body: Option<(&str,
     (status, value)
 }
 
-fn json(v: serde_json::Value) -> Option<(&'static str, String)> {
+pub(crate) fn json(v: serde_json::Value) -> Option<(&'static str, String)> {
     Some(("application/json", v.to_string()))
 }
 
