@@ -210,7 +210,7 @@ async fn child_gateway() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let parts =
         feeder::Feeder { outbox: outbox.clone(), changes: log.clone(), store: store.clone(), metrics: metrics.clone() };
-    tokio::spawn(feeder::run(parts, resend_rx, config_tx.subscribe(), cancel.clone()));
+    tokio::spawn(feeder::run(parts, resend_rx, cancel.clone()));
     let sender = gatewayd::upstream::Sender {
         outbox: outbox.clone(),
         config: config_tx.subscribe(),

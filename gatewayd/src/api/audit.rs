@@ -5,7 +5,8 @@
 //! |----------------------------------|-----------------------|
 //! | id:u64 BE (`Db::generate_id` + 1) | [`AuditEntry`] as JSON |
 //!
-//! Append-only: entries are only ever inserted under a fresh id; nothing in the daemon updates or removes them.
+//! Append-only: entries are only ever inserted under a fresh id; nothing in the daemon updates them, and retention
+//! removes those older than `retention_days` ([`AuditLog::expire_before`]).
 //! Ids are increasing, so the tree is in write order. An entry is flushed before the write it describes is answered.
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,35 @@ impl AuditLog {
     }
 
     /// Appends an entry and flushes it.
+    /// Removes the entries written before `before_ms` (retention). Entries are in write order, so this walks the head
+    /// of the tree. Returns how many went. Blocking.
+    pub fn expire_before(&self, before_ms: i64) -> Result<u64, sled::Error> {
+        let mut removed = 0u64;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0u64;
+            let mut done = true;
+            for item in self.tree.iter() {
+                let (k, v) = item?;
+                let at_ms = serde_json::from_slice::<AuditEntry>(&v).map(|e| e.at_ms).unwrap_or(i64::MAX);
+                if at_ms >= before_ms {
+                    break;
+                }
+                batch.remove(k);
+                n += 1;
+                if n == 4096 {
+                    done = false;
+                    break;
+                }
+            }
+            self.tree.apply_batch(batch)?;
+            removed += n;
+            if done {
+                return Ok(removed);
+            }
+        }
+    }
+
     pub async fn append(&self, actor: &Actor, action: &str, target: &str, outcome: &str) -> Result<u64, sled::Error> {
         let id = self.db.generate_id()?.saturating_add(1);
         let entry = AuditEntry {

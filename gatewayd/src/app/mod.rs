@@ -11,6 +11,7 @@ mod devices;
 pub mod load;
 pub mod quarantine;
 mod reload;
+pub mod retention;
 
 pub use reload::RELOAD_LIMIT;
 
@@ -220,6 +221,16 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
     back_tasks.spawn(engine_stage.run(back.clone()));
 
     start_delivery(&config_tx, &store, &changes, &outbox, &disk_budget, &metrics, &back, &back_tasks);
+    let retention = crate::app::retention::Retention {
+        store: store.clone(),
+        records: attendance.records.clone(),
+        approvals: attendance.approvals.clone(),
+        changes: changes.clone(),
+        outbox: outbox.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+    };
+    back_tasks.spawn(crate::app::retention::run(retention, config_tx.subscribe(), back.clone()));
 
     // MQTT devices: the embedded broker behind its authenticating front (drivers::mqtt).
     let mqtt_ctx = drivers::mqtt::MqttContext {
@@ -341,7 +352,7 @@ fn start_delivery(
         store: store.clone(),
         metrics: metrics.clone(),
     };
-    back_tasks.spawn(feeder::run(feeder_parts, resend_rx, config_tx.subscribe(), back.clone()));
+    back_tasks.spawn(feeder::run(feeder_parts, resend_rx, back.clone()));
     let sender = crate::upstream::Sender {
         outbox: outbox.clone(),
         config: config_tx.subscribe(),
@@ -481,5 +492,6 @@ pub fn metrics() -> Metrics {
         .stage::<crate::outbox::metrics::OutboxMetrics>()
         .stage::<crate::upstream::metrics::UpstreamMetrics>()
         .stage::<crate::api::qr::TrustMetrics>()
+        .stage::<crate::app::retention::RetentionMetrics>()
         .build()
 }

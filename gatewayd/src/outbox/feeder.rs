@@ -1,17 +1,16 @@
 //! The feeder: the one task that writes the outbox queue. It follows the change log, serves `resend_dates` requests from
-//! the sender, and compacts delivered data past retention once an hour.
+//! the sender. Retention (crate::app::retention) compacts the day index of delivered dates past `retention_days`.
 //!
 //! Each pass runs in a blocking thread (sled I/O, digest scans), is followed by a flush, and only then is the change log
 //! trimmed and the sender woken. On shutdown the feeder finishes the pass it is in, flushes, and returns.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{trim_point, Outbox, OutboxError, FILL_CHUNK};
-use crate::config::Config;
+
 use crate::daemon::Backoff;
 use crate::reconcile::changes::ChangeLog;
 use crate::store::Store;
@@ -19,8 +18,6 @@ use crate::telemetry::Metrics;
 
 /// Requests to enqueue work dates again (from `UploadAck.resend_dates`); bounded.
 pub const RESEND_QUEUE: usize = 64;
-/// How often delivered data past retention is compacted.
-pub const COMPACT_EVERY: Duration = Duration::from_secs(3600);
 
 /// Everything the feeder works with.
 #[derive(Clone, Debug)]
@@ -89,22 +86,6 @@ impl Feeder {
         Ok(n)
     }
 
-    /// Compacts day index entries of dates older than `retention_days` (site time zone).
-    pub async fn compact(&self, retention_days: u32) -> Result<usize, OutboxError> {
-        let tz = self.outbox.timezone().clone();
-        let today = jiff::Timestamp::now().to_zoned(tz).date();
-        let cutoff = today
-            .checked_sub(jiff::Span::new().days(i64::from(retention_days)))
-            .map_err(|e| OutboxError::Date(e.to_string()))?
-            .to_string();
-        let me = self.clone();
-        let removed = tokio::task::spawn_blocking(move || me.outbox.compact(&cutoff))
-            .await
-            .map_err(|e| OutboxError::Date(format!("compaction task: {e}")))??;
-        crate::outbox::metrics::events::outbox_compacted(&self.metrics, removed, retention_days);
-        Ok(removed)
-    }
-
     /// Publishes queue depth and the age of the oldest undelivered item.
     pub fn update_stats(&self) {
         match self.outbox.stats() {
@@ -115,17 +96,10 @@ impl Feeder {
 }
 
 /// Runs the feeder until cancelled.
-pub async fn run(
-    feeder: Feeder,
-    mut resend: mpsc::Receiver<Vec<String>>,
-    config: watch::Receiver<Arc<Config>>,
-    cancel: CancellationToken,
-) {
+pub async fn run(feeder: Feeder, mut resend: mpsc::Receiver<Vec<String>>, cancel: CancellationToken) {
     let mut durable = feeder.changes.subscribe();
     let backoff = Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(60), ..Backoff::default() };
     let mut failures = 0u32;
-    let mut compact_tick = tokio::time::interval(COMPACT_EVERY);
-    compact_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(Duration::from_secs(5));
     feeder.update_stats();
     loop {
@@ -160,13 +134,6 @@ pub async fn run(
                 },
                 None => break,
             },
-            _ = compact_tick.tick() => {
-                let days = config.borrow().upstream.as_ref().map_or(crate::config::default_retention_days(),
-                    |u| u.retention_days);
-                if let Err(e) = feeder.compact(days).await {
-                    crate::outbox::metrics::events::outbox_failed(&e, Duration::ZERO);
-                }
-            }
             _ = stats_tick.tick() => feeder.update_stats(),
             _ = cancel.cancelled() => break,
         }

@@ -498,6 +498,11 @@ impl Engine {
         self.marks.backfill.first().copied()
     }
 
+    /// Takes `date` off the backfill set without reconciling it (retention removed its data).
+    pub fn forget_backfill(&mut self, date: Date) {
+        self.marks.backfill.remove(&date);
+    }
+
     /// Whether the engine holds the rules of `version`.
     pub fn has_rules(&self, version: u32) -> bool {
         self.rules.contains_key(&version)

@@ -9,6 +9,7 @@
 //! | `engine`             | `watermarks`                               | JSON [`Watermarks`]                          |
 //! | `engine`             | `rules/` version:u32 BE                    | the rules text of that version (empty text = no rules file) |
 //! | `engine`             | `rules_current`                            | u32 BE: the version in force                 |
+//! | `engine`             | `expired_before`                           | `YYYY-MM-DD`: records of earlier dates were removed by retention |
 //!
 //! # Atomicity
 //! [`RecordStore::commit`] writes one engine batch — its changes into the change log, the record revisions, the applied
@@ -36,6 +37,9 @@ const APPLIED_SEQ: &[u8] = b"applied_seq";
 const WATERMARKS: &[u8] = b"watermarks";
 const RULES_PREFIX: &[u8] = b"rules/";
 const RULES_CURRENT: &[u8] = b"rules_current";
+const EXPIRED_BEFORE: &[u8] = b"expired_before";
+/// The most records one expiry batch removes.
+const EXPIRE_CHUNK: usize = 4096;
 
 /// A filter for [`RecordStore::query`]. Dates are inclusive.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -203,6 +207,50 @@ impl RecordStore {
     }
 
     /// Every punch up to this store sequence number has been applied and forwarded.
+    /// The date before which retention removed the records (and the punches), if it ever ran: such a date is never
+    /// reconciled again.
+    pub fn expired_before(&self) -> Result<Option<Date>, StoreError> {
+        Ok(self.meta.get(EXPIRED_BEFORE)?.and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
+    }
+
+    /// Removes the records of work dates before `before`, and their employee index entries. The date is written
+    /// first (so the engine stops reconciling those dates), then the index entries, then the records, in batches:
+    /// after a crash the next call removes the rest. Returns the number of records removed. Blocking.
+    pub fn expire_before(&self, before: Date) -> Result<u64, StoreError> {
+        if self.expired_before()?.is_none_or(|b| b < before) {
+            self.meta.insert(EXPIRED_BEFORE, before.to_string().as_bytes())?;
+        }
+        let hi = before.to_string().into_bytes();
+        let mut removed = 0u64;
+        loop {
+            let mut keys = Vec::new();
+            for k in self.records.range(..hi.clone()).keys().take(EXPIRE_CHUNK) {
+                keys.push(k?);
+            }
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            let mut by_employee = sled::Batch::default();
+            let mut records = sled::Batch::default();
+            for k in &keys {
+                let mut parts = k.splitn(3, |&b| b == 0);
+                let (date, employee, shift) = (parts.next(), parts.next(), parts.next());
+                if let (Some(date), Some(employee), Some(shift)) = (date, employee, shift) {
+                    let (date, employee, shift) = (
+                        String::from_utf8_lossy(date),
+                        String::from_utf8_lossy(employee),
+                        String::from_utf8_lossy(shift),
+                    );
+                    by_employee.remove(employee_key(&employee, &date, &shift));
+                }
+                records.remove(k.clone());
+            }
+            self.by_employee.apply_batch(by_employee)?;
+            self.records.apply_batch(records)?;
+            removed += keys.len() as u64;
+        }
+    }
+
     pub fn applied_seq(&self) -> Result<u64, StoreError> {
         Ok(self.meta.get(APPLIED_SEQ)?.map(|v| be_u64(&v)).unwrap_or(0))
     }

@@ -234,6 +234,12 @@ fn read_schedule(config: &Config, rules: Option<&Rules>) -> Result<Schedule, Vec
     Schedule::load(&f, rules).map_err(|ps| ps.iter().map(ToString::to_string).collect())
 }
 
+/// The rules in force, as the engine stored them (for stages that must respect its horizon, such as retention).
+pub fn stored_rules(records: &RecordStore) -> Result<Rules, StoreError> {
+    let version = records.current_rules()?;
+    Ok(records.rules_versions()?.get(&version).map_or_else(Rules::none, |text| compile(version, text)))
+}
+
 fn compile(version: u32, text: &str) -> Rules {
     if text.is_empty() {
         return Rules::none();
@@ -621,6 +627,11 @@ pub fn backfill_one(
     applied: u64,
 ) -> Result<Option<(Date, Vec<Change>)>, StageError> {
     let Some(date) = engine.backfill_next() else { return Ok(None) };
+    // Retention removed the date's records and punches: a late punch is forwarded, the date is not reconciled again.
+    if records.expired_before()?.is_some_and(|before| date < before) {
+        engine.forget_backfill(date);
+        return Ok(Some((date, Vec::new())));
+    }
     let stored = records.between(date, date).collect::<Result<Vec<_>, _>>()?;
     let version = engine.stored_day_version(date, &stored);
     let rules = if engine.has_rules(version) {

@@ -104,6 +104,38 @@ pub(super) fn subject_group(subject: &Subject) -> Vec<u8> {
     vec![K_SUBJECT, digest[0]]
 }
 
+/// The keys a punch is indexed under, without the posting's first sequence number: its time, device and subject
+/// buckets, and its numbered id's group or its `I` key. Expiry rewrites the postings under these prefixes.
+pub(super) fn entry_prefixes(p: &Punch) -> Vec<Vec<u8>> {
+    let t = p.device_time_ms;
+    let mut out = Vec::with_capacity(4);
+    out.push(match numbered(&p.punch_id) {
+        Some((prefix, n)) => numbered_group(prefix, n),
+        None => id_key(&p.punch_id),
+    });
+    for (mut group, width) in [
+        (vec![K_TIME], TIME_BUCKET),
+        (device_group(&p.device_id), DEVICE_BUCKET),
+        (subject_group(&p.subject), SUBJECT_BUCKET),
+    ] {
+        group.extend_from_slice(&ordered(t.div_euclid(width)));
+        out.push(group);
+    }
+    out
+}
+
+/// A posting without the pairs whose sequence number `gone` says is removed: `None` when nothing changes, `Some(None)`
+/// when nothing is left, else the new value.
+pub(super) fn without(value: &[u8], gone: impl Fn(u64) -> bool) -> Result<Option<Option<Vec<u8>>>, String> {
+    let entries = decode_posting(value)?;
+    let kept: Vec<(i64, u64)> = entries.iter().copied().filter(|&(_, seq)| !gone(seq)).collect();
+    Ok(match kept.len() {
+        n if n == entries.len() => None,
+        0 => Some(None),
+        _ => Some(Some(encode_posting(&kept))),
+    })
+}
+
 /// Index entries for a run of punches (one indexing round), added to `batch` together with the new cursor.
 pub(super) fn build(punches: &[Punch], cursor: u64, batch: &mut sled::Batch) {
     let mut postings: BTreeMap<Vec<u8>, Vec<(i64, u64)>> = BTreeMap::new();

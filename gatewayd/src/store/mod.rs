@@ -80,6 +80,8 @@
 
 pub mod budget;
 pub mod codec;
+pub mod expire;
+pub mod footprint;
 pub mod index;
 pub mod metrics;
 mod migrate;
@@ -171,6 +173,8 @@ struct Inner {
     max_lag: AtomicU64,
     /// The durable sequence number last written to the watermark file.
     watermark: AtomicU64,
+    /// The highest sequence number expiry removed in this process (see [`expire`]).
+    expired_through: AtomicU64,
     /// The blob files already synced (see [`sync_blobs`]).
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
 }
@@ -221,7 +225,7 @@ impl Store {
         Ok(Some(self.inner.written.load(Ordering::Acquire)).filter(|&s| s > 0))
     }
 
-    /// Number of stored punches (sequence numbers are dense and punches are never deleted).
+    /// Number of punches ever stored (sequence numbers are dense; expiry removes old ones, the count stays).
     pub fn count(&self) -> Result<u64, StoreError> {
         Ok(self.inner.written.load(Ordering::Acquire))
     }

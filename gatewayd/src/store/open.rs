@@ -116,6 +116,7 @@ impl Store {
                 indexing: Mutex::new(()),
                 max_lag: AtomicU64::new(MAX_INDEX_LAG),
                 watermark: AtomicU64::new(watermark),
+                expired_through: AtomicU64::new(0),
                 synced_blobs: Mutex::default(),
             }),
         };

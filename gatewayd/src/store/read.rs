@@ -37,6 +37,12 @@ impl Store {
         seq.map(|seq| self.get(seq)).transpose()
     }
 
+    /// The sequence number of the punch with this `punch_id`, if stored.
+    pub fn seq_by_id(&self, punch_id: &str) -> Result<Option<u64>, StoreError> {
+        let mut unindexed = lock(&self.inner.unindexed);
+        self.seq_of(&mut unindexed, punch_id)
+    }
+
     /// Punches with sequence number greater than `after`, in order (for stages that follow the store).
     pub fn after(&self, after: u64) -> impl Iterator<Item = Result<Punch, StoreError>> + '_ {
         let from = after.saturating_add(1);
@@ -89,10 +95,13 @@ impl Store {
             Ok(v) => (v, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-        error
-            .map(Err)
-            .into_iter()
-            .chain(seqs.into_iter().map(move |(_, seq)| self.get(seq)).filter(move |r| r.as_ref().map_or(true, &keep)))
+        error.map(Err).into_iter().chain(
+            seqs.into_iter()
+                .map(move |(_, seq)| (seq, self.get(seq)))
+                .filter(move |(seq, r)| r.is_ok() || !self.maybe_expired(*seq))
+                .map(|(_, r)| r)
+                .filter(move |r| r.as_ref().map_or(true, &keep)),
+        )
     }
 
     /// Punches with device time in `[from_ms, to_ms)`, in time order.

@@ -77,7 +77,7 @@ impl Rig {
             store: store.clone(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(feeder::run(parts, resend_rx, config_tx.subscribe(), cancel.clone()));
+        tokio::spawn(feeder::run(parts, resend_rx, cancel.clone()));
         let sender = Sender {
             outbox: outbox.clone(),
             config: config_tx.subscribe(),

@@ -113,6 +113,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The last work date the request is about (site time zone): the date of its punch, or the end of a leave.
+    pub fn last_date(&self, tz: &jiff::tz::TimeZone) -> Option<jiff::civil::Date> {
+        let time = match self {
+            Kind::Makeup { time_ms, .. } | Kind::OutOfFence { time_ms, .. } | Kind::OfflineClaim { time_ms, .. } => {
+                *time_ms
+            }
+            Kind::Leave { period, .. } => return Some(period.dates(tz).1),
+        };
+        jiff::Timestamp::from_millisecond(time).ok().map(|t| t.to_zoned(tz.clone()).date())
+    }
+
     /// Whether approving adds a punch (make-up requests and offline claims).
     pub fn adds_punch(&self) -> bool {
         matches!(self, Kind::Makeup { .. } | Kind::OfflineClaim { .. })
@@ -530,6 +541,28 @@ impl Approvals {
     }
 
     /// The punch id an approved make-up request produces (what the store derives from device and sequence).
+    /// Removes the decided requests about dates before `before` (and the out-of-fence markers of their punches).
+    /// Pending requests stay whatever their age: they still wait for a manager. Returns how many went. Blocking.
+    pub fn expire_before(&self, before: jiff::civil::Date, tz: &jiff::tz::TimeZone) -> Result<u64, ApprovalError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0u64;
+        for item in self.tree.scan_prefix([b'a']) {
+            let (k, v) = item?;
+            let Some(id) = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { continue };
+            let a = Self::decode(id, &v)?;
+            if a.state == State::Pending || a.kind.last_date(tz).is_none_or(|d| d >= before) {
+                continue;
+            }
+            if let Kind::OutOfFence { punch_id, .. } = &a.kind {
+                batch.remove(fence_key(punch_id));
+            }
+            batch.remove(k);
+            removed += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(removed)
+    }
+
     pub fn makeup_punch_id(&self, id: u64) -> String {
         format!("{}:{DEVICE_ID}:{id}", self.gateway_id)
     }

@@ -303,6 +303,7 @@ async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path)
     let end = gw.sample()?;
     gw.stop(Duration::from_secs(30)).await?;
     let disk_bytes = disk_usage(&dir.join("data"));
+    print_footprint(&dir.join("data").join("store"), report.answered);
     sink.stop(Duration::from_secs(30)).await?;
     let _ = reader.await;
     let summary = summary.lock().map(|s| s.clone()).unwrap_or_default();
@@ -556,4 +557,24 @@ async fn bridge_side(args: &E2eArgs, w: &Workload, dir: &Path) -> anyhow::Result
         disk_bytes,
         ok,
     })
+}
+
+/// Prints what each sled tree of the stopped gateway's store holds, per durably acknowledged punch: where the bytes on
+/// disk go.
+fn print_footprint(store: &Path, punches: u64) {
+    let db = match sled::Config::new().path(store).open() {
+        Ok(db) => db,
+        Err(e) => return eprintln!("cannot open {} to measure its trees: {e}", store.display()),
+    };
+    let footprint = match gatewayd::store::footprint::Footprint::of(&db) {
+        Ok(f) => f,
+        Err(e) => return eprintln!("cannot read the trees of {}: {e}", store.display()),
+    };
+    let per = |bytes: u64| if punches > 0 { bytes as f64 / punches as f64 } else { 0.0 };
+    println!("store trees after a clean stop (keys and values, bytes per acknowledged punch):");
+    for t in footprint.trees.iter().filter(|t| t.keys > 0) {
+        println!("  {:<22} {:>10} keys {:>8.1} B/punch", t.name, t.keys, per(t.key_bytes + t.value_bytes));
+    }
+    let file = db.size_on_disk().unwrap_or(0);
+    println!("  all trees: {:.1} B/punch; sled's files: {:.1} B/punch", per(footprint.total()), per(file));
 }
