@@ -32,7 +32,7 @@ impl Footprint {
             }
             trees.push(t);
         }
-        trees.sort_by(|a, b| (b.key_bytes + b.value_bytes).cmp(&(a.key_bytes + a.value_bytes)));
+        trees.sort_by_key(|t| std::cmp::Reverse(t.key_bytes + t.value_bytes));
         Ok(Footprint { trees })
     }
 
