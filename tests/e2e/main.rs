@@ -21,6 +21,7 @@ mod mqtt;
 mod mqtt_edge;
 mod plans;
 mod privileges;
+mod retention;
 mod serial;
 mod store_durability;
 mod systemd_unit;
