@@ -22,7 +22,6 @@ pub struct OutboxMetrics {
     pub depth: Gauge,
     pub oldest_age_seconds: Gauge,
     pub enqueued: Family<KindLabel, Counter>,
-    pub compacted: Counter,
     pub resend_dates: Counter,
 }
 
@@ -42,12 +41,6 @@ impl StageMetrics for OutboxMetrics {
                 Gauge::default(),
             ),
             enqueued: registered(registry, "gatewayd_outbox_enqueued", "Items enqueued, by kind", Family::default()),
-            compacted: registered(
-                registry,
-                "gatewayd_outbox_compacted",
-                "Delivered day-index entries removed past retention",
-                Counter::default(),
-            ),
             resend_dates: registered(
                 registry,
                 "gatewayd_upstream_resend_dates",
@@ -91,15 +84,6 @@ pub mod events {
     pub fn outbox_failed(error: &dyn std::fmt::Display, retry_in: Duration) {
         tracing::error!(%error, retry_ms = retry_in.as_millis() as u64,
             "outbox: cannot enqueue changes; nothing is lost (the change log keeps them), retrying");
-    }
-
-    pub fn outbox_compacted(m: &Metrics, removed: usize, retention_days: u32) {
-        if let Some(o) = m.get::<OutboxMetrics>() {
-            o.compacted.inc_by(removed as u64);
-        }
-        if removed > 0 {
-            tracing::info!(removed, retention_days, "outbox: delivered data past retention compacted");
-        }
     }
 
     pub fn resend_date(m: &Metrics, date: &str, items: usize) {
