@@ -361,7 +361,7 @@ fn start_delivery(
     };
     back_tasks.spawn(crate::upstream::run(sender, back.clone()));
     back_tasks.spawn(budget::monitor(
-        store.db().clone(),
+        store.clone(),
         config_tx.subscribe(),
         disk_budget.clone(),
         metrics.clone(),

@@ -12,14 +12,16 @@
 //!    such a date again; a late punch for it is stored and forwarded).
 //! 3. Decided approvals about those dates (pending ones wait for their manager whatever their age). Before the punches,
 //!    so an approved make-up request is never submitted again at start after its punch went.
-//! 4. Punches received before the cutoff, of device dates before the limit, delivered: index entries first, then the
-//!    log values ([`crate::store::expire`]).
+//! 4. Punches received before the cutoff, of device dates before the limit, delivered: whole punch partitions with
+//!    their files, which gives the disk back at once (the newest partition is rotated first once it covers a quarter
+//!    of `retention_days`, at most a week); in a store made before partitions, index entries and then log values
+//!    ([`crate::store::expire`]).
 //! 5. The outbox's day index and closed-day markers of those dates.
 //! 6. Audit entries older than the cutoff.
 //!
 //! Undelivered data older than the cutoff is kept, and the alarm says so: metric `gatewayd_retention_held_back` = 1 and
-//! a WARN log naming the oldest date. sled reuses the space of removed data for new writes, so the database files stop
-//! growing once retention runs (docs/benchmarks.md, the ageing benchmark).
+//! a WARN log naming the oldest date. The main database reuses the space of removed keys for new writes; the punches,
+//! most of the bytes, go with their partitions' files (docs/benchmarks.md, the ageing benchmark).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,9 +49,12 @@ use crate::telemetry::{registered, Metrics, StageMetrics};
 pub const EVERY: Duration = Duration::from_secs(3600);
 /// Overrides [`EVERY`] (milliseconds), for tests.
 pub const EVERY_ENV: &str = "GATEWAYD_RETENTION_EVERY_MS";
-/// Moves retention's clock forward by this many days, for tests and the ageing benchmark (the daemon's other clocks
-/// are not moved).
-pub const OFFSET_ENV: &str = "GATEWAYD_RETENTION_OFFSET_DAYS";
+/// A file holding the time retention takes as now (Unix milliseconds), for tests and the ageing benchmark, which move
+/// it forward; the daemon's other clocks are not moved. Without the file (or when it does not parse) retention uses the
+/// system clock.
+pub const CLOCK_ENV: &str = "GATEWAYD_RETENTION_CLOCK_FILE";
+/// The longest period one punch partition covers.
+const PART_MAX_DAYS: i64 = 7;
 /// How soon a pass that found the outbox busy is tried again.
 const RETRY: Duration = Duration::from_secs(60);
 
@@ -106,6 +111,9 @@ pub struct PassReport {
     pub records: u64,
     pub approvals: u64,
     pub punches: u64,
+    /// Punch partitions deleted, and the bytes their files took.
+    pub parts: u64,
+    pub part_bytes: u64,
     pub day_index: u64,
     pub audit: u64,
     /// The earliest work date of undelivered data older than the cutoff, kept.
@@ -134,6 +142,10 @@ impl Retention {
         let cutoff_date = days_before(now.to_zoned(tz.clone()).date(), retention_days);
         let cutoff_ms = now_ms.saturating_sub(i64::from(retention_days) * 86_400_000);
         let mut report = PassReport::default();
+        // A new punch partition once the newest covers a quarter of the retention period (at most a week): old
+        // punches then sit in parts that go whole.
+        let period_ms = (i64::from(retention_days) * 86_400_000 / 4).clamp(86_400_000, PART_MAX_DAYS * 86_400_000);
+        self.store.rotate(now_ms, period_ms).map_err(err)?;
 
         // What the engine and the outbox have taken in. Read the engine first: what it applied is in the change log,
         // and the outbox holds the change log once its cursor reached the log's end.
@@ -164,7 +176,10 @@ impl Retention {
         report.records = self.records.expire_before(before).map_err(err)?;
         report.approvals = self.approvals.expire_before(before, &tz).map_err(err)?;
         let expiry = Expiry { received_before_ms: cutoff_ms, date_before: before, through_seq, tz };
-        report.punches = self.store.expire(&expiry).map_err(err)?.punches;
+        let expired = self.store.expire(&expiry).map_err(err)?;
+        report.punches = expired.punches;
+        report.parts = expired.parts;
+        report.part_bytes = expired.bytes;
         report.day_index = self.outbox.compact(&before.to_string()).map_err(err)? as u64;
         Ok(report)
     }
@@ -175,6 +190,7 @@ impl Retention {
             ("records", report.records),
             ("approvals", report.approvals),
             ("punches", report.punches),
+            ("partitions", report.parts),
             ("day_index", report.day_index),
             ("audit", report.audit),
         ] {
@@ -190,8 +206,10 @@ fn every() -> Duration {
 }
 
 fn now_ms() -> i64 {
-    let offset_days: i64 = std::env::var(OFFSET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    jiff::Timestamp::now().as_millisecond().saturating_add(offset_days.saturating_mul(86_400_000))
+    let controlled = std::env::var_os(CLOCK_ENV)
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse::<i64>().ok());
+    controlled.unwrap_or_else(|| jiff::Timestamp::now().as_millisecond())
 }
 
 /// Runs retention until cancelled: a pass at start, then every [`EVERY`].
@@ -217,6 +235,8 @@ pub async fn run(retention: Retention, config: watch::Receiver<Arc<Config>>, can
                     tracing::info!(
                         before = ?report.dates_before.map(|d| d.to_string()),
                         punches = report.punches,
+                        partitions = report.parts,
+                        partition_bytes = report.part_bytes,
                         records = report.records,
                         approvals = report.approvals,
                         day_index = report.day_index,

@@ -1,4 +1,4 @@
-//! The disk budget: how much disk the gateway's database may use.
+//! The disk budget: how much disk the gateway's database may use (the main database and every punch partition).
 //!
 //! Undelivered data is never dropped to make room. Instead, a monitor measures the database on disk once a second and
 //! publishes a [`BudgetState`] through a shared [`DiskBudget`] handle (an atomic, no lock):
@@ -6,7 +6,8 @@
 //! - `Near` from there: an alarm (metric `gatewayd_disk_budget_state` = 1 and a WARN log) so an operator can act;
 //! - `Full` at the budget: the ingest writer refuses NEW punches with `store_full` (devices keep them and retry; a
 //!   re-sent punch that is already stored is still answered `stored`), an ERROR log says so. Delivery goes on, and
-//!   delivered data past `retention_days` is compacted away, so the state returns to `Ok` once there is room again.
+//!   delivered data past `retention_days` is removed, and the punch partitions it empties are deleted with their
+//!   files (crate::app::retention), so the state returns to `Ok` once there is room again, without a restart.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -84,7 +85,7 @@ pub fn evaluate(used: u64, limit: u64, alarm_percent: u8) -> BudgetState {
 
 /// Measures the database every [`CHECK_EVERY`] against the current configuration's budget until cancelled.
 pub async fn monitor(
-    db: sled::Db,
+    store: crate::store::Store,
     mut config: watch::Receiver<Arc<Config>>,
     budget: DiskBudget,
     metrics: Metrics,
@@ -101,15 +102,8 @@ pub async fn monitor(
             let c = config.borrow_and_update();
             (c.store.disk_budget_mb.saturating_mul(1024 * 1024), c.store.disk_alarm_percent)
         };
-        let db2 = db.clone();
-        let used = match tokio::task::spawn_blocking(move || db2.size_on_disk()).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "disk budget: cannot measure the database");
-                continue;
-            }
-            Err(_) => continue,
-        };
+        let s = store.clone();
+        let Ok(used) = tokio::task::spawn_blocking(move || s.size_on_disk()).await else { continue };
         let state = evaluate(used, limit, alarm);
         let before = budget.state();
         budget.set(state);

@@ -1,18 +1,29 @@
 //! Expiry: removing delivered punches past retention, with their index entries.
 //!
-//! The log is in arrival order, so the punches to remove are at its head. [`Store::expire`] walks the log from the
-//! first value and removes every value whose punches are all expirable (see [`Expiry`]); a value with one punch that
-//! must stay is kept whole and looked at again by the next pass. It stops at the first value received after the
-//! cutoff, and it never removes the newest value of the log (the log's end is what the open-time damage check compares
-//! with the watermark, and what numbers the next punch).
+//! Punches live in parts (see [`super::parts`]). [`Store::rotate`] starts a new part once the newest holds a period of
+//! punches; [`Store::expire`] deletes every part but the newest whose punches are all expirable (see [`Expiry`]),
+//! database files and all, which gives the disk back at once. Part 0 of a store made before partitions (the main
+//! database's trees) cannot be deleted as a whole: its punches are removed value by value, as below, and sled reuses
+//! their space.
 //!
-//! # Order and crashes
-//! Each round (at most [`ROUND_PUNCHES`] punches) first rewrites the index postings without the round's punches (one
-//! atomic batch on the index tree), then removes the log values (one atomic batch on the log tree). sled recovers a
-//! prefix of its operations, so a crash leaves either nothing done, or the index entries gone with the values still in
-//! the log: the next pass finds those values again at the head of the log, rewrites postings that no longer hold them
-//! (nothing to do) and removes them. No reader ever follows an index entry to a removed value; a reader that got its
-//! postings just before a round skips what the round removed.
+//! # Part 0, value by value
+//! The log is in arrival order, so the punches to remove are at its head. The walk removes every log value whose
+//! punches are all expirable; a value with one punch that must stay is kept whole and looked at again by the next pass.
+//! It stops at the first value received after the cutoff, and it never removes the newest value of the store (the
+//! log's end is what the open-time damage check compares with the watermark, and what numbers the next punch). Each
+//! round (at most [`ROUND_PUNCHES`] punches) first rewrites the index postings without the round's punches (one atomic
+//! batch on the index tree), then removes the log values (one atomic batch on the log tree). sled recovers a prefix of
+//! its operations, so a crash leaves either nothing done, or the index entries gone with the values still in the log:
+//! the next pass finds those values again at the head of the log, rewrites postings that no longer hold them (nothing
+//! to do) and removes them. No reader ever follows an index entry to a removed value; a reader that got its postings
+//! just before a round skips what the round removed.
+//!
+//! # Whole parts
+//! A part goes when it is not the newest, every punch in it is indexed and at most [`Expiry::through_seq`], the
+//! newest punch it received came before the cutoff, and its latest device time (the last key of its time index) falls
+//! on a date before [`Expiry::date_before`]. It is taken out of the store's list first (readers holding it finish), and
+//! its directory renamed, then removed ([`super::parts::delete`]); a crash in between leaves a renamed directory that
+//! the next open removes, never a half part.
 
 use super::*;
 
@@ -45,16 +56,46 @@ pub struct Expired {
     pub punches: u64,
     pub log_values: u64,
     pub index_keys_rewritten: u64,
+    /// Whole parts deleted.
+    pub parts: u64,
+    /// Bytes of the deleted parts' files.
+    pub bytes: u64,
 }
 
 impl Store {
-    /// Removes the punches `expiry` allows (whole log values only) and their index entries. Only indexed punches are
-    /// removed. Returns what went.
+    /// Starts a new part when the newest holds punches received before `now_ms - period_ms` (and is not empty).
+    /// Returns whether it did. Blocking (creating a part makes and syncs a directory).
+    pub fn rotate(&self, now_ms: i64, period_ms: i64) -> Result<bool, StoreError> {
+        let Some(newest) = self.parts().last().cloned() else { return Ok(false) };
+        let oldest_received = match newest.log.first()? {
+            Some((k, v)) => {
+                let first = log_key(&k)?;
+                let punches = codec::decode_log_value(first, &v)
+                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
+                punches.iter().map(|p| p.received_time_ms).min()
+            }
+            None => None,
+        };
+        if oldest_received.is_none_or(|t| t >= now_ms.saturating_sub(period_ms)) {
+            return Ok(false);
+        }
+        // No insert runs while the list is held for writing, so `written` is the last number the newest part got.
+        let mut parts = self.inner.parts.write().unwrap_or_else(|p| p.into_inner());
+        let first = self.inner.written.load(Ordering::Acquire) + 1;
+        let part = Part::create(&self.inner.path, first, self.inner.cache_mb)?;
+        parts.push(Arc::new(part));
+        tracing::info!(first, parts = parts.len(), "store: new punch partition");
+        Ok(true)
+    }
+
+    /// Removes the punches `expiry` allows: whole parts, and in part 0 whole log values, with their index entries. Only
+    /// indexed punches are removed. Returns what went.
     pub fn expire(&self, expiry: &Expiry) -> Result<Expired, StoreError> {
-        let mut total = Expired::default();
+        let mut total = self.expire_parts(expiry)?;
+        let Some(main) = self.parts().into_iter().find(|p| !p.own_dir) else { return Ok(total) };
         let mut from = 0u64;
         loop {
-            let (round, next, done) = self.expire_round(expiry, from)?;
+            let (round, next, done) = self.expire_round(&main, expiry, from)?;
             total.punches += round.punches;
             total.log_values += round.log_values;
             total.index_keys_rewritten += round.index_keys_rewritten;
@@ -65,21 +106,76 @@ impl Store {
         }
     }
 
+    /// Deletes the parts (not the newest) that hold nothing but expirable punches.
+    fn expire_parts(&self, expiry: &Expiry) -> Result<Expired, StoreError> {
+        let mut total = Expired::default();
+        let parts = self.parts();
+        let indexed = self.inner.indexed.load(Ordering::Acquire);
+        for part in parts.iter().rev().skip(1).rev().filter(|p| p.own_dir) {
+            let Some(last) = part.last_seq()? else { continue };
+            if last > indexed || last > expiry.through_seq {
+                continue;
+            }
+            let newest_received = match part.log.last()? {
+                Some((k, v)) => {
+                    let first = log_key(&k)?;
+                    codec::decode_log_value(first, &v)
+                        .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?
+                        .iter()
+                        .map(|p| p.received_time_ms)
+                        .max()
+                }
+                None => None,
+            };
+            if newest_received.is_some_and(|t| t >= expiry.received_before_ms) {
+                continue;
+            }
+            let latest_device = match part.index.scan_prefix([index::K_TIME]).next_back().transpose()? {
+                Some((k, v)) => posting(&k, &v)?.iter().map(|&(t, _)| t).max(),
+                None => None,
+            };
+            let date_ok = latest_device.is_none_or(|t| {
+                jiff::Timestamp::from_millisecond(t)
+                    .is_ok_and(|t| t.to_zoned(expiry.tz.clone()).date() < expiry.date_before)
+            });
+            if !date_ok {
+                continue;
+            }
+            let punches = last + 1 - part.first;
+            let bytes = part.size_on_disk();
+            {
+                let mut list = self.inner.parts.write().unwrap_or_else(|p| p.into_inner());
+                list.retain(|p| !Arc::ptr_eq(p, part));
+            }
+            lock(&self.inner.dirty).retain(|p| !Arc::ptr_eq(p, part));
+            self.inner.expired_through.fetch_max(last, Ordering::AcqRel);
+            parts::delete(&part.path)?;
+            tracing::info!(first = part.first, last, bytes, "store: punch partition past retention deleted");
+            total.parts += 1;
+            total.punches += punches;
+            total.bytes += bytes;
+        }
+        Ok(total)
+    }
+
     /// One round from log key `from` on: the values to remove (at most [`ROUND_PUNCHES`] punches), then their index
     /// entries, then the values. Returns what went, where the next round starts, and whether the walk is over.
-    fn expire_round(&self, expiry: &Expiry, from: u64) -> Result<(Expired, u64, bool), StoreError> {
+    fn expire_round(&self, part: &Part, expiry: &Expiry, from: u64) -> Result<(Expired, u64, bool), StoreError> {
         // One indexing round at a time: the index follower never writes postings of punches this round removes.
         let _round = lock(&self.inner.indexing);
         let indexed = self.inner.indexed.load(Ordering::Acquire);
-        let newest = match self.inner.log.last()? {
-            Some((k, _)) => log_key(&k)?,
+        // The newest value of the store stays; in an older part every value may go.
+        let is_newest = self.parts().last().is_some_and(|p| std::ptr::eq(p.as_ref(), part));
+        let newest = match part.log.last()? {
+            Some((k, _)) if is_newest => log_key(&k)?,
+            Some(_) => u64::MAX,
             None => return Ok((Expired::default(), from, true)),
         };
         let mut victims: Vec<(u64, Vec<Punch>)> = Vec::new();
         let mut count = 0usize;
         let mut next = from;
         let mut done = true;
-        for entry in self.inner.log.range(from.to_be_bytes()..) {
+        for entry in part.log.range(from.to_be_bytes()..) {
             let (k, v) = entry?;
             let first = log_key(&k)?;
             if first >= newest {
@@ -119,7 +215,7 @@ impl Store {
                 rewritten += 1;
                 continue;
             }
-            for entry in self.inner.index.scan_prefix(prefix) {
+            for entry in part.index.scan_prefix(prefix) {
                 let (k, v) = entry?;
                 match index::without(&v, |seq| gone.contains(&seq))
                     .map_err(|message| StoreError::Decode { key: format!("index {k:?}"), message })?
@@ -136,17 +232,21 @@ impl Store {
                 }
             }
         }
-        self.inner.index.apply_batch(index_batch)?;
+        part.index.apply_batch(index_batch)?;
         let mut log_batch = sled::Batch::default();
         for (first, _) in &victims {
             log_batch.remove(&first.to_be_bytes());
         }
-        self.inner.log.apply_batch(log_batch)?;
+        part.log.apply_batch(log_batch)?;
         if let Some(max) = gone.iter().max() {
             self.inner.expired_through.fetch_max(*max, Ordering::AcqRel);
         }
-        let expired =
-            Expired { punches: gone.len() as u64, log_values: victims.len() as u64, index_keys_rewritten: rewritten };
+        let expired = Expired {
+            punches: gone.len() as u64,
+            log_values: victims.len() as u64,
+            index_keys_rewritten: rewritten,
+            ..Expired::default()
+        };
         Ok((expired, next, done))
     }
 

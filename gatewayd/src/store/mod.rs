@@ -86,15 +86,17 @@ pub mod index;
 pub mod metrics;
 mod migrate;
 mod open;
+pub mod parts;
 mod read;
 
-use open::sync_blobs;
+use open::{open_error, sync_blobs};
+use parts::Part;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use drivers::sink::Subject;
 use drivers::DevicePunch;
@@ -154,12 +156,16 @@ struct Unindexed {
 }
 
 struct Inner {
+    /// The store directory (the main sled database; the parts are under `parts/`).
     path: PathBuf,
+    /// The main database: the store's `meta` and the other stages' trees (and part 0 of an older store).
     db: sled::Db,
-    /// sled's log file, for the `fdatasync` that completes each flush.
-    db_file: Arc<std::fs::File>,
-    log: sled::Tree,
-    index: sled::Tree,
+    /// The cache size each part's database is opened with.
+    cache_mb: u64,
+    /// The parts of the punch log, by first sequence number; the last takes new punches (see [`parts`]).
+    parts: RwLock<Vec<Arc<Part>>>,
+    /// The parts written since the last flush.
+    dirty: Mutex<Vec<Arc<Part>>>,
     /// Highest sequence number written to the log.
     written: AtomicU64,
     /// Highest sequence number known durable (covered by a [`Store::flush`], or found on disk at open).
@@ -175,8 +181,6 @@ struct Inner {
     watermark: AtomicU64,
     /// The highest sequence number expiry removed in this process (see [`expire`]).
     expired_through: AtomicU64,
-    /// The blob files already synced (see [`sync_blobs`]).
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
 }
 
 /// The punch store. Cheap to clone (shared state behind an `Arc`).
@@ -211,6 +215,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
+    /// The parts, oldest first (a snapshot: cheap clones of the handles).
+    pub(super) fn parts(&self) -> Vec<Arc<Part>> {
+        self.inner.parts.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The part holding (or that would hold) `seq`: the one with the greatest first sequence number not above it.
+    pub(super) fn part_for(&self, seq: u64) -> Option<Arc<Part>> {
+        let parts = self.inner.parts.read().unwrap_or_else(|p| p.into_inner());
+        parts.iter().rev().find(|p| p.first <= seq).cloned()
+    }
+
+    /// How many parts the punch log has.
+    pub fn part_count(&self) -> usize {
+        self.inner.parts.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -235,25 +255,25 @@ impl Store {
         self.inner.durable.load(Ordering::Acquire).saturating_sub(self.inner.indexed.load(Ordering::Acquire))
     }
 
-    /// Bytes the database uses on disk.
+    /// Bytes the database uses on disk: the main database and every part.
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.db.size_on_disk().unwrap_or(0)
+        self.inner.db.size_on_disk().unwrap_or(0) + self.parts().iter().map(|p| p.size_on_disk()).sum::<u64>()
     }
 
     /// The highest number of the numbered ids with this prefix in the index.
     fn max_indexed_number(&self, prefix: &str) -> Result<Option<u64>, StoreError> {
         let group = index::numbered_prefix(prefix);
         let prefix_len = group.len();
-        let Some(last) = self.inner.index.scan_prefix(&group).keys().next_back().transpose()? else {
-            return Ok(None);
-        };
-        // Every posting of the highest bucket (one per round that had numbers in it).
-        let bucket = last.get(..prefix_len + 8).unwrap_or(&last);
         let mut max = None;
-        for r in self.inner.index.scan_prefix(bucket) {
-            let (k, v) = r?;
-            let entries = posting(&k, &v)?;
-            max = max.max(entries.iter().map(|&(n, _)| n as u64).max());
+        for part in self.parts() {
+            let Some(last) = part.index.scan_prefix(&group).keys().next_back().transpose()? else { continue };
+            // Every posting of the highest bucket (one per round that had numbers in it).
+            let bucket = last.get(..prefix_len + 8).unwrap_or(&last);
+            for r in part.index.scan_prefix(bucket) {
+                let (k, v) = r?;
+                let entries = posting(&k, &v)?;
+                max = max.max(entries.iter().map(|&(n, _)| n as u64).max());
+            }
         }
         Ok(max)
     }
@@ -275,21 +295,26 @@ impl Store {
             if max.is_none_or(|max| n > max) {
                 return Ok(None);
             }
-            for r in self.inner.index.scan_prefix(index::numbered_group(prefix, n)) {
-                let (k, v) = r?;
-                if let Some(seq) = index::find_numbered(&posting(&k, &v)?, n) {
-                    return Ok(Some(seq));
+            for part in self.parts().iter().rev() {
+                for r in part.index.scan_prefix(index::numbered_group(prefix, n)) {
+                    let (k, v) = r?;
+                    if let Some(seq) = index::find_numbered(&posting(&k, &v)?, n) {
+                        return Ok(Some(seq));
+                    }
                 }
             }
             return Ok(None);
         }
-        match self.inner.index.get(index::id_key(punch_id))? {
-            Some(v) => seq_from(&v).map(Some).ok_or_else(|| StoreError::Decode {
-                key: format!("id {punch_id}"),
-                message: "bad sequence number".into(),
-            }),
-            None => Ok(None),
+        let key = index::id_key(punch_id);
+        for part in self.parts().iter().rev() {
+            if let Some(v) = part.index.get(&key)? {
+                return seq_from(&v).map(Some).ok_or_else(|| StoreError::Decode {
+                    key: format!("id {punch_id}"),
+                    message: "bad sequence number".into(),
+                });
+            }
         }
+        Ok(None)
     }
 
     /// Writes punches in one atomic batch (not yet durable: call [`Store::flush`]). Punches whose `punch_id` is already
@@ -343,7 +368,16 @@ impl Store {
             out.push(Inserted { punch_id: id, seq, duplicate: false });
         }
         block.close(&mut batch);
-        self.inner.log.apply_batch(batch)?;
+        {
+            // Hold the parts while writing: a rotation waits until this batch is in the part it was numbered for.
+            let parts = self.inner.parts.read().unwrap_or_else(|p| p.into_inner());
+            let part = parts.last().ok_or_else(|| StoreError::Flush("no punch partition".into()))?;
+            part.log.apply_batch(batch)?;
+            let mut dirty = lock(&self.inner.dirty);
+            if !dirty.iter().any(|d| Arc::ptr_eq(d, part)) {
+                dirty.push(part.clone());
+            }
+        }
         for ins in out.iter().filter(|i| !i.duplicate) {
             unindexed.by_id.insert(ins.punch_id.clone(), ins.seq);
             unindexed.order.push_back((ins.seq, ins.punch_id.clone()));
@@ -352,16 +386,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable: flushes each part written since the last flush (usually the newest only).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let written = self.inner.written.load(Ordering::Acquire);
-        self.inner.db.flush_async().await?;
-        let inner = self.inner.clone();
+        let mut parts: Vec<Arc<Part>> = std::mem::take(&mut *lock(&self.inner.dirty));
+        if parts.is_empty() {
+            parts.extend(self.parts().last().cloned());
+        }
+        for part in &parts {
+            part.db.flush_async().await?;
+        }
         tokio::task::spawn_blocking(move || {
-            // Blob files first: a log made durable must not point to a blob that is not.
-            sync_blobs(&inner.path, &inner.synced_blobs)
-                .map_err(|e| StoreError::Flush(format!("fsync of the blob files: {e}")))?;
-            inner.db_file.sync_data().map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))
+            for part in &parts {
+                // Blob files first: a log made durable must not point to a blob that is not.
+                sync_blobs(&part.path, &part.synced_blobs)
+                    .map_err(|e| StoreError::Flush(format!("fsync of the blob files: {e}")))?;
+                part.file.sync_data().map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))?;
+            }
+            Ok::<(), StoreError>(())
         })
         .await
         .map_err(|e| StoreError::Flush(e.to_string()))??;
@@ -375,7 +417,12 @@ impl Store {
     pub fn index_pending(&self, max: u64) -> Result<u64, StoreError> {
         let _round = lock(&self.inner.indexing);
         let from = self.inner.indexed.load(Ordering::Acquire) + 1;
-        let to = self.inner.durable.load(Ordering::Acquire).min(from.saturating_add(max.max(1) - 1));
+        let Some(part) = self.part_for(from) else { return Ok(0) };
+        let mut to = self.inner.durable.load(Ordering::Acquire).min(from.saturating_add(max.max(1) - 1));
+        // A round stays in one part: its postings and cursor go into that part's index.
+        if let Some(next) = self.parts().iter().find(|p| p.first > part.first) {
+            to = to.min(next.first - 1);
+        }
         if to < from {
             return Ok(0);
         }
@@ -390,7 +437,7 @@ impl Store {
         }
         let mut batch = sled::Batch::default();
         index::build(&punches, to, &mut batch);
-        self.inner.index.apply_batch(batch)?;
+        part.index.apply_batch(batch)?;
         self.inner.indexed.store(to, Ordering::Release);
         let mut unindexed = lock(&self.inner.unindexed);
         // Raise the known maxima before the ids leave the table: a lookup must find each id in one or the other.

@@ -11,34 +11,13 @@ impl Store {
         // sled treats a log it cannot parse as empty. If the files were there before, an empty result means damage,
         // not a new store: remember what existed so that case is reported instead of silently starting over.
         let existed = std::fs::metadata(dir.join("db")).map(|m| m.len() > 0).unwrap_or(false);
-        let config =
-            sled::Config::new().path(dir).cache_capacity(cache_mb.max(1) * 1024 * 1024).flush_every_ms(Some(500));
-        // sled 0.34 may panic on some kinds of damage instead of returning an error; contain that here.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-            {
-                return Err(StoreError::Locked { path })
-            }
-            Ok(Err(e)) => return Err(StoreError::Open { path, message: e.to_string() }),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "the database files are damaged".into());
-                return Err(StoreError::Open { path, message: format!("damaged database ({message})") });
-            }
-        };
-        let io_error =
-            |what: &str, e: std::io::Error| StoreError::Open { path: path.clone(), message: format!("{what}: {e}") };
-        let db_file =
-            std::fs::File::open(dir.join("db")).map_err(|e| io_error("cannot open the log file for syncing", e))?;
+        let db = open_sled(dir, cache_mb)?;
         // sled does not sync directories: make the entries of the store's files (and of the store directory) durable.
         for d in [Some(dir), dir.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| io_error("cannot sync the directory", e))?;
+            std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                message: format!("cannot sync the directory: {e}"),
+            })?;
         }
         let meta = db.open_tree("meta").map_err(open_error(&path))?;
         match meta.get("format").map_err(open_error(&path))? {
@@ -64,30 +43,50 @@ impl Store {
                 db.flush()?;
             }
         }
-        let log = db.open_tree(LOG_TREE).map_err(open_error(&path))?;
-        let index = db.open_tree(INDEX_TREE).map_err(open_error(&path))?;
-        if meta.get(index::META_KEY).map_err(open_error(&path))?.as_deref() != Some(index::LAYOUT) {
+        let fresh_index = meta.get(index::META_KEY).map_err(open_error(&path))?.as_deref() != Some(index::LAYOUT);
+
+        // The parts: part 0 in the main database when it holds punches (a store made before partitions), then those
+        // under `parts/`. A new store starts with a part of its own.
+        let mut parts = Vec::new();
+        let main = Part::main(&path, &db)?;
+        let listed = parts::list(&path)?;
+        if !main.log.is_empty() || !main.index.is_empty() {
+            parts.push(Arc::new(main));
+        }
+        for (first, dir) in listed {
+            parts.push(Arc::new(Part::open(&dir, first, cache_mb)?));
+        }
+        if parts.is_empty() {
+            parts.push(Arc::new(Part::create(&path, 1, cache_mb)?));
+        }
+        if fresh_index {
             // An index of another layout (or none): drop it; it is rebuilt from the log below.
-            index.clear().map_err(open_error(&path))?;
+            for part in &parts {
+                part.index.clear().map_err(open_error(&path))?;
+            }
             meta.insert(index::META_KEY, index::LAYOUT).map_err(open_error(&path))?;
             db.flush().map_err(open_error(&path))?;
         }
-        let written = match log.last().map_err(open_error(&path))? {
-            Some((k, v)) => {
-                let first = log_key(&k)?;
-                let punches = codec::split_log_value(&v)
-                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
-                first + punches.len() as u64 - 1
+        let newest = parts
+            .last()
+            .map(Arc::clone)
+            .ok_or_else(|| StoreError::Open { path: path.clone(), message: "no punch partition".into() })?;
+        let written = newest.last_seq()?.unwrap_or(newest.first - 1);
+        // Parts before the newest were rotated away from with punches in them: an empty one lost its files.
+        for part in parts.iter().rev().skip(1).filter(|p| p.own_dir) {
+            if part.log.is_empty() {
+                return Err(StoreError::Open {
+                    path: part.path.clone(),
+                    message: "damaged database: a punch partition that held punches reads as empty".into(),
+                });
             }
-            None => 0,
-        };
-        let indexed = match index.get(index::CURSOR).map_err(open_error(&path))? {
-            Some(v) => seq_from(&v).ok_or_else(|| StoreError::Decode {
-                key: "index cursor".into(),
-                message: "bad sequence number".into(),
-            })?,
-            None => 0,
-        };
+        }
+        let mut indexed = parts.first().map_or(0, |p| p.first - 1);
+        for part in &parts {
+            if let Some(c) = part.cursor()? {
+                indexed = indexed.max(c);
+            }
+        }
         let watermark = read_watermark(&path)?;
         for (what, seq) in
             [("the watermark file says punches up to", watermark), ("the index covers punches up to", indexed)]
@@ -105,9 +104,9 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 db,
-                db_file: Arc::new(db_file),
-                log,
-                index,
+                cache_mb,
+                parts: RwLock::new(parts),
+                dirty: Mutex::new(Vec::new()),
                 written: AtomicU64::new(written),
                 // What sled recovered from disk is durable by definition.
                 durable: AtomicU64::new(written),
@@ -117,11 +116,10 @@ impl Store {
                 max_lag: AtomicU64::new(MAX_INDEX_LAG),
                 watermark: AtomicU64::new(watermark),
                 expired_through: AtomicU64::new(0),
-                synced_blobs: Mutex::default(),
             }),
         };
         // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
-        if written > 0 {
+        if written > 0 && newest.last_seq()?.is_some() {
             store.get(written)?;
         }
         // Index what the last run wrote but did not index (a crash between the flush and the index round).
@@ -201,4 +199,27 @@ pub(super) fn read_watermark(dir: &Path) -> Result<u64, StoreError> {
 
 pub(super) fn open_error(path: &Path) -> impl Fn(sled::Error) -> StoreError + '_ {
     move |e| StoreError::Open { path: path.to_owned(), message: e.to_string() }
+}
+
+/// Opens (or creates) the sled database in `dir`. Never panics on a damaged or foreign directory.
+pub(super) fn open_sled(dir: &Path, cache_mb: u64) -> Result<sled::Db, StoreError> {
+    let path = dir.to_owned();
+    let config = sled::Config::new().path(dir).cache_capacity(cache_mb.max(1) * 1024 * 1024).flush_every_ms(Some(500));
+    // sled 0.34 may panic on some kinds of damage instead of returning an error; contain that here.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+            Err(StoreError::Locked { path })
+        }
+        Ok(Err(e)) => Err(StoreError::Open { path, message: e.to_string() }),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "the database files are damaged".into());
+            Err(StoreError::Open { path, message: format!("damaged database ({message})") })
+        }
+    }
 }

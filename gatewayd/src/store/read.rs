@@ -6,7 +6,8 @@ use super::*;
 impl Store {
     /// The first sequence number of the log value holding `seq`, and the value.
     pub(super) fn value_holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
-        match self.inner.log.range(..=seq.to_be_bytes()).next_back().transpose()? {
+        let Some(part) = self.part_for(seq) else { return Ok(None) };
+        match part.log.range(..=seq.to_be_bytes()).next_back().transpose()? {
             Some((k, v)) => {
                 let first = log_key(&k)?;
                 Ok(Some((first, v)))
@@ -51,7 +52,13 @@ impl Store {
             Ok(found) => (found.map_or(from, |(first, _)| first), None),
             Err(e) => (from, Some(e)),
         };
-        LogIter { values: self.inner.log.range(start.to_be_bytes()..), after, ready: Vec::new().into_iter(), error }
+        // The part holding `start`, then every later one.
+        let parts: std::collections::VecDeque<Arc<Part>> = {
+            let all = self.parts();
+            let from_part = all.iter().rposition(|p| p.first <= start).unwrap_or(0);
+            all.into_iter().skip(from_part).collect()
+        };
+        LogIter { parts, start, values: None, after, ready: Vec::new().into_iter(), error }
     }
 
     /// `(device_time, seq)` of the punches in `[from_ms, to_ms)` of one index group, indexed or not, in time order.
@@ -70,9 +77,11 @@ impl Store {
         let cursor = self.inner.indexed.load(Ordering::Acquire);
         let (lo, hi) = index::range(group, width, from_ms, to_ms);
         let mut found = Vec::new();
-        for r in self.inner.index.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Included(hi))) {
-            let (k, v) = r?;
-            found.extend(posting(&k, &v)?.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
+        for part in self.parts() {
+            for r in part.index.range::<Vec<u8>, _>((Bound::Included(lo.clone()), Bound::Included(hi.clone()))) {
+                let (k, v) = r?;
+                found.extend(posting(&k, &v)?.into_iter().filter(|&(t, _)| t >= from_ms && t < to_ms));
+            }
         }
         for p in self.after(cursor) {
             let p = p?;
@@ -137,7 +146,11 @@ impl Store {
 
 /// The punches of the log after a sequence number, value by value.
 pub(super) struct LogIter {
-    values: sled::Iter,
+    /// The parts still to read, in order.
+    parts: std::collections::VecDeque<Arc<Part>>,
+    /// The log key to start the first part at.
+    start: u64,
+    values: Option<sled::Iter>,
     after: u64,
     ready: std::vec::IntoIter<Punch>,
     /// An error finding where to start, reported first.
@@ -155,9 +168,18 @@ impl Iterator for LogIter {
             if let Some(p) = self.ready.next() {
                 return Some(Ok(p));
             }
-            let (k, v) = match self.values.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
+            let next = match self.values.as_mut() {
+                Some(values) => values.next(),
+                None => None,
+            };
+            let (k, v) = match next {
+                Some(Ok(kv)) => kv,
+                Some(Err(e)) => return Some(Err(e.into())),
+                None => {
+                    let part = self.parts.pop_front()?;
+                    self.values = Some(part.log.range(self.start.to_be_bytes()..));
+                    continue;
+                }
             };
             let first = match log_key(&k) {
                 Ok(first) => first,

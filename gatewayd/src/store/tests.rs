@@ -35,6 +35,35 @@ impl Rig {
         Rig { dir, store, next: 1 }
     }
 
+    /// A store made before partitions: its punches (one to start with, seq 1 of device `d0`) in the main database.
+    fn legacy() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta").unwrap().insert("format", FORMAT).unwrap();
+            let p = Punch {
+                seq: 1,
+                punch_id: "gw:d0:1".into(),
+                device_id: "d0".into(),
+                driver: "test".into(),
+                device_seq: Some(1),
+                method: Method::Card,
+                subject: Subject::Employee("E0".into()),
+                device_time_ms: 500,
+                received_time_ms: 600,
+                realtime: true,
+                geo: None,
+                score: None,
+                attributes: Vec::new(),
+            };
+            db.open_tree(LOG_TREE).unwrap().insert(1u64.to_be_bytes(), codec::encode(&p)).unwrap();
+            db.flush().unwrap();
+        }
+        let store = reopen(dir.path()).unwrap();
+        assert!(store.parts().iter().all(|p| !p.own_dir), "part 0 only");
+        Rig { dir, store, next: 2 }
+    }
+
     fn insert(&mut self, punches: &[DevicePunch]) -> Vec<Inserted> {
         let refs: Vec<(&str, &DevicePunch)> = punches.iter().map(|p| ("test", p)).collect();
         self.store.insert_batch("gw", &refs, &mut self.next).unwrap()
@@ -126,8 +155,9 @@ fn a_damaged_posting_is_an_error_not_a_panic() {
     r.insert(&[punch("d1", 1, "E1", 1_000)]);
     r.flush();
     r.store.index_pending(10).unwrap();
-    let key = r.store.inner.index.scan_prefix([index::K_TIME]).next().unwrap().unwrap().0;
-    r.store.inner.index.insert(key, &[1u8, 2, 3][..]).unwrap();
+    let part = r.store.parts().last().cloned().unwrap();
+    let key = part.index.scan_prefix([index::K_TIME]).next().unwrap().unwrap().0;
+    part.index.insert(key, &[1u8, 2, 3][..]).unwrap();
     let results: Vec<_> = r.store.by_time(0, 10_000).collect();
     assert!(matches!(results.as_slice(), [Err(StoreError::Decode { .. })]), "{results:?}");
 }
@@ -262,7 +292,7 @@ fn a_group_commit_is_written_as_blocks_and_read_punch_by_punch() {
     let inserted = r.insert(&batch);
     assert!(inserted[300].duplicate && inserted[300].seq == 5);
     r.flush();
-    let log = r.store.db().open_tree(LOG_TREE).unwrap();
+    let log = r.store.parts().last().unwrap().log.clone();
     let firsts: Vec<u64> = log.iter().keys().map(|k| seq_from(&k.unwrap()).unwrap()).collect();
     drop(log);
     // Small punches in blocks of BLOCK_MAX_PUNCHES; the block from 193 takes 8 small and 3 large punches (about 1 KiB
@@ -271,7 +301,7 @@ fn a_group_commit_is_written_as_blocks_and_read_punch_by_punch() {
     assert!(firsts[4..].windows(2).all(|w| w[1] - w[0] == 3), "{firsts:?}");
     assert_eq!(firsts.last(), Some(&300));
     // No value is much over the limit, so no sled leaf of them reaches the size sled writes as a blob file.
-    for v in r.store.db().open_tree(LOG_TREE).unwrap().iter().values() {
+    for v in r.store.parts().last().unwrap().log.clone().iter().values() {
         assert!(v.unwrap().len() <= codec::BLOCK_MAX_BYTES + 5 + 4 * codec::BLOCK_MAX_PUNCHES);
     }
     for seq in 1..=300 {
@@ -319,7 +349,7 @@ fn an_index_of_the_previous_layout_is_rebuilt() {
     r.store.index_pending(10).unwrap();
     let hashed = r.store.get(2).unwrap().punch_id;
     // The previous layout: one `I` key per id, and no index layout in `meta`.
-    let index = r.store.db().open_tree(INDEX_TREE).unwrap();
+    let index = r.store.parts().last().unwrap().index.clone();
     index.clear().unwrap();
     index.insert(index::id_key("gw:d1:8"), &1u64.to_be_bytes()).unwrap();
     index.insert(index::CURSOR, &2u64.to_be_bytes()).unwrap();
@@ -327,7 +357,7 @@ fn an_index_of_the_previous_layout_is_rebuilt() {
     drop(index);
     r.flush();
     r.reopen();
-    let index = r.store.db().open_tree(INDEX_TREE).unwrap();
+    let index = r.store.parts().last().unwrap().index.clone();
     assert_eq!(index.get(index::id_key("gw:d1:8")).unwrap(), None);
     assert_eq!(index.scan_prefix([index::K_NUMBERED_ID]).count(), 1);
     assert!(index.get(index::id_key(&hashed)).unwrap().is_some());
@@ -344,7 +374,7 @@ fn a_damaged_block_is_an_error_not_a_panic() {
     let mut r = Rig::new();
     r.insert(&(1..=10).map(|i| punch("d1", i, "E1", i as i64)).collect::<Vec<_>>());
     r.flush();
-    let log = r.store.db().open_tree(LOG_TREE).unwrap();
+    let log = r.store.parts().last().unwrap().log.clone();
     let block = log.get(1u64.to_be_bytes()).unwrap().unwrap();
     // The same block under the wrong key: its punches carry other sequence numbers.
     log.insert(11u64.to_be_bytes(), block.clone()).unwrap();
@@ -410,7 +440,8 @@ fn the_table_of_unindexed_ids_gives_its_room_back_after_a_burst() {
 #[test]
 fn expiry_removes_delivered_old_punches_from_the_log_and_every_index_and_keeps_the_rest() {
     const DAY: i64 = 86_400_000;
-    let mut r = Rig::new();
+    // Part 0 (a store made before partitions) is expired value by value; its first value is seq 1 (device d0).
+    let mut r = Rig::legacy();
     let mut hashed = punch("d9", 0, "E9", 5_000);
     hashed.device_seq = None;
     r.insert(&[punch("d1", 1, "E1", 1_000), punch("d2", 1, "E2", 2_000), hashed]);
@@ -420,63 +451,140 @@ fn expiry_removes_delivered_old_punches_from_the_log_and_every_index_and_keeps_t
     r.store.index_pending(u64::MAX).unwrap();
     let utc = jiff::tz::TimeZone::UTC;
     let date = |d: i64| jiff::Timestamp::from_millisecond(d * DAY).unwrap().to_zoned(utc.clone()).date();
-    let hashed_id = r.store.get(3).unwrap().punch_id;
+    let hashed_id = r.store.get(4).unwrap().punch_id;
 
-    // Only what is delivered goes: through seq 2 leaves the first value (seqs 1-3) whole.
-    let limited = Expiry { received_before_ms: 3 * DAY, date_before: date(3), through_seq: 2, tz: utc.clone() };
-    assert_eq!(r.store.expire(&limited).unwrap().punches, 0);
+    // Only what is delivered goes: through seq 3 leaves the second value (seqs 2-4) whole.
+    let limited = Expiry { received_before_ms: 3 * DAY, date_before: date(3), through_seq: 3, tz: utc.clone() };
+    assert_eq!(r.store.expire(&limited).unwrap().punches, 1, "seq 1 only");
 
-    // Received before day 2 and dated before day 2: the first value only.
-    let expiry = Expiry { received_before_ms: DAY + 500, date_before: date(2), through_seq: 6, tz: utc.clone() };
+    // Received before day 2 and dated before day 2: the second value.
+    let expiry = Expiry { received_before_ms: DAY + 500, date_before: date(2), through_seq: 7, tz: utc.clone() };
     let gone = r.store.expire(&expiry).unwrap();
     assert_eq!((gone.punches, gone.log_values), (3, 1));
-    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![4, 5, 6]);
-    assert_eq!(seqs(r.store.by_device("d2", 0, 3 * DAY)), vec![6]);
-    assert_eq!(seqs(r.store.by_subject(&Subject::Employee("E1".into()), 0, 3 * DAY)), vec![4, 5]);
+    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![5, 6, 7]);
+    assert_eq!(seqs(r.store.by_device("d2", 0, 3 * DAY)), vec![7]);
+    assert_eq!(seqs(r.store.by_subject(&Subject::Employee("E1".into()), 0, 3 * DAY)), vec![5, 6]);
     assert_eq!(r.store.get_by_id("gw:d1:1").unwrap(), None);
     assert_eq!(r.store.get_by_id(&hashed_id).unwrap(), None);
-    assert_eq!(r.store.get_by_id("gw:d1:2").unwrap().map(|p| p.seq), Some(4));
+    assert_eq!(r.store.get_by_id("gw:d1:2").unwrap().map(|p| p.seq), Some(5));
     assert_eq!(r.store.expire(&expiry).unwrap(), Expired::default(), "a second pass finds nothing");
 
     // Everything is old enough: all but the newest log value goes (the log's end numbers the next punch).
-    let all = Expiry { received_before_ms: 9 * DAY, date_before: date(9), through_seq: 6, tz: utc };
+    let all = Expiry { received_before_ms: 9 * DAY, date_before: date(9), through_seq: 7, tz: utc };
     assert_eq!(r.store.expire(&all).unwrap().punches, 1);
-    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![5, 6]);
-    assert_eq!(r.store.count().unwrap(), 6);
+    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![6, 7]);
+    assert_eq!(r.store.count().unwrap(), 7);
 
     // A reopened store keeps numbering after the newest punch and still knows the kept ids.
     r.reopen();
     assert!(r.insert(&[punch("d1", 3, "E1", 2 * DAY + 1_000)])[0].duplicate);
-    assert_eq!(r.insert(&[punch("d1", 4, "E1", 2 * DAY + 9_000)])[0].seq, 7);
+    assert_eq!(r.insert(&[punch("d1", 4, "E1", 2 * DAY + 9_000)])[0].seq, 8);
     r.flush();
     r.store.index_pending(u64::MAX).unwrap();
-    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![5, 6, 7]);
+    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![6, 7, 8]);
 }
 
 #[test]
 fn a_round_cut_after_its_index_batch_is_finished_by_the_next_pass() {
-    let mut r = Rig::new();
+    let mut r = Rig::legacy();
     r.insert(&[punch("d1", 1, "E1", 1_000)]);
     r.insert(&[punch("d1", 2, "E1", 2_000)]);
     r.flush();
     r.store.index_pending(u64::MAX).unwrap();
-    // As if a crash came between the index batch and the log batch: the index no longer holds seq 1, the log does.
-    let p = r.store.get(1).unwrap();
+    // As if a crash came between the index batch and the log batch: the index no longer holds seq 2, the log does.
+    let p = r.store.get(2).unwrap();
+    let part = r.store.parts()[0].clone();
     let mut batch = sled::Batch::default();
     for prefix in index::entry_prefixes(&p) {
-        for k in r.store.inner.index.scan_prefix(&prefix).keys() {
+        for k in part.index.scan_prefix(&prefix).keys() {
             batch.remove(k.unwrap());
         }
     }
-    r.store.inner.index.apply_batch(batch).unwrap();
+    part.index.apply_batch(batch).unwrap();
+    drop(part);
     r.reopen();
     let expiry = Expiry {
         received_before_ms: 1_500,
         date_before: jiff::civil::date(1970, 1, 2),
-        through_seq: 2,
+        through_seq: 3,
         tz: jiff::tz::TimeZone::UTC,
     };
-    assert_eq!(r.store.expire(&expiry).unwrap().log_values, 1);
-    assert!(r.store.get(1).is_err());
-    assert_eq!(r.store.get(2).unwrap().seq, 2);
+    assert_eq!(r.store.expire(&expiry).unwrap().log_values, 2, "seq 1, and seq 2 whose index entries went");
+    assert!(r.store.get(2).is_err());
+    assert_eq!(r.store.get(3).unwrap().seq, 3);
+}
+
+#[test]
+fn rotated_partitions_past_retention_are_deleted_with_their_files() {
+    const DAY: i64 = 86_400_000;
+    let mut r = Rig::new();
+    let old: Vec<DevicePunch> = (1..=2000).map(|n| punch("d1", n, "E1", 1_000 + n as i64)).collect();
+    r.insert(&old);
+    r.flush();
+    // Not yet a period old: no rotation.
+    assert!(!r.store.rotate(DAY, DAY).unwrap());
+    assert!(r.store.rotate(3 * DAY, DAY).unwrap());
+    assert_eq!(r.store.part_count(), 2);
+    r.insert(&[punch("d1", 2001, "E1", 2 * DAY), punch("d2", 1, "E2", 2 * DAY)]);
+    r.flush();
+    r.store.index_pending(u64::MAX).unwrap();
+    let first_part = r.store.parts()[0].path.clone();
+    let size_before = r.store.size_on_disk();
+    let utc = jiff::tz::TimeZone::UTC;
+    let date = |d: i64| jiff::Timestamp::from_millisecond(d * DAY).unwrap().to_zoned(utc.clone()).date();
+
+    // Not delivered yet (through seq 1,999): the part stays.
+    let undelivered = Expiry { received_before_ms: 3 * DAY, date_before: date(2), through_seq: 1_999, tz: utc.clone() };
+    assert_eq!(r.store.expire(&undelivered).unwrap(), Expired::default());
+    // A device date not before the limit: the part stays.
+    let recent = Expiry { received_before_ms: 3 * DAY, date_before: date(0), through_seq: 2_002, tz: utc.clone() };
+    assert_eq!(r.store.expire(&recent).unwrap(), Expired::default());
+
+    let expiry = Expiry { received_before_ms: 3 * DAY, date_before: date(2), through_seq: 2_002, tz: utc };
+    let gone = r.store.expire(&expiry).unwrap();
+    assert_eq!((gone.parts, gone.punches), (1, 2000));
+    assert!(!first_part.exists(), "the part's directory is gone");
+    assert!(r.store.size_on_disk() < size_before, "{} < {size_before}", r.store.size_on_disk());
+    assert_eq!(r.store.part_count(), 1);
+    assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![2001, 2002]);
+    assert_eq!(r.store.get_by_id("gw:d1:5").unwrap(), None);
+    assert!(r.store.get(5).is_err());
+    assert_eq!(r.store.expire(&expiry).unwrap(), Expired::default(), "the newest part stays");
+
+    // After a restart: the same parts, numbering goes on, and a deletion interrupted after its rename is finished.
+    r.reopen();
+    assert_eq!(r.store.part_count(), 1);
+    assert_eq!(r.insert(&[punch("d1", 2002, "E1", 2 * DAY + 5)])[0].seq, 2003);
+    let parts_dir = r.dir.path().join(parts::PARTS_DIR);
+    std::fs::create_dir_all(parts_dir.join("x-00000000000000000001")).unwrap();
+    std::fs::create_dir_all(parts_dir.join("tmp-00000000000000009999")).unwrap();
+    r.flush();
+    r.reopen();
+    assert_eq!(std::fs::read_dir(&parts_dir).unwrap().count(), 1, "left-overs removed");
+    assert_eq!(r.store.get(2003).unwrap().seq, 2003);
+}
+
+#[test]
+fn a_partition_that_lost_its_files_is_damage_not_an_empty_part() {
+    let mut r = Rig::new();
+    r.insert(&[punch("d1", 1, "E1", 1_000)]);
+    r.flush();
+    assert!(r.store.rotate(10_000_000, 1).unwrap());
+    r.insert(&[punch("d1", 2, "E1", 2_000)]);
+    r.flush();
+    let first = r.store.parts()[0].path.clone();
+    let dir = r.dir.path().to_owned();
+    let old = std::mem::replace(&mut r.store, Store::open(&tempfile::tempdir().unwrap().keep(), 1).unwrap());
+    drop(old);
+    // sled opens a directory without its files as a new, empty database.
+    std::fs::remove_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&first).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = loop {
+        match Store::open(&dir, 8) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => continue,
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(matches!(&err, StoreError::Open { message, .. } if message.contains("damaged")), "{err}");
 }
