@@ -25,7 +25,14 @@ departments = ["D1"]
 shift = "day"
 workdays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 "#;
-const ROSTER: &str = "employee,name,department,pin\nE1,Li Wei,D1,1001\nE2,Wang Fang,D1,1002\n";
+/// 20 employees, E1 to E20, with terminal PINs 1001 to 1020.
+fn roster() -> String {
+    let mut csv = "employee,name,department,pin\n".to_owned();
+    for n in 1..=20 {
+        csv.push_str(&format!("E{n},Employee {n},D1,{}\n", 1000 + n));
+    }
+    csv
+}
 
 fn local_date(days_ago: i64) -> jiff::civil::Date {
     let tz = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
@@ -61,7 +68,7 @@ fn set_clock(file: &std::path::Path, days: i64) {
 /// A gateway whose retention clock is the file `clock`, with passes every 300 ms.
 fn start(dir: tempfile::TempDir, upstream: &str, clock: &std::path::Path) -> Gateway {
     std::fs::write(dir.path().join("rules.toml"), RULES).unwrap();
-    std::fs::write(dir.path().join("roster.csv"), ROSTER).unwrap();
+    std::fs::write(dir.path().join("roster.csv"), roster()).unwrap();
     let config = format!(
         "{}[[device]]\nid = \"zk\"\ndriver = \"adms\"\nserial_number = \"{SN}\"\n\n\
          [roster]\nfile = \"roster.csv\"\n\n[rules]\nfile = \"rules.toml\"\n\n{upstream}",
@@ -98,7 +105,7 @@ fn delivered_data_past_retention_leaves_every_read_and_tree_and_undelivered_data
     let port = sink.addr.rsplit(':').next().unwrap().to_owned();
     let upstream = format!(
         "[upstream]\nurl = \"https://localhost:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-         retention_days = 1\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n",
+         retention_days = 20\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n",
         ca = certs.join("ca.pem").display(),
         cert = certs.join("client.pem").display(),
         key = certs.join("client.key").display(),
@@ -117,7 +124,7 @@ fn delivered_data_past_retention_leaves_every_read_and_tree_and_undelivered_data
     });
     assert_eq!(api_counts(&gw, &admin, old), (MAX_LIST.min(OLD), 2), "all there while retention's clock is today");
     let size_before = du(&gw.data_dir().join("store"));
-    set_clock(&clock, 3);
+    set_clock(&clock, 30);
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"partitions\"}", 1.0, Duration::from_secs(60));
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"punches\"}", OLD as f64, Duration::from_secs(60));
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"records\"}", 2.0, Duration::from_secs(60));
@@ -188,4 +195,89 @@ fn du(dir: &std::path::Path) -> u64 {
         total += if meta.is_dir() { du(&entry.path()) } else { meta.blocks() * 512 };
     }
     total
+}
+
+/// The disk budget's promise end to end: at the budget, with undelivered data, new punches are refused (the terminal
+/// keeps them) and the alarm is up; once delivery resumes and retention deletes the delivered partitions, the state
+/// returns to ok and punches are accepted again, without a restart.
+#[test]
+fn a_full_budget_recovers_without_a_restart_once_delivery_resumes() {
+    use nix::sys::signal::Signal;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let work = tempfile::tempdir().unwrap();
+    let certs = dev_certs(work.path());
+    let clock = work.path().join("clock");
+    // Retention's clock 40 days ahead: past the default 30 days, so everything delivered can go.
+    set_clock(&clock, 40);
+    let mut gw = start(tempfile::tempdir().unwrap(), "", &clock);
+    // 24,000 punches of 20 employees over ten dates 5 to 14 days ago, in eight uploads: megabytes of punch partitions.
+    for stamp in 0..8u32 {
+        let lines: String = (0..3000u32)
+            .map(|i| {
+                let n = stamp * 3000 + i;
+                let (pin, date, second) = (1001 + n % 20, local_date(5 + i64::from((n / 20) % 10)), n / 200);
+                format!("{pin}\t{date} 06:{:02}:{:02}\t0\t15\n", second / 60, second % 60)
+            })
+            .collect();
+        upload_attlog(&gw, SN, 10 + stamp, lines);
+    }
+    // Everything through the engine into the outbox (undelivered: no upstream yet), then a budget just below what the
+    // store uses: full.
+    gw.wait_metric_at_least("gatewayd_outbox_depth", 24_000.0, Duration::from_secs(120));
+    gw.wait_metric_at_least("gatewayd_retention_held_back", 1.0, Duration::from_secs(60));
+    let used = gw.wait_metric_at_least("gatewayd_disk_used_bytes", 4.0 * MIB, Duration::from_secs(30));
+    // Below it by a tenth: the main database's own size moves a little as sled cleans up.
+    let budget_mb = (used * 0.9 / MIB).floor() as u64;
+    let base = std::fs::read_to_string(&gw.config_path).unwrap();
+    // The alarm band narrowed to 1%: the main database (outbox, records) keeps the space it used while delivering,
+    // and this test is about the full state, not the alarm.
+    let with_budget = format!("{base}\n[store]\ndisk_budget_mb = {budget_mb}\ndisk_alarm_percent = 99\n");
+    std::fs::write(&gw.config_path, &with_budget).unwrap();
+    gw.signal(Signal::SIGHUP);
+    gw.wait_metric_at_least("gatewayd_disk_budget_state", 2.0, Duration::from_secs(30));
+    let late = |stamp: u32| {
+        http(
+            "POST",
+            gw.addr("api"),
+            &format!("/iclock/cdata?SN={SN}&table=ATTLOG&Stamp={stamp}"),
+            &[],
+            Some(format!("1001\t{} 08:00:0{}\t0\t15\n", local_date(0), stamp % 10).into_bytes()),
+        )
+    };
+    let refused = late(100);
+    assert_ne!(refused, (200, "OK: 1\n".to_owned()), "a new punch is refused at the budget");
+
+    // Delivery resumes: the receiver comes up and the configuration names it.
+    let out = work.path().join("received.jsonl");
+    let sink = Sink::start(&certs, &out, "127.0.0.1:0", "");
+    let port = sink.addr.rsplit(':').next().unwrap().to_owned();
+    let upstream = format!(
+        "{with_budget}\n[upstream]\nurl = \"https://localhost:{port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         linger = \"50ms\"\nmax_backoff = \"1s\"\n",
+        ca = certs.join("ca.pem").display(),
+        cert = certs.join("client.pem").display(),
+        key = certs.join("client.key").display(),
+    );
+    std::fs::write(&gw.config_path, upstream).unwrap();
+    gw.signal(Signal::SIGHUP);
+    gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"partitions\"}", 1.0, Duration::from_secs(120));
+    let state = wait_until(
+        "the budget back to ok",
+        Duration::from_secs(60),
+        || gw.metric("gatewayd_disk_budget_state"),
+        |s| *s == Some(0.0),
+    );
+    assert_eq!(state, Some(0.0));
+    wait_until(
+        "no undelivered data held back",
+        Duration::from_secs(60),
+        || gw.metric("gatewayd_retention_held_back"),
+        |h| *h == Some(0.0),
+    );
+    let accepted = wait_until("a new punch accepted", Duration::from_secs(30), || late(101), |r| r.0 == 200);
+    assert_eq!(accepted, (200, "OK: 1\n".to_owned()));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(text.matches("\"kind\":\"punch\"").count() >= 24_000, "everything was delivered before it went");
+    gw.stop();
+    sink.stop();
 }

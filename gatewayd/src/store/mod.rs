@@ -373,6 +373,8 @@ impl Store {
             let parts = self.inner.parts.read().unwrap_or_else(|p| p.into_inner());
             let part = parts.last().ok_or_else(|| StoreError::Flush("no punch partition".into()))?;
             part.log.apply_batch(batch)?;
+            // Still under the lock: a rotation numbers the next part from `written`.
+            self.inner.written.fetch_max(next_seq.saturating_sub(1), Ordering::AcqRel);
             let mut dirty = lock(&self.inner.dirty);
             if !dirty.iter().any(|d| Arc::ptr_eq(d, part)) {
                 dirty.push(part.clone());
@@ -382,7 +384,6 @@ impl Store {
             unindexed.by_id.insert(ins.punch_id.clone(), ins.seq);
             unindexed.order.push_back((ins.seq, ins.punch_id.clone()));
         }
-        self.inner.written.fetch_max(next_seq.saturating_sub(1), Ordering::AcqRel);
         Ok(out)
     }
 

@@ -588,3 +588,39 @@ fn a_partition_that_lost_its_files_is_damage_not_an_empty_part() {
     };
     assert!(matches!(&err, StoreError::Open { message, .. } if message.contains("damaged")), "{err}");
 }
+
+#[test]
+fn punches_written_while_partitions_rotate_are_all_found() {
+    let mut r = Rig::new();
+    let store = r.store.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rotations = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Always due: the newest part rotates whenever it holds a punch.
+                if store.rotate(i64::MAX, 0).unwrap() {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    for b in 0..200u64 {
+        r.insert(&(0..10).map(|i| punch("d1", b * 10 + i + 1, "E1", (b * 10 + i) as i64)).collect::<Vec<_>>());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rotated = rotations.join().unwrap();
+    assert!(rotated > 1, "{rotated} rotations");
+    r.flush();
+    assert_eq!(seqs(r.store.after(0)), (1..=2000).collect::<Vec<_>>());
+    for seq in [1, 500, 1000, 2000] {
+        assert_eq!(r.store.get(seq).unwrap().seq, seq);
+    }
+    r.store.index_pending(u64::MAX).unwrap();
+    while r.store.index_pending(u64::MAX).unwrap() > 0 {}
+    assert_eq!(seqs(r.store.by_time(0, 10_000)).len(), 2000);
+    r.reopen();
+    assert_eq!(seqs(r.store.after(0)).len(), 2000);
+}
