@@ -28,3 +28,4 @@ mod systemd_unit;
 mod upstream;
 mod upstream_daemon;
 mod upstream_outage;
+mod zk4370;

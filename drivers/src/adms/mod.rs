@@ -24,7 +24,8 @@
 //! after a restart the terminal does not re-send its whole log. A lost or stale stamp file costs a re-upload, never a
 //! duplicate (punch ids are content hashes); an unreadable file is logged and ignored.
 //!
-//! Device times are site-local. A record counts as real-time (so the rules may flag `clock_skew`) when the device has
+//! Device times are read in the terminal's `timezone` (else the site's), and the handshake's `TimeZone` is that zone's
+//! offset now. A record counts as real-time (so the rules may flag `clock_skew`) when the device has
 //! been polling without a gap for [`SETTLE`] and the upload is small; uploads right after a handshake are backlogs.
 
 pub mod attlog;
@@ -74,11 +75,12 @@ struct Seen {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer(pub std::net::IpAddr);
 
-/// A terminal as configured: its device id and the networks it may push from (empty: any).
+/// A terminal as configured: its device id, the networks it may push from (empty: any) and the time zone of its clock.
 #[derive(Clone, Debug)]
 struct Terminal {
     id: String,
     allow_from: Arc<[ipnet::IpNet]>,
+    timezone: jiff::tz::TimeZone,
 }
 
 /// The shared state of the ADMS routes. Cheap to clone.
@@ -128,7 +130,8 @@ impl Adms {
             .filter_map(|d| {
                 let allow_from =
                     d.allow_from.iter().flatten().filter_map(|a| crate::config::parse_allow(a).ok()).collect();
-                d.serial_number.clone().map(|sn| (sn, Terminal { id: d.id.clone(), allow_from }))
+                let timezone = d.device_timezone(&self.timezone);
+                d.serial_number.clone().map(|sn| (sn, Terminal { id: d.id.clone(), allow_from, timezone }))
             })
             .collect();
         for t in table.values() {
@@ -143,6 +146,11 @@ impl Adms {
 
     fn device_of(&self, sn: &str) -> Option<String> {
         self.devices.read().ok().and_then(|t| t.get(sn).map(|d| d.id.clone()))
+    }
+
+    /// The time zone of the terminal's clock: its own `timezone`, else the site's.
+    fn timezone_of(&self, sn: &str) -> jiff::tz::TimeZone {
+        self.terminal(sn).map_or_else(|| self.timezone.clone(), |t| t.timezone)
     }
 
     fn terminal(&self, sn: &str) -> Option<Terminal> {
@@ -365,7 +373,7 @@ async fn handshake(State(adms): State<Adms>, Query(q): Params) -> Response {
         Err(refusal) => return refusal.into_response(),
     };
     adms.touch(&sn, &device, true);
-    let offset = adms.timezone.to_offset(jiff::Timestamp::now()).seconds();
+    let offset = adms.timezone_of(&sn).to_offset(jiff::Timestamp::now()).seconds();
     if let Some(ver) = param(&q, "pushver") {
         adms.status.detail(&device, DRIVER, format!("SN {sn}, push {}", ver.chars().take(16).collect::<String>()));
     }
@@ -406,6 +414,7 @@ async fn upload(State(adms): State<Adms>, Query(q): Params, body: Result<Bytes, 
     let text_body = attlog::decode_body(&body);
     let (records, errors) = attlog::parse_attlog(&text_body);
     let now = jiff::Timestamp::now().as_millisecond();
+    let timezone = adms.timezone_of(&sn);
     let realtime = settled && records.len() <= REALTIME_MAX_RECORDS;
     let mut punches = Vec::with_capacity(records.len());
     let mut bad = errors.len();
@@ -414,7 +423,7 @@ async fn upload(State(adms): State<Adms>, Query(q): Params, body: Result<Bytes, 
         adms.sink.count_unparsed(&device, "malformed_line");
     }
     for r in &records {
-        match attlog::to_punch(&device, r, &adms.timezone, now, realtime) {
+        match attlog::to_punch(&device, r, &timezone, now, realtime) {
             Ok(p) => punches.push(p),
             Err(e) => {
                 bad += 1;
@@ -520,6 +529,24 @@ mod tests {
         let b = adms().persist_stamps(&path);
         assert_eq!(b.stamp("SN1").as_deref(), Some("1700000000"), "read back after a restart");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_terminal_with_its_own_time_zone_gets_its_offset_and_its_times_read_in_it() {
+        let metrics = crate::telemetry::DriverMetrics::default();
+        let (sink, _rx) = PunchSink::channel(1, metrics.clone());
+        let devices: Vec<DeviceConfig> = serde_json::from_value(serde_json::json!([
+            {"id": "zk-in", "driver": "adms", "serial_number": "SNIN", "timezone": "Asia/Kolkata"},
+            {"id": "zk-cn", "driver": "adms", "serial_number": "SNCN"}
+        ]))
+        .unwrap();
+        let site = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap();
+        let a = Adms::new(&devices, &sink, StatusBoard::new(metrics), site, 1 << 20);
+        let now = jiff::Timestamp::now();
+        let offset = |sn: &str| timezone_option(a.timezone_of(sn).to_offset(now).seconds());
+        assert_eq!(offset("SNIN"), "330", "+05:30 in minutes");
+        assert_eq!(offset("SNCN"), "8", "+08:00 in hours");
+        assert_eq!(offset("SNXX"), "8", "unknown terminals: the site's");
     }
 
     #[test]

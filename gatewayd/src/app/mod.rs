@@ -286,6 +286,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         &config,
         appliers.add("device drivers", &config_tx),
         &sink,
+        drivers::history::History::new(devices::StoreHistory(store.clone())),
         &metrics,
         &status,
         &front,
