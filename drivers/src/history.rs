@@ -12,6 +12,9 @@ use std::sync::Arc;
 pub trait StoredPunches: Send + Sync {
     /// The latest device time (Unix milliseconds) of a stored punch of `device`, or `None` when none is stored.
     fn latest_device_time(&self, device: &str) -> Result<Option<i64>, String>;
+
+    /// How many punches of `device` the store holds with device time in `[from_ms, to_ms)`.
+    fn count_between(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<u64, String>;
 }
 
 /// A handle on the store's history for drivers. Cheap to clone; `Default` is no history.
@@ -34,6 +37,15 @@ impl History {
         let Some(store) = self.0.clone() else { return Ok(None) };
         let device = device.to_owned();
         tokio::task::spawn_blocking(move || store.latest_device_time(&device))
+            .await
+            .map_err(|e| format!("store read task failed: {e}"))?
+    }
+
+    /// See [`StoredPunches::count_between`]; `Ok(0)` without a store.
+    pub async fn count_between(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<u64, String> {
+        let Some(store) = self.0.clone() else { return Ok(0) };
+        let device = device.to_owned();
+        tokio::task::spawn_blocking(move || store.count_between(&device, from_ms, to_ms))
             .await
             .map_err(|e| format!("store read task failed: {e}"))?
     }

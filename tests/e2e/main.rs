@@ -8,6 +8,7 @@
 mod harness;
 
 mod adms;
+mod adms_commands;
 mod api_files;
 mod api_roles;
 mod calendar;

@@ -38,6 +38,15 @@ impl drivers::history::StoredPunches for StoreHistory {
         }
         Ok(None)
     }
+
+    fn count_between(&self, device: &str, from_ms: i64, to_ms: i64) -> Result<u64, String> {
+        let mut n = 0;
+        for p in self.0.by_device(device, from_ms, to_ms) {
+            p.map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// The MQTT service settings from the configuration.
