@@ -21,11 +21,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn start() -> Gateway {
+    start_in(tempfile::tempdir().unwrap())
+}
+
+fn start_in(dir: tempfile::TempDir) -> Gateway {
     let config = format!(
         "{}[[device]]\nid = \"line2-zk\"\ndriver = \"adms\"\nserial_number = \"{SN}\"\n",
         base_config("gw-cmd")
     );
-    let dir = tempfile::tempdir().unwrap();
     Gateway::start_in_env(dir, &config, &[("GATEWAYD_ADMS_SILENCE_MS", &SILENCE_MS.to_string())])
 }
 
@@ -199,4 +202,26 @@ fn roster_imports_create_users_on_the_terminal_and_removals_delete_them() {
     );
     let updates = sim.executed().iter().filter(|c| c.starts_with("DATA UPDATE USERINFO")).count();
     assert_eq!(updates, 3, "an unchanged person is not sent again");
+}
+
+#[test]
+fn after_a_store_quarantine_the_terminals_are_asked_for_their_last_month() {
+    let rt = runtime();
+    // A damaged store: the daemon moves it aside and starts on a fresh one.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data").join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("conf"), b"\x00\xffnot a sled config at all\n").unwrap();
+    std::fs::write(store.join("db"), [0xA5u8; 64 * 1024]).unwrap();
+    let gw = start_in(dir);
+    assert_eq!(gw.metric("gatewayd_store_quarantines"), Some(1.0));
+    let sim = AdmsSim::new(gw.addr("api"), SN);
+    let now = local_now();
+    for i in 0..30 {
+        // Already pushed before the damage: the terminal will not push them again by itself.
+        sim.punch_unpushed(&format!("30{i:02}"), minus(now, i * 86_400 / 2 + 60), 15);
+    }
+    rt.block_on(sim.handshake()).unwrap();
+    poll_until_executed(&rt, &sim, "DATA QUERY ATTLOG");
+    wait_until("the last month back", LIMIT, || gw.metric("gatewayd_store_punches").unwrap_or(0.0), |v| *v >= 30.0);
 }

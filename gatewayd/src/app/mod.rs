@@ -178,7 +178,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         &metrics,
     )
     .await?;
-    let crate::app::quarantine::State { store, changes, outbox, tokens, audit, .. } = state;
+    let crate::app::quarantine::State { store, changes, outbox, tokens, audit, quarantined } = state;
     readiness.set_store_open();
     tracing::info!(path = %store.path().display(), punches = store.count().unwrap_or(0), "store open");
     let disk_budget = DiskBudget::new();
@@ -259,6 +259,10 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
             .with_commands(commands, history.clone());
     terminals::spawn(store.db(), attendance.roster.clone(), adms.clone(), front.clone(), &front_tasks)
         .map_err(|e| AppError::Driver(format!("roster sync to the terminals: {e}")))?;
+    if quarantined.is_some() {
+        // The punches of the damaged store are set aside: ask the PUSH terminals for what they still hold.
+        terminals::backfill_after_quarantine(&adms).await;
+    }
     adms.spawn_presence(front.clone(), &front_tasks);
     spawn_device_tables(
         appliers.add("device tables", &config_tx),

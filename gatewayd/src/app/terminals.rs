@@ -53,6 +53,22 @@ async fn sync(roster: &RosterStore, adms: &drivers::adms::Adms) {
     }
 }
 
+/// How far back the terminals are asked for their records after the store was quarantined.
+pub const QUARANTINE_BACKFILL_DAYS: i64 = 31;
+
+/// After a start that quarantined a damaged store: queues `DATA QUERY ATTLOG` for the last
+/// [`QUARANTINE_BACKFILL_DAYS`] on every PUSH terminal, so what they still hold comes back into the fresh store. (4370
+/// terminals need nothing: their next session reads their whole log into a store that holds nothing of them.)
+pub async fn backfill_after_quarantine(adms: &drivers::adms::Adms) {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let from = now - QUARANTINE_BACKFILL_DAYS * 86_400_000;
+    for device in adms.terminals() {
+        if let Err(e) = adms.backfill(&device, from, now + 60_000, "quarantine").await {
+            tracing::error!(device = %device, error = %e, "backfill after the store quarantine not queued");
+        }
+    }
+}
+
 /// Starts the task; it runs until `cancel`.
 pub(super) fn spawn(
     db: &sled::Db,
