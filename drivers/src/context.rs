@@ -23,6 +23,8 @@ pub struct DriverContext {
     pub timezone: jiff::tz::TimeZone,
     /// What the store already holds of this device (for drivers that read a device's log after a reconnect).
     pub history: crate::history::History,
+    /// The roster people to keep on the device, for drivers that put users on their terminals (`zk4370`).
+    pub people: crate::people::PeopleFeed,
 }
 
 /// Why a driver task stopped with an error.

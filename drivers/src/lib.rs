@@ -13,7 +13,8 @@
 //!   codec and its simulator, over [`transport`] (serial port, TCP serial server, Bluetooth RFCOMM) and what the two
 //!   share ([`session`], [`framing`]); [`mqtt`] (face terminals through the embedded broker), [`adms`] (ZKTeco push)
 //!   and [`zk4370`] (ZKTeco terminals without push, over their binary protocol, with its simulator);
-//! - [`history`]: what the store can tell a driver about the punches it holds of its device;
+//! - [`history`]: what the store can tell a driver about the punches it holds of its device; [`people`]: the roster as
+//!   terminals hold it, for the drivers that put users on them;
 //! - [`sim`]: what the device simulators (`pn532::sim`, `r30x::sim`) share, for tests and `gatewayd demo` ([`demo`]);
 //! - shared by the daemon too: [`backoff`] (jittered exponential backoff) and [`tls`] (certificates, keys, rustls
 //!   configurations).
@@ -28,6 +29,7 @@ pub mod driver;
 pub mod framing;
 pub mod history;
 pub mod mqtt;
+pub mod people;
 pub mod pn532;
 pub mod r30x;
 pub mod session;

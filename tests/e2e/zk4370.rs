@@ -128,3 +128,41 @@ fn tcp_and_udp_terminals_punch_durably_and_the_log_read_after_a_kill_fetches_the
     }
     assert!(!gw.stderr.contains("panicked"), "{}", gw.stderr);
 }
+
+#[test]
+fn roster_imports_become_users_on_a_4370_terminal_and_removals_delete_them() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let stop = CancellationToken::new();
+    let sim = Zk4370Sim::new(Layout::Long40, None, tz("Asia/Shanghai"));
+    let addr = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (s, st) = (sim.clone(), stop.clone());
+        tokio::spawn(async move { s.serve_tcp(listener, st).await });
+        addr
+    });
+    let config = format!(
+        "{}[[device]]\nid = \"zk-tcp\"\ndriver = \"zk4370\"\nport = \"tcp://{addr}\"\npoll_interval = \"300ms\"\n",
+        base_config("gw-zk-roster")
+    );
+    let gw = Gateway::start(&config);
+    let admin = gw.token(&["--role", "admin"]);
+    let import = |csv: &str| {
+        let auth = format!("Bearer {admin}");
+        let headers = [("authorization", auth.as_str())];
+        let (status, body) =
+            crate::harness::http("POST", gw.addr("api"), "/api/v1/employees/import", &headers, Some(csv.into()));
+        assert_eq!(status, 200, "{body}");
+    };
+    let users = || -> Vec<(String, String)> { sim.users().into_iter().map(|u| (u.user_id, u.name)).collect() };
+    import(
+        "employee,name,department,card,fingerprint,face,pin,manages\n\
+         E1001,Zhang San,D1,04A1B2C3,,,1001,\nE1002,Li Si,D1,,,,1002,\n",
+    );
+    wait_until("the roster on the terminal", LIMIT, users, |u| u.len() == 2);
+    assert_eq!(users(), [("1001".to_owned(), "Zhang San".to_owned()), ("1002".to_owned(), "Li Si".to_owned())]);
+    import("employee,name,department,card,fingerprint,face,pin,manages\nE1002,Li Si,D1,,,,1002,\n");
+    wait_until("the removal on the terminal", LIMIT, users, |u| u.len() == 1);
+    assert_eq!(users()[0].0, "1002");
+    stop.cancel();
+}

@@ -213,6 +213,7 @@ pub(crate) mod testkit {
             status: StatusBoard::new(metrics),
             timezone: jiff::tz::TimeZone::UTC,
             history: crate::history::History::default(),
+            people: crate::people::PeopleFeed::default(),
         };
         (ctx, punches)
     }

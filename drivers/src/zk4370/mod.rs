@@ -13,7 +13,12 @@
 //!    as `CMD_PREPARE_DATA`, several `CMD_DATA` and `CMD_ACK_OK`), then `CMD_FREE_DATA`. Records from the latest
 //!    stored device time of this device (minus [`LOG_OVERLAP`]) on are submitted, in batches; everything, if the store
 //!    holds nothing of the device yet. Events registered before the read mean nothing falls between the two.
-//! 5. Then the gateway waits for events, and every `poll_interval` (default [`POLL`]) asks for the record count: it
+//! 5. The roster's people are made users of the terminal (when the daemon gives the driver a [`PeopleFeed`]): the user
+//!    table is read (`CMD_USERTEMP_RRQ` through the buffer, 72-byte records), people missing or different are written
+//!    (`CMD_USER_WRQ`, a new one under the next free internal number), users the gateway once put there and the roster
+//!    no longer has are deleted (`CMD_DELETE_USER`), then `CMD_REFRESHDATA`. Again whenever the roster changes. Users
+//!    enrolled on the terminal by hand are left alone.
+//! 6. Then the gateway waits for events, and every `poll_interval` (default [`POLL`]) asks for the record count: it
 //!    checks the link, and a count other than the records read plus the events received since (an event lost on UDP,
 //!    corrupted or malformed) makes the gateway read the log again and submit the records after those of its last
 //!    read (the log only grows at its end; a count below that means it was cleared, and the read takes it whole).
@@ -51,6 +56,7 @@ use crate::backoff::{Backoff, Retries};
 use crate::config::{CommKey, HumanDuration};
 use crate::context::{DriverContext, DriverError};
 use crate::framing::FrameFault;
+use crate::people::PeopleFeed;
 use crate::sink::{DevicePunch, Outcome, Rejection, Subject};
 
 /// The driver label.
@@ -93,6 +99,8 @@ pub enum ZkError {
     },
     #[error("punches not stored, the terminal keeps them: {0}")]
     Store(String),
+    #[error("users not kept in step: {0}")]
+    Users(String),
 }
 
 /// Runs the driver for one terminal until cancelled.
@@ -177,6 +185,14 @@ pub fn to_punch(
     }
 }
 
+/// Resolves when the roster changes (`true`) or will not change any more (`false`); never without a feed.
+async fn roster_changed(feed: &mut PeopleFeed) -> bool {
+    match feed.people.as_mut() {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// One open link to a terminal.
 struct Session<'a> {
     ctx: &'a DriverContext,
@@ -249,6 +265,10 @@ impl<'a> Session<'a> {
         self.command_ok(cmd::REG_EVENT, u32::from(event::ATTLOG).to_le_bytes().to_vec()).await?;
         self.ctx.status.set_online(self.device(), DRIVER, true);
         self.read_log().await?;
+        let mut feed = self.ctx.people.clone();
+        if feed.people.is_some() {
+            self.sync_users(&mut feed).await?;
+        }
         let poll = self.ctx.device.poll_interval.map_or(POLL, |HumanDuration(d)| d);
         let mut tick = tokio::time::interval_at(Instant::now() + poll, poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,6 +291,14 @@ impl<'a> Session<'a> {
                     let count = self.record_count().await?;
                     if self.read_upto.is_none() || count != self.seen {
                         self.read_log().await?;
+                    }
+                }
+                changed = roster_changed(&mut feed) => {
+                    if changed {
+                        self.sync_users(&mut feed).await?;
+                    } else {
+                        // The daemon is stopping: no more roster changes.
+                        feed.people = None;
                     }
                 }
             }
@@ -490,6 +518,65 @@ impl<'a> Session<'a> {
         }
         (self.read_upto, self.seen) = (Some(count), count);
         tracing::info!(device = %self.device(), ?layout, records = count, submitted, new, "attendance log read");
+        Ok(())
+    }
+
+    /// Brings the terminal's users to the roster's people (see the module docs, step 5).
+    async fn sync_users(&mut self, feed: &mut PeopleFeed) -> Result<(), ZkError> {
+        let (Some(people), Some(ledger)) = (feed.people.as_mut(), feed.ledger.clone()) else { return Ok(()) };
+        let people = people.borrow_and_update().clone();
+        let device = self.device().to_owned();
+        let put = ledger.users(&device).map_err(|e| ZkError::Users(e.to_string()))?;
+        let table = self.read_table(cmd::USERTEMP_RRQ, records::FCT_USER).await?;
+        let users: Vec<records::User> = match records::parse_users(&table) {
+            Ok(users) => users.into_iter().filter_map(Result::ok).collect(),
+            Err(e) => {
+                // Another user format (older firmware): report it, keep the session for punches.
+                tracing::error!(device = %device, error = %e, "terminal user table unreadable; roster not pushed");
+                self.ctx.status.error(&device, DRIVER, format!("user table unreadable, roster not pushed: {e}"));
+                return Ok(());
+            }
+        };
+        let mut next_uid = users.iter().map(|u| u.uid).max().unwrap_or(0);
+        let mut changes = 0usize;
+        for (pin, person) in people.iter() {
+            let card = person.card.as_deref().and_then(|c| c.parse::<u32>().ok()).unwrap_or(0);
+            let name = records::terminal_text(&person.name);
+            let existing = users.iter().find(|u| u.user_id == records::terminal_text(pin));
+            if existing.is_some_and(|u| u.name == name.trim() && u.card == card) {
+                if !put.contains_key(pin) {
+                    ledger.set_user(&device, pin, Some(person)).map_err(|e| ZkError::Users(e.to_string()))?;
+                }
+                continue;
+            }
+            let uid = match existing {
+                Some(u) => u.uid,
+                None => {
+                    next_uid = next_uid
+                        .checked_add(1)
+                        .filter(|u| *u < u16::MAX)
+                        .ok_or_else(|| ZkError::Users("the terminal has no free user number left".into()))?;
+                    next_uid
+                }
+            };
+            let privilege = existing.map_or(0, |u| u.privilege);
+            let user = records::User { uid, user_id: pin.clone(), name: name.to_owned(), card, privilege };
+            self.command_ok(cmd::USER_WRQ, user.encode()).await?;
+            ledger.set_user(&device, pin, Some(person)).map_err(|e| ZkError::Users(e.to_string()))?;
+            changes += 1;
+        }
+        for pin in put.keys().filter(|pin| !people.contains_key(*pin)) {
+            if let Some(u) = users.iter().find(|u| &u.user_id == pin) {
+                self.command_ok(cmd::DELETE_USER, u.uid.to_le_bytes().to_vec()).await?;
+                changes += 1;
+            }
+            ledger.set_user(&device, pin, None).map_err(|e| ZkError::Users(e.to_string()))?;
+        }
+        if changes > 0 {
+            self.command_ok(cmd::REFRESH_DATA, Vec::new()).await?;
+            tracing::info!(device = %device, changes, "terminal users brought to the roster");
+        }
+        ledger.flush().await.map_err(|e| ZkError::Users(e.to_string()))?;
         Ok(())
     }
 

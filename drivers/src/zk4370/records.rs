@@ -422,6 +422,11 @@ impl User {
     }
 }
 
+/// A name or user id as the terminal keeps it: at most 23 bytes, cut at a character boundary.
+pub fn terminal_text(s: &str) -> &str {
+    cut(s, 23)
+}
+
 fn cut(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {

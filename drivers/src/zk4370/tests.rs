@@ -196,6 +196,7 @@ fn refusing_context(dev: DeviceConfig, refuse: usize) -> (DriverContext, mpsc::U
         status: StatusBoard::new(metrics),
         timezone: jiff::tz::TimeZone::UTC,
         history: crate::history::History::default(),
+        people: crate::people::PeopleFeed::default(),
     };
     (ctx, punches)
 }
@@ -244,4 +245,56 @@ async fn line_faults_are_counted_and_the_driver_recovers() {
     let checksum = run.metrics.rejected_count(super::DRIVER, "dev1", "bad_checksum");
     assert!(garbage >= 1 && checksum >= 1, "garbage {garbage}, checksum {checksum}");
     run.stop().await;
+}
+
+#[tokio::test]
+async fn roster_people_become_terminal_users_and_removals_leave_hand_enrolled_users_alone() {
+    use std::collections::BTreeMap;
+
+    use crate::adms::commands::CommandQueue;
+    use crate::people::{PeopleFeed, TerminalUser};
+    use crate::zk4370::records::User;
+
+    let sim = Zk4370Sim::new(Layout::Long40, None, tz());
+    // Enrolled on the terminal by hand: not the gateway's to delete.
+    sim.add_user(User { uid: 1, user_id: "9001".into(), name: "Admin".into(), card: 0, privilege: 14 });
+    // Already there under another name: rewritten in place.
+    sim.add_user(User { uid: 5, user_id: "1002".into(), name: "Old Name".into(), card: 0, privilege: 0 });
+    let (port, _stop) = tcp(&sim).await;
+    let person = |name: &str, card: Option<&str>| TerminalUser { name: name.into(), card: card.map(str::to_owned) };
+    let first: BTreeMap<String, TerminalUser> = [
+        ("1001".to_owned(), person("Zhang San", Some("77705923"))),
+        ("1002".to_owned(), person("Li Si", None)),
+        ("E1003".to_owned(), person("A name much longer than the terminal keeps", None)),
+    ]
+    .into();
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(first));
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let ledger = CommandQueue::open(&db).unwrap();
+    let (mut ctx, _punches) = testkit::context(device(&port, None));
+    ctx.people = PeopleFeed::new(rx, ledger.clone());
+    let (cancel, status) = (ctx.cancel.clone(), ctx.status.clone());
+    let task = tokio::spawn(super::run(ctx));
+    let users = |sim: &Zk4370Sim| -> BTreeMap<String, (u16, String, u32)> {
+        sim.users().into_iter().map(|u| (u.user_id, (u.uid, u.name, u.card))).collect()
+    };
+    until("the roster on the terminal", || users(&sim).len() == 4).await;
+    let got = users(&sim);
+    assert_eq!(got["1001"], (6, "Zhang San".to_owned(), 77_705_923), "a new user under the next free number");
+    assert_eq!(got["1002"], (5, "Li Si".to_owned(), 0), "rewritten in place");
+    assert_eq!(got["E1003"].1, "A name much longer than");
+    assert_eq!(got["9001"].1, "Admin");
+    until("online", || status.get("dev1").is_some_and(|s| s.online)).await;
+
+    // A removal: the person goes, the hand-enrolled admin stays; an unchanged roster writes nothing.
+    let commands = sim.stats().commands;
+    let second: BTreeMap<String, TerminalUser> = [("1001".to_owned(), person("Zhang San", Some("77705923")))].into();
+    tx.send(Arc::new(second)).unwrap();
+    until("the removals", || users(&sim).len() == 2).await;
+    assert_eq!(users(&sim).keys().cloned().collect::<Vec<_>>(), ["1001", "9001"]);
+    assert_eq!(ledger.users("dev1").unwrap().keys().cloned().collect::<Vec<_>>(), ["1001"]);
+    let after = sim.stats().commands;
+    assert!(after > commands);
+    cancel.cancel();
+    assert!(task.await.unwrap().is_ok());
 }

@@ -98,6 +98,7 @@ pub(super) fn spawn_device_manager(
     mut updates: Updates,
     sink: &PunchSink,
     history: drivers::history::History,
+    people: drivers::people::PeopleFeed,
     metrics: &Metrics,
     status: &StatusBoard,
     cancel: &CancellationToken,
@@ -136,6 +137,7 @@ pub(super) fn spawn_device_manager(
                     status: status.clone(),
                     timezone: timezone.clone(),
                     history: history.clone(),
+                    people: people.clone(),
                 };
                 let driver = dev.driver.as_str();
                 inner.spawn(daemon::supervise(dev.id.clone(), driver, Backoff::default(), token.clone(), move || {

@@ -257,7 +257,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes)
             .persist_stamps(config.gateway.data_dir.join(drivers::adms::STAMP_FILE))
             .with_commands(commands, history.clone());
-    terminals::spawn(store.db(), attendance.roster.clone(), adms.clone(), front.clone(), &front_tasks)
+    let people = terminals::spawn(store.db(), attendance.roster.clone(), adms.clone(), front.clone(), &front_tasks)
         .map_err(|e| AppError::Driver(format!("roster sync to the terminals: {e}")))?;
     if quarantined.is_some() {
         // The punches of the damaged store are set aside: ask the PUSH terminals for what they still hold.
@@ -300,6 +300,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         appliers.add("device drivers", &config_tx),
         &sink,
         history,
+        people,
         &metrics,
         &status,
         &front,

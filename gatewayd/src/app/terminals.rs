@@ -1,5 +1,6 @@
-//! The roster on the PUSH terminals: every roster person is a user on every `adms` terminal (SPEC 6.4), kept in step
-//! through the terminals' command queue ([`drivers::adms::Adms::sync_users`]).
+//! The roster on the terminals: every roster person is a user on every `adms` terminal (SPEC 6.4), kept in step
+//! through the terminals' command queue ([`drivers::adms::Adms::sync_users`]), and on every `zk4370` terminal, whose
+//! driver follows the people this task publishes ([`drivers::people::PeopleFeed`]).
 //!
 //! The task syncs once at start and again whenever the roster tree changes (an import, an API edit, a reload), after
 //! the burst of changes settles. A person's terminal PIN is their first roster `pin`, else their employee id; their
@@ -9,7 +10,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use drivers::adms::commands::TerminalUser;
+use drivers::people::{People, PeopleFeed};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +38,7 @@ pub fn people(roster: &Roster) -> BTreeMap<String, TerminalUser> {
         .collect()
 }
 
-async fn sync(roster: &RosterStore, adms: &drivers::adms::Adms) {
+async fn sync(roster: &RosterStore, adms: &drivers::adms::Adms, feed: &watch::Sender<People>) {
     let store = roster.clone();
     let loaded = match tokio::task::spawn_blocking(move || store.load()).await {
         Ok(Ok(r)) => r,
@@ -46,7 +51,15 @@ async fn sync(roster: &RosterStore, adms: &drivers::adms::Adms) {
             return;
         }
     };
-    match adms.sync_users(&people(&loaded)).await {
+    let people = people(&loaded);
+    feed.send_if_modified(|current| {
+        let changed = **current != people;
+        if changed {
+            *current = Arc::new(people.clone());
+        }
+        changed
+    });
+    match adms.sync_users(&people).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(commands = n, "roster changes queued for the terminals"),
         Err(e) => tracing::error!(error = %e, "roster changes not queued for the terminals"),
@@ -69,17 +82,21 @@ pub async fn backfill_after_quarantine(adms: &drivers::adms::Adms) {
     }
 }
 
-/// Starts the task; it runs until `cancel`.
+/// Starts the task; it runs until `cancel`. Returns the feed the `zk4370` drivers follow.
 pub(super) fn spawn(
     db: &sled::Db,
     roster: RosterStore,
     adms: drivers::adms::Adms,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<(), sled::Error> {
+) -> Result<PeopleFeed, sled::Error> {
     let mut changes = db.open_tree(ROSTER_TREE)?.watch_prefix(Vec::<u8>::new());
+    let initial = roster.load().map(|r| people(&r)).unwrap_or_default();
+    let (feed_tx, feed_rx) = watch::channel(Arc::new(initial));
+    let ledger = adms.commands().cloned();
     tracker.spawn(async move {
-        sync(&roster, &adms).await;
+        let feed = feed_tx;
+        sync(&roster, &adms, &feed).await;
         loop {
             tokio::select! {
                 event = &mut changes => if event.is_none() { return },
@@ -93,8 +110,11 @@ pub(super) fn spawn(
                     _ = cancel.cancelled() => return,
                 }
             }
-            sync(&roster, &adms).await;
+            sync(&roster, &adms, &feed).await;
         }
     });
-    Ok(())
+    Ok(match ledger {
+        Some(ledger) => PeopleFeed::new(feed_rx, ledger),
+        None => PeopleFeed::default(),
+    })
 }
