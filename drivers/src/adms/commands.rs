@@ -309,8 +309,12 @@ impl CommandQueue {
     pub fn count_check_due(&self, device: &str, day: &str) -> Result<bool, QueueError> {
         let mut k = vec![b'k'];
         k.extend_from_slice(device.as_bytes());
-        let old = self.tree.insert(k, day.as_bytes())?;
-        Ok(old.as_deref() != Some(day.as_bytes()))
+        // Read first: the common answer (already checked today) writes nothing.
+        if self.tree.get(&k)?.as_deref() == Some(day.as_bytes()) {
+            return Ok(false);
+        }
+        self.tree.insert(k, day.as_bytes())?;
+        Ok(true)
     }
 }
 
