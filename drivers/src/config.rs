@@ -20,6 +20,8 @@ pub enum DriverKind {
     Mqtt,
     /// ZKTeco PUSH ("ADMS"/iclock) terminal over HTTP (SPEC 3.2).
     Adms,
+    /// ZKTeco terminal without PUSH, driven over the binary "4370" protocol on TCP or UDP (SPEC 6.4).
+    Zk4370,
 }
 
 impl DriverKind {
@@ -29,6 +31,7 @@ impl DriverKind {
             DriverKind::R30x => "r30x",
             DriverKind::Mqtt => "mqtt",
             DriverKind::Adms => "adms",
+            DriverKind::Zk4370 => "zk4370",
         }
     }
 
@@ -88,16 +91,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     span.try_into().map_err(|_| format!("`{text}` is out of range"))
 }
 
+/// A ZKTeco communication key (the number set on the terminal as "Comm Key"), masked in `Debug` output.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct CommKey(pub u32);
+
+impl fmt::Debug for CommKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CommKey(****)")
+    }
+}
+
 /// One `[[device]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Unique device id: the MQTT username, part of every punch id, the `device` metric label.
     pub id: String,
-    /// The protocol: `pn532`, `r30x`, `mqtt` or `adms`.
+    /// The protocol: `pn532`, `r30x`, `mqtt`, `adms` or `zk4370`.
     pub driver: DriverKind,
     /// Serial drivers: a serial path (`/dev/ttyUSB0`, `/dev/rfcomm0`), `tcp://HOST:PORT` for a serial device server, or
-    /// `rfcomm://AA:BB:CC:DD:EE:FF/CHANNEL` for a direct Bluetooth RFCOMM link.
+    /// `rfcomm://AA:BB:CC:DD:EE:FF/CHANNEL` for a direct Bluetooth RFCOMM link. `zk4370`: the terminal,
+    /// `tcp://HOST:4370` or `udp://HOST:4370`.
     pub port: Option<String>,
     /// Serial drivers: line speed for local serial ports (8N1). Default 115200 for pn532, 57600 for r30x.
     pub baud: Option<u32>,
@@ -108,7 +123,8 @@ pub struct DeviceConfig {
     /// `adms`: the source addresses the terminal may push from (`10.1.2.0/24`, `10.1.2.7`, IPv6 too); others get 403.
     /// Default: any address.
     pub allow_from: Option<Vec<String>>,
-    /// Serial drivers: how often to poll the reader for a card or a finger. Default 200ms.
+    /// Serial drivers: how often to poll the reader for a card or a finger. Default 200ms. `zk4370`: how often to check
+    /// the link and the terminal's record count (a record the gateway missed is then read from the log). Default 20s.
     pub poll_interval: Option<HumanDuration>,
     /// `pn532`: after a card leaves the reader, how long before the same card counts as a new punch. Default 2s.
     pub hold_off: Option<HumanDuration>,
@@ -118,8 +134,14 @@ pub struct DeviceConfig {
     pub password: Option<u32>,
     /// `r30x`: the module address. Default 0xFFFFFFFF.
     pub address: Option<u32>,
-    /// Serial drivers: the longest wait for a device answer before the link is considered lost. Default 1s.
+    /// Serial drivers and `zk4370`: the longest wait for a device answer before the link is considered lost. Default 1s
+    /// (serial drivers), 5s (`zk4370`).
     pub response_timeout: Option<HumanDuration>,
+    /// `zk4370`: the terminal's communication key ("Comm Key" in its menu, 0 to 999999), when one is set.
+    pub comm_key: Option<CommKey>,
+    /// `zk4370` and `adms`: the IANA time zone the terminal's clock is set to, when it is not the site's
+    /// (`gateway.timezone`). Its local times are read in it, and the gateway sets its clock in it.
+    pub timezone: Option<String>,
     /// A human description shown in device status.
     pub description: Option<String>,
 }
@@ -226,6 +248,46 @@ impl PortSpec {
     }
 }
 
+/// Where a 4370 terminal listens: the `port` key of a `zk4370` device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Udp { host: String, port: u16 },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Udp { host, port } => write!(f, "udp://{host}:{port}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Parses `tcp://HOST:PORT` or `udp://HOST:PORT` (IPv6 hosts in brackets).
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let (udp, rest) = if let Some(rest) = text.strip_prefix("tcp://") {
+            (false, rest)
+        } else if let Some(rest) = text.strip_prefix("udp://") {
+            (true, rest)
+        } else {
+            return Err(format!("`{text}`: a zk4370 terminal is tcp://HOST:4370 or udp://HOST:4370"));
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{text}` needs a port, usually 4370"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("`{text}` has no host"));
+        }
+        let port: u16 = port.parse().map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+        if port == 0 {
+            return Err(format!("`{text}`: port 0 is not a terminal's port"));
+        }
+        let host = host.to_owned();
+        Ok(if udp { Endpoint::Udp { host, port } } else { Endpoint::Tcp { host, port } })
+    }
+}
+
 /// One `allow_from` entry: a network in CIDR form (`10.1.2.0/24`, `fd00::/8`) or a single address (`10.1.2.7`).
 pub fn parse_allow(text: &str) -> Result<ipnet::IpNet, String> {
     let t = text.trim();
@@ -249,10 +311,14 @@ impl DeviceConfig {
                 problems.push(Problem::new(key, format!("does not apply to driver {d} (only to {to})")));
             }
         };
-        only(self.port.is_some(), "port", serial, "pn532, r30x");
+        let zk = d == DriverKind::Zk4370;
+        only(self.port.is_some(), "port", serial || zk, "pn532, r30x, zk4370");
         only(self.baud.is_some(), "baud", serial, "pn532, r30x");
-        only(self.poll_interval.is_some(), "poll_interval", serial, "pn532, r30x");
-        only(self.response_timeout.is_some(), "response_timeout", serial, "pn532, r30x");
+        only(self.poll_interval.is_some(), "poll_interval", serial || zk, "pn532, r30x, zk4370");
+        only(self.response_timeout.is_some(), "response_timeout", serial || zk, "pn532, r30x, zk4370");
+        only(self.comm_key.is_some(), "comm_key", zk, "zk4370");
+        only(self.timezone.is_some(), "timezone", zk || d == DriverKind::Adms, "zk4370, adms");
+
         only(self.secret.is_some(), "secret", d == DriverKind::Mqtt, "mqtt");
         only(self.serial_number.is_some(), "serial_number", d == DriverKind::Adms, "adms");
         only(self.allow_from.is_some(), "allow_from", d == DriverKind::Adms, "adms");
@@ -260,6 +326,19 @@ impl DeviceConfig {
         only(self.min_score.is_some(), "min_score", d == DriverKind::R30x, "r30x");
         only(self.password.is_some(), "password", d == DriverKind::R30x, "r30x");
         only(self.address.is_some(), "address", d == DriverKind::R30x, "r30x");
+        if let Some(tz) = &self.timezone {
+            if jiff::tz::TimeZone::get(tz).is_err() {
+                problems.push(Problem::new(
+                    "timezone",
+                    format!("`{tz}` is not a known IANA time zone (e.g. Asia/Kolkata)"),
+                ));
+            }
+        }
+        if let Some(CommKey(key)) = self.comm_key {
+            if key > 999_999 {
+                problems.push(Problem::new("comm_key", format!("{key} is not a comm key (0 to 999999)")));
+            }
+        }
         if let Some(list) = &self.allow_from {
             if list.is_empty() || list.len() > 256 {
                 problems.push(Problem::new("allow_from", "must list 1 to 256 addresses or networks"));
@@ -321,6 +400,29 @@ impl DeviceConfig {
                     }
                 }
             }
+            DriverKind::Zk4370 => {
+                match &self.port {
+                    None => problems.push(Problem::new(
+                        "port",
+                        "missing: a zk4370 terminal needs a port (tcp://HOST:4370 or udp://HOST:4370)",
+                    )),
+                    Some(port) => {
+                        if let Err(e) = Endpoint::parse(port) {
+                            problems.push(Problem::new("port", e));
+                        }
+                    }
+                }
+                if let Some(HumanDuration(t)) = self.response_timeout {
+                    if t < Duration::from_millis(50) || t > Duration::from_secs(60) {
+                        problems.push(Problem::new("response_timeout", "must be between 50ms and 60s"));
+                    }
+                }
+                if let Some(HumanDuration(p)) = self.poll_interval {
+                    if p < Duration::from_millis(20) || p > Duration::from_secs(3600) {
+                        problems.push(Problem::new("poll_interval", "must be between 20ms and 1h"));
+                    }
+                }
+            }
             DriverKind::Pn532 => {
                 if let Some(HumanDuration(h)) = self.hold_off {
                     if h > Duration::from_secs(3600) {
@@ -330,6 +432,11 @@ impl DeviceConfig {
             }
         }
         problems
+    }
+
+    /// The time zone the device's clock runs in: its own `timezone`, else the site's.
+    pub fn device_timezone(&self, site: &jiff::tz::TimeZone) -> jiff::tz::TimeZone {
+        self.timezone.as_deref().and_then(|tz| jiff::tz::TimeZone::get(tz).ok()).unwrap_or_else(|| site.clone())
     }
 
     /// The parsed `port`, for serial drivers (call after `validate` found no problem).
@@ -379,6 +486,8 @@ mod tests {
             password: None,
             address: None,
             response_timeout: None,
+            comm_key: None,
+            timezone: None,
             description: None,
         }
     }
@@ -421,6 +530,46 @@ mod tests {
         assert!(p.validate().is_empty());
         p.min_score = Some(3);
         assert_eq!(p.validate()[0].key, "min_score");
+    }
+
+    #[test]
+    fn zk4370_keys_are_checked() {
+        let mut z = device(DriverKind::Zk4370);
+        assert!(z.validate()[0].message.contains("tcp://HOST:4370 or udp://HOST:4370"));
+        z.port = Some("udp://10.1.2.30:4370".into());
+        z.comm_key = Some(CommKey(999_999));
+        z.timezone = Some("Asia/Kolkata".into());
+        z.poll_interval = Some(HumanDuration(Duration::from_secs(600)));
+        assert!(z.validate().is_empty(), "{:?}", z.validate());
+        assert_eq!(z.device_timezone(&jiff::tz::TimeZone::UTC).iana_name(), Some("Asia/Kolkata"));
+        z.comm_key = Some(CommKey(1_000_000));
+        z.timezone = Some("Mars/Olympus".into());
+        z.port = Some("/dev/ttyUSB0".into());
+        let keys: Vec<&str> = z.validate().iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["timezone", "comm_key", "port"]);
+        let mut p = device(DriverKind::Pn532);
+        p.port = Some("udp://10.1.2.30:4370".into());
+        p.comm_key = Some(CommKey(1));
+        p.timezone = Some("Asia/Kolkata".into());
+        let keys: Vec<&str> = p.validate().iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["comm_key", "timezone", "port"]);
+        assert_eq!(format!("{:?}", CommKey(123_456)), "CommKey(****)");
+        let mut a = device(DriverKind::Adms);
+        a.serial_number = Some("SN1".into());
+        a.timezone = Some("Asia/Kolkata".into());
+        assert!(a.validate().is_empty());
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(Endpoint::parse("tcp://10.1.2.3:4370"), Ok(Endpoint::Tcp { host: "10.1.2.3".into(), port: 4370 }));
+        assert_eq!(Endpoint::parse("udp://[fd00::7]:4370"), Ok(Endpoint::Udp { host: "fd00::7".into(), port: 4370 }));
+        assert_eq!(Endpoint::parse("udp://zk.local:4370").unwrap().to_string(), "udp://zk.local:4370");
+        for bad in
+            ["10.1.2.3:4370", "/dev/ttyS0", "tcp://10.1.2.3", "udp://:4370", "tcp://h:0", "tcp://h:x", "rfcomm://a/1"]
+        {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

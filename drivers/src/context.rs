@@ -19,8 +19,12 @@ pub struct DriverContext {
     pub metrics: DriverMetrics,
     /// Where the driver reports online state, errors and reconnects.
     pub status: StatusBoard,
-    /// The site time zone: device-local times are read in it.
+    /// The site time zone: device-local times are read in it (unless the device has its own `timezone`).
     pub timezone: jiff::tz::TimeZone,
+    /// What the store already holds of this device (for drivers that read a device's log after a reconnect).
+    pub history: crate::history::History,
+    /// The roster people to keep on the device, for drivers that put users on their terminals (`zk4370`).
+    pub people: crate::people::PeopleFeed,
 }
 
 /// Why a driver task stopped with an error.

@@ -77,3 +77,59 @@ async fn fingers(sim: &R30xSim) {
         sim.lift();
     }
 }
+
+/// A simulated ZKTeco terminal without PUSH (`zk4370`) on a loopback TCP port, with a comm key, and people punching at
+/// it; the real `zk4370` driver connects to it.
+#[derive(Debug)]
+pub struct ZkBench {
+    listener: tokio::net::TcpListener,
+    sim: crate::zk4370::sim::Zk4370Sim,
+}
+
+/// The demo terminal's communication key.
+const DEMO_COMM_KEY: u32 = 20_261_122 % 1_000_000;
+
+impl ZkBench {
+    /// Binds the terminal's port (loopback, any free port).
+    pub async fn open() -> std::io::Result<ZkBench> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let sim = crate::zk4370::sim::Zk4370Sim::new(
+            crate::zk4370::records::Layout::Long40,
+            Some(DEMO_COMM_KEY),
+            jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or(jiff::tz::TimeZone::UTC),
+        );
+        Ok(ZkBench { listener, sim })
+    }
+
+    /// The `tcp://` address the terminal listens on.
+    pub fn port(&self) -> String {
+        self.listener.local_addr().map(|a| format!("tcp://{a}")).unwrap_or_default()
+    }
+
+    /// The `[[device]]` entry for the terminal (append to a configuration).
+    pub fn config(&self, id: &str) -> String {
+        format!(
+            "\n[[device]]\nid = \"{id}\"\ndriver = \"zk4370\"\nport = \"{}\"\ncomm_key = {DEMO_COMM_KEY}\n\
+             description = \"simulated ZKTeco terminal without PUSH (4370 protocol over TCP)\"\n",
+            self.port()
+        )
+    }
+
+    /// Serves the terminal and has people punch at it until `stop` fires.
+    pub async fn run(self, stop: CancellationToken) {
+        let sim = self.sim.clone();
+        let serve = self.sim.serve_tcp(self.listener, stop.clone());
+        let punches = async {
+            let pins = ["1001", "1002", "2001"];
+            for round in 0usize.. {
+                tokio::time::sleep(Duration::from_millis(5300)).await;
+                sim.punch(pins[round % pins.len()], [15, 1, 4][round % 3]);
+            }
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = punches => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}

@@ -11,7 +11,10 @@
 //!   of drivers;
 //! - one folder per device driver: [`pn532`] (NFC reader) and [`r30x`] (fingerprint module), each with its framing
 //!   codec and its simulator, over [`transport`] (serial port, TCP serial server, Bluetooth RFCOMM) and what the two
-//!   share ([`session`], [`framing`]); [`mqtt`] (face terminals through the embedded broker) and [`adms`] (ZKTeco push);
+//!   share ([`session`], [`framing`]); [`mqtt`] (face terminals through the embedded broker), [`adms`] (ZKTeco push)
+//!   and [`zk4370`] (ZKTeco terminals without push, over their binary protocol, with its simulator);
+//! - [`history`]: what the store can tell a driver about the punches it holds of its device; [`people`]: the roster as
+//!   terminals hold it, for the drivers that put users on them;
 //! - [`sim`]: what the device simulators (`pn532::sim`, `r30x::sim`) share, for tests and `gatewayd demo` ([`demo`]);
 //! - shared by the daemon too: [`backoff`] (jittered exponential backoff) and [`tls`] (certificates, keys, rustls
 //!   configurations).
@@ -24,7 +27,9 @@ pub mod context;
 pub mod demo;
 pub mod driver;
 pub mod framing;
+pub mod history;
 pub mod mqtt;
+pub mod people;
 pub mod pn532;
 pub mod r30x;
 pub mod session;
@@ -34,6 +39,7 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod zk4370;
 
 pub use config::{DeviceConfig, DriverKind};
 pub use context::DriverContext;

@@ -8,6 +8,7 @@
 mod harness;
 
 mod adms;
+mod adms_commands;
 mod api_files;
 mod api_roles;
 mod calendar;
@@ -28,3 +29,4 @@ mod systemd_unit;
 mod upstream;
 mod upstream_daemon;
 mod upstream_outage;
+mod zk4370;

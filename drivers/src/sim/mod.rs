@@ -178,6 +178,8 @@ pub(crate) mod testkit {
             password: None,
             address: None,
             response_timeout: Some(HumanDuration(Duration::from_millis(200))),
+            comm_key: None,
+            timezone: None,
             description: None,
         }
     }
@@ -210,6 +212,8 @@ pub(crate) mod testkit {
             metrics: metrics.clone(),
             status: StatusBoard::new(metrics),
             timezone: jiff::tz::TimeZone::UTC,
+            history: crate::history::History::default(),
+            people: crate::people::PeopleFeed::default(),
         };
         (ctx, punches)
     }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod quarantine;
 mod reload;
 pub mod retention;
+mod terminals;
 
 pub use reload::RELOAD_LIMIT;
 
@@ -177,7 +178,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         &metrics,
     )
     .await?;
-    let crate::app::quarantine::State { store, changes, outbox, tokens, audit, .. } = state;
+    let crate::app::quarantine::State { store, changes, outbox, tokens, audit, quarantined } = state;
     readiness.set_store_open();
     tracing::info!(path = %store.path().display(), punches = store.count().unwrap_or(0), "store open");
     let disk_budget = DiskBudget::new();
@@ -248,9 +249,20 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         other => AppError::Driver(other.to_string()),
     })?;
     // ZKTeco PUSH terminals: the /iclock routes on the API listener (drivers::adms).
+    // Their command channel: a durable queue in the store's database (tree `adms_commands`), the roster kept on them.
+    let history = drivers::history::History::new(devices::StoreHistory(store.clone()));
+    let commands =
+        drivers::adms::commands::CommandQueue::open(store.db()).map_err(|e| AppError::Driver(e.to_string()))?;
     let adms =
         drivers::adms::Adms::new(&config.devices, &sink, status.clone(), config.timezone(), config.api.max_body_bytes)
-            .persist_stamps(config.gateway.data_dir.join(drivers::adms::STAMP_FILE));
+            .persist_stamps(config.gateway.data_dir.join(drivers::adms::STAMP_FILE))
+            .with_commands(commands, history.clone());
+    let people = terminals::spawn(store.db(), attendance.roster.clone(), adms.clone(), front.clone(), &front_tasks)
+        .map_err(|e| AppError::Driver(format!("roster sync to the terminals: {e}")))?;
+    if quarantined.is_some() {
+        // The punches of the damaged store are set aside: ask the PUSH terminals for what they still hold.
+        terminals::backfill_after_quarantine(&adms).await;
+    }
     adms.spawn_presence(front.clone(), &front_tasks);
     spawn_device_tables(
         appliers.add("device tables", &config_tx),
@@ -273,6 +285,7 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         qr: api::qr::QrCodes::open(store.db())?,
         metrics: metrics.clone(),
         reload: signals.reload_handle(),
+        adms: adms.clone(),
     };
     let health = HealthState { readiness: readiness.clone(), metrics: metrics.clone(), store: store.clone() };
     let (api_addr, api_tls) = start_api(&config, health, api_state, adms.router(), &front, &front_tasks).await?;
@@ -286,6 +299,8 @@ pub async fn start(config: Config, config_path: PathBuf) -> Result<Running, AppE
         &config,
         appliers.add("device drivers", &config_tx),
         &sink,
+        history,
+        people,
         &metrics,
         &status,
         &front,

@@ -71,7 +71,13 @@ pub async fn run() -> Result<(), DemoError> {
     // A simulated NFC reader and fingerprint module on pseudo-terminals, driven by the real pn532 and r30x drivers.
     let serial =
         drivers::demo::SerialBench::open().map_err(|e| DemoError::Setup(format!("virtual serial ports: {e}")))?;
-    let config_text = demo_config(&dir) + &serial.config("gate-nfc-1", "door-fp-1") + &attendance_files(&dir)?;
+    // A ZKTeco terminal without PUSH on a loopback port, driven by the real zk4370 driver.
+    let zk4370 =
+        drivers::demo::ZkBench::open().await.map_err(|e| DemoError::Setup(format!("simulated 4370 terminal: {e}")))?;
+    let config_text = demo_config(&dir)
+        + &serial.config("gate-nfc-1", "door-fp-1")
+        + &zk4370.config("store-zk")
+        + &attendance_files(&dir)?;
     let config_text = config_text + &upstream;
     std::fs::write(&config_path, config_text)
         .map_err(|e| DemoError::Setup(format!("{}: {e}", config_path.display())))?;
@@ -94,10 +100,13 @@ pub async fn run() -> Result<(), DemoError> {
     println!("  serial   gate-nfc-1 (PN532) on {}", serial.nfc_port.path().display());
     println!("  serial   door-fp-1 (R503) on {}", serial.fingerprint_port.path().display());
     let bench = tokio::spawn(serial.run(stop.clone()));
+    println!("  zk4370   store-zk on {}", zk4370.port());
+    let zk4370 = tokio::spawn(zk4370.run(stop.clone()));
     let result = running.run_until_signalled().await;
     receiver_stop.cancel();
     let _ = receiver.await;
     bench.abort();
+    zk4370.abort();
     device.abort();
     zk.abort();
     records.abort();

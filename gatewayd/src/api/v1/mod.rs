@@ -96,6 +96,8 @@ pub struct ApiState {
     pub metrics: crate::telemetry::Metrics,
     /// Asks the daemon to reload (after the rules were written), as SIGHUP does.
     pub reload: crate::daemon::ReloadHandle,
+    /// The PUSH terminals and their command queues.
+    pub adms: drivers::adms::Adms,
 }
 
 /// `axum::Json` with rejections answered as [`ApiError`] (400 with the parser's message, 413 when too large).
@@ -163,6 +165,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/employees", get(employees::employees).put(employees::put_employees))
         .route("/api/v1/employees/import", post(employees::import_employees))
         .route("/api/v1/devices", get(devices::devices))
+        .route("/api/v1/devices/{id}/commands", get(devices::commands))
+        .route("/api/v1/devices/{id}/backfill", post(devices::backfill))
         .route("/api/v1/approvals", get(approvals::approvals).post(approvals::request_makeup))
         .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
