@@ -127,7 +127,9 @@ const WATERMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn save_watermark(store: &Store) {
     let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.save_watermark()).await {
+    // Also once a second: the main database's other writers (approvals, tokens, audit) flushed through sled are made
+    // durable within a second even when no change log or outbox flush follows.
+    match tokio::task::spawn_blocking(move || s.save_watermark().and_then(|()| s.main_sync().sync())).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "store: cannot update the watermark file"),
         Err(e) => tracing::warn!(error = %e, "store: watermark update did not finish"),

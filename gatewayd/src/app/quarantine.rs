@@ -79,12 +79,13 @@ pub fn damage(e: &AppError) -> Option<String> {
 async fn open_all(data_dir: &Path, cache_mb: u64, tz: jiff::tz::TimeZone) -> Result<State, AppError> {
     let store = crate::app::open_store(data_dir, cache_mb).await?;
     let db = store.db().clone();
+    let sync = store.main_sync();
     // The trees are read on open (the outbox counts its items): blocking work, off the runtime.
     let opened = tokio::task::spawn_blocking(move || {
         // sled may panic on some kinds of damage that only show when a tree is read; contain it here.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, AppError> {
-            let changes = ChangeLog::open(&db)?;
-            let outbox = Outbox::open(&db, tz)?;
+            let changes = ChangeLog::open(&db)?.durable_with(sync.clone());
+            let outbox = Outbox::open(&db, tz)?.durable_with(sync);
             let tokens = TokenStore::open(&db)?;
             let audit = AuditLog::open(&db).map_err(StoreError::from)?;
             Ok((changes, outbox, tokens, audit))

@@ -166,6 +166,8 @@ pub struct Outbox {
     tree: sled::Tree,
     tz: jiff::tz::TimeZone,
     durable: watch::Sender<u64>,
+    /// Makes a flush survive a power cut (the daemon sets it; see [`Outbox::durable_with`]).
+    sync: Option<crate::store::MainSync>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -178,7 +180,7 @@ impl Outbox {
     /// Opens the outbox in the store's database. `tz` is the site time zone (dates of punches and digests).
     pub fn open(db: &sled::Db, tz: jiff::tz::TimeZone) -> Result<Outbox, OutboxError> {
         let tree = db.open_tree("outbox")?;
-        let outbox = Outbox { db: db.clone(), tree, tz, durable: watch::channel(0).0 };
+        let outbox = Outbox { db: db.clone(), tree, tz, durable: watch::channel(0).0, sync: None };
         // What is on disk at open is durable.
         outbox.durable.send_replace(outbox.meta(M_NEXT_ITEM)?.saturating_sub(1));
         Ok(outbox)
@@ -202,10 +204,22 @@ impl Outbox {
         self.durable.subscribe()
     }
 
+    /// Makes every flush end with an `fdatasync` of the database's files, so a power cut keeps what a flush returned
+    /// (an open batch, above all: it must be on disk before it is sent).
+    pub fn durable_with(mut self, sync: crate::store::MainSync) -> Outbox {
+        self.sync = Some(sync);
+        self
+    }
+
     /// Flushes the database and publishes how far the queue is durable.
     pub async fn flush(&self) -> Result<(), OutboxError> {
         let last = self.meta(M_NEXT_ITEM)?.saturating_sub(1);
-        self.db.flush_async().await?;
+        match &self.sync {
+            Some(sync) => sync.flush(&self.db).await?,
+            None => {
+                self.db.flush_async().await?;
+            }
+        }
         self.durable.send_if_modified(|v| {
             let changed = *v != last;
             *v = last;

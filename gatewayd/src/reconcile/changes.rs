@@ -155,6 +155,8 @@ pub struct ChangeLog {
     db: sled::Db,
     tree: sled::Tree,
     durable: watch::Sender<u64>,
+    /// Makes a flush survive a power cut (the daemon sets it; see [`ChangeLog::durable_with`]).
+    sync: Option<crate::store::MainSync>,
 }
 
 impl std::fmt::Debug for ChangeLog {
@@ -173,7 +175,7 @@ impl ChangeLog {
         let tree = db.open_tree("changes")?;
         let last = last_in(&tree)?;
         let (durable, _) = watch::channel(last);
-        Ok(ChangeLog { db: db.clone(), tree, durable })
+        Ok(ChangeLog { db: db.clone(), tree, durable, sync: None })
     }
 
     /// The sled tree, for transactions that include engine state.
@@ -197,10 +199,21 @@ impl ChangeLog {
         Ok(last + changes.len() as u64)
     }
 
+    /// Makes every flush end with an `fdatasync` of the database's files, so a power cut keeps what a flush returned.
+    pub fn durable_with(mut self, sync: crate::store::MainSync) -> ChangeLog {
+        self.sync = Some(sync);
+        self
+    }
+
     /// Flushes the database and tells readers how far the log is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let last = self.last_seq()?;
-        self.db.flush_async().await?;
+        match &self.sync {
+            Some(sync) => sync.flush(&self.db).await?,
+            None => {
+                self.db.flush_async().await?;
+            }
+        }
         self.durable.send_replace(last);
         Ok(())
     }

@@ -181,6 +181,40 @@ struct Inner {
     watermark: AtomicU64,
     /// The highest sequence number expiry removed in this process (see [`expire`]).
     expired_through: AtomicU64,
+    /// The main database's files.
+    main_sync: MainSync,
+}
+
+/// The main database's files, for the stages that keep their trees there (change log, outbox, engine, approvals):
+/// a flush that survives a power cut needs sled's flush and then an `fdatasync` of its log file (see *Durability point*),
+/// which sled does not expose. Cheap to clone.
+#[derive(Clone)]
+pub struct MainSync {
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    synced_blobs: Arc<Mutex<HashSet<std::ffi::OsString>>>,
+}
+
+impl std::fmt::Debug for MainSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainSync").field("path", &self.path).finish()
+    }
+}
+
+impl MainSync {
+    /// Makes what sled flushed durable: its blob files, then its log file. Blocking; call after sled's flush.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        sync_blobs(&self.path, &self.synced_blobs)
+            .map_err(|e| StoreError::Flush(format!("fsync of the blob files: {e}")))?;
+        self.file.sync_data().map_err(|e| StoreError::Flush(format!("fdatasync of the log file: {e}")))
+    }
+
+    /// Flushes `db` (the main database) and makes it durable.
+    pub async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        db.flush_async().await?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.sync()).await.map_err(|e| StoreError::Flush(e.to_string()))?
+    }
 }
 
 /// The punch store. Cheap to clone (shared state behind an `Arc`).
@@ -238,6 +272,11 @@ impl Store {
     /// The sled database, for other stages that keep their own trees in it (engine state, outbox).
     pub fn db(&self) -> &sled::Db {
         &self.inner.db
+    }
+
+    /// What makes a flush of the main database durable (see [`MainSync`]).
+    pub fn main_sync(&self) -> MainSync {
+        self.inner.main_sync.clone()
     }
 
     /// The highest sequence number stored, if any.

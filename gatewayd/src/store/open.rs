@@ -100,6 +100,10 @@ impl Store {
                 });
             }
         }
+        let main_file = std::fs::File::open(dir.join("db"))
+            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot open the log file: {e}") })?;
+        let main_sync =
+            MainSync { path: path.clone(), file: Arc::new(main_file), synced_blobs: Arc::new(Mutex::default()) };
         let store = Store {
             inner: Arc::new(Inner {
                 path,
@@ -116,6 +120,7 @@ impl Store {
                 max_lag: AtomicU64::new(MAX_INDEX_LAG),
                 watermark: AtomicU64::new(watermark),
                 expired_through: AtomicU64::new(0),
+                main_sync,
             }),
         };
         // Read the newest punch back: a store whose tail does not decode is reported now, not on first use.
