@@ -2,6 +2,7 @@
 //! - `gatewayd-crash` runs the daemon under MQTT load, SIGKILLs it at random points (a few cycles here; 200 in the long
 //!   mode documented in docs/robustness.md) and checks every acknowledged punch reached the reference receiver once.
 //! - The same with the store on powerfs, where every kill is also a power cut that drops unsynced writes.
+//! - The same again with retention rotating and deleting punch partitions during the cycles (issue 19).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -93,4 +94,35 @@ fn power_cuts_under_load_lose_no_acknowledged_punch() {
     assert!(ok, "{report}");
     assert!(report.contains("PASS: every acknowledged punch delivered"), "{report}");
     assert!(report.contains("power cuts 3"), "{report}");
+}
+
+/// Retention during the cycles: punch partitions are rotated and deleted while the daemon is killed and the power cut,
+/// so kills land in the middle of a rotation or a deletion. Nothing acknowledged and undelivered is lost, and every start
+/// opens the store (no half-deleted partition breaks it).
+#[test]
+fn power_cuts_while_retention_deletes_partitions_lose_nothing_undelivered() {
+    assert!(Path::new("/dev/fuse").exists(), "the power-cut test needs /dev/fuse (and root) for powerfs");
+    let (ok, report) = crash_tool(&[
+        "--cycles",
+        "4",
+        "--devices",
+        "4",
+        "--rate",
+        "800",
+        "--min-run-ms",
+        "700",
+        "--max-run-ms",
+        "1500",
+        "--power-cut",
+        "--retention",
+    ]);
+    assert!(ok, "{report}");
+    assert!(report.contains("PASS: every acknowledged punch delivered"), "{report}");
+    let deleted = report
+        .lines()
+        .find_map(|l| l.strip_prefix("retention: "))
+        .and_then(|l| l.split(" and ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(deleted.is_some_and(|n| n > 0), "{report}");
 }

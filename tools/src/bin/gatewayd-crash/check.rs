@@ -11,9 +11,13 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// A new punch with sequence number `seq`, timed now (millisecond precision, as the gateway stores it).
-    pub fn new(seq: u64) -> Sent {
-        Sent { device_time_ms: jiff::Timestamp::now().as_millisecond(), employee: format!("E{}", 1000 + seq % 500) }
+    /// A new punch with sequence number `seq`, timed now less `backdate_ms` (millisecond precision, as the gateway
+    /// stores it).
+    pub fn new(seq: u64, backdate_ms: i64) -> Sent {
+        Sent {
+            device_time_ms: jiff::Timestamp::now().as_millisecond() - backdate_ms,
+            employee: format!("E{}", 1000 + seq % 500),
+        }
     }
 
     /// The MQTT payload of this punch.

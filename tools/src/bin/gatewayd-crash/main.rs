@@ -6,7 +6,13 @@
 //! gatewayd-crash --cycles 200                       # long kill mode
 //! gatewayd-crash --cycles 50 --power-cut            # store on powerfs: unsynced writes lost at every kill
 //! gatewayd-crash --cycles 3 --devices 4             # what the e2e suite runs
+//! gatewayd-crash --cycles 50 --retention            # retention deleting delivered partitions during the cycles
 //! ```
+//!
+//! With `--retention` the devices date their punches 40 days back, `retention_days` is 1 and retention's clock runs 30
+//! days ahead with a pass every 300 ms: the daemon rotates punch partitions and deletes delivered ones all the time, so
+//! kills and power cuts land in the middle of rotations and deletions. The checks are the same: what was delivered may
+//! go, what was acknowledged and not delivered must not.
 //!
 //! Each cycle: start `gatewayd run` (wait for `READY=1` on a notify socket the tool owns), let the devices publish QoS 1
 //! punches on `gw/v1/dev/{id}/punch` for a random time, SIGKILL the daemon, and in `--power-cut` mode unmount the store's
@@ -86,12 +92,18 @@ struct Args {
     /// The gatewayd binary (default: `gatewayd` beside this tool).
     #[arg(long)]
     gatewayd: Option<PathBuf>,
+    /// Run retention during the cycles (see the module docs).
+    #[arg(long)]
+    retention: bool,
     /// How long the final drain into the receiver may take, in seconds.
     #[arg(long, default_value_t = 180)]
     drain_secs: u64,
 }
 
 const GATEWAY_ID: &str = "gw-crash";
+/// With `--retention`: how far back punches are dated, and how far ahead retention's clock runs.
+const RETENTION_BACKDATE_MS: i64 = 40 * 86_400_000;
+const RETENTION_AHEAD_MS: i64 = 30 * 86_400_000;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -112,6 +124,8 @@ struct Shared {
     /// Set for the final phase: devices stop making new punches and only finish their re-sends.
     finishing: watch::Sender<bool>,
     devices: Mutex<Vec<DeviceState>>,
+    /// How far back devices date their punches (milliseconds).
+    backdate_ms: i64,
 }
 
 #[derive(Default)]
@@ -169,6 +183,11 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let received = work.join("received.jsonl");
     let mut sink = Receiver::start(&gatewayd, &certs, &received, &work.join("logs/upstream-sink.log"))?;
 
+    // Retention's clock, ahead of the system clock (the daemon reads it from this file on every pass).
+    let clock = args.retention.then(|| work.join("retention-clock"));
+    if let Some(clock) = &clock {
+        std::fs::write(clock, (jiff::Timestamp::now().as_millisecond() + RETENTION_AHEAD_MS).to_string())?;
+    }
     let config_path = work.join("gatewayd.toml");
     std::fs::write(&config_path, config(&args, &work, &certs, sink.port))?;
 
@@ -190,6 +209,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         addr: watch::channel(None).0,
         finishing: watch::channel(false).0,
         devices: Mutex::new((0..args.devices).map(|_| DeviceState::default()).collect()),
+        backdate_ms: if args.retention { RETENTION_BACKDATE_MS } else { 0 },
     });
     let per_device_interval = Duration::from_secs_f64(args.devices as f64 / args.rate.max(1) as f64);
     let mut device_tasks = Vec::new();
@@ -207,7 +227,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let started = Instant::now();
 
     for cycle in 1..=args.cycles {
-        let mut daemon = Daemon::start(&gatewayd, &config_path, &notify, &notify_path, &work, cycle)?;
+        let mut daemon = Daemon::start(&gatewayd, &config_path, &notify, &notify_path, &work, cycle, clock.as_deref())?;
         restarts += 1;
         check_start(&daemon, &work, cycle, &mut problems);
         shared.addr.send_replace(Some(daemon.mqtt));
@@ -228,7 +248,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
     }
 
     // Final run: no kill; devices finish their re-sends, the outbox drains.
-    let mut daemon = Daemon::start(&gatewayd, &config_path, &notify, &notify_path, &work, args.cycles + 1)?;
+    let mut daemon =
+        Daemon::start(&gatewayd, &config_path, &notify, &notify_path, &work, args.cycles + 1, clock.as_deref())?;
     restarts += 1;
     check_start(&daemon, &work, args.cycles + 1, &mut problems);
     shared.finishing.send_replace(true);
@@ -286,6 +307,13 @@ fn run(args: Args) -> anyhow::Result<bool> {
         delivered.by_id.len(),
         summary.trim()
     );
+    if args.retention {
+        let (created, deleted) = partitions_in_logs(&work.join("logs"));
+        println!("retention: {created} punch partitions started and {deleted} deleted across the cycles");
+        if deleted == 0 {
+            problems.push("--retention: no partition was deleted during the run".into());
+        }
+    }
     if args.power_cut {
         let files: usize = cut_reports.iter().map(|r| r.files_reverted).sum();
         let dirs: usize = cut_reports.iter().map(|r| r.dirs_reverted).sum();
@@ -327,7 +355,8 @@ fn config(args: &Args, work: &Path, certs: &Path, sink_port: u16) -> String {
         "[gateway]\nid = \"{GATEWAY_ID}\"\ndata_dir = \"{data}\"\ntimezone = \"Asia/Shanghai\"\nallow_root = true\n\n\
          [api]\nlisten = \"127.0.0.1:0\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n\
          [upstream]\nurl = \"https://localhost:{sink_port}\"\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
-         batch_max_items = 500\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n\n",
+         batch_max_items = 500\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n{retention}\n",
+        retention = if args.retention { "retention_days = 1\n" } else { "" },
         data = work.join("data").display(),
         ca = certs.join("ca.pem").display(),
         cert = certs.join("client.pem").display(),
@@ -473,7 +502,7 @@ async fn device(
                 _ = tick.tick(), if !done && in_flight.len() < window => {
                     let seq = next_seq;
                     next_seq += 1;
-                    let p = Sent::new(seq);
+                    let p = Sent::new(seq, shared.backdate_ms);
                     let payload = p.payload(seq);
                     lock(&shared.devices)[i].sent.insert(seq, p);
                     if client.try_publish(&topic, QoS::AtLeastOnce, false, payload).is_ok() {
@@ -522,20 +551,18 @@ impl Daemon {
         notify_path: &Path,
         work: &Path,
         cycle: u32,
+        retention_clock: Option<&Path>,
     ) -> anyhow::Result<Daemon> {
         let listeners = work.join("data").join(gatewayd::app::LISTENERS_FILE);
         let _ = std::fs::remove_file(&listeners);
         let log = work.join("logs").join(format!("daemon-{cycle:04}.log"));
         let stderr = std::fs::File::create(&log)?;
-        let mut child = Command::new(gatewayd)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("NOTIFY_SOCKET", notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("start gatewayd")?;
+        let mut cmd = Command::new(gatewayd);
+        cmd.args(["run", "--config"]).arg(config).env("NOTIFY_SOCKET", notify_path).env("RUST_LOG", "info");
+        if let Some(clock) = retention_clock {
+            cmd.env(gatewayd::app::retention::CLOCK_ENV, clock).env(gatewayd::app::retention::EVERY_ENV, "300");
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().context("start gatewayd")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut buf = [0u8; 4096];
         loop {
@@ -658,4 +685,16 @@ impl Drop for Receiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Punch partitions started and deleted, counted from the daemons' logs.
+fn partitions_in_logs(logs: &Path) -> (usize, usize) {
+    let mut created = 0;
+    let mut deleted = 0;
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        created += text.matches("store: new punch partition").count();
+        deleted += text.matches("store: punch partition past retention deleted").count();
+    }
+    (created, deleted)
 }
