@@ -124,6 +124,10 @@ fn delivered_data_past_retention_leaves_every_read_and_tree_and_undelivered_data
     });
     assert_eq!(api_counts(&gw, &admin, old), (MAX_LIST.min(OLD), 2), "all there while retention's clock is today");
     let size_before = du(&gw.data_dir().join("store"));
+    // Time passes: six days on, the partition holding the old punches is rotated away from (partitions cover a quarter
+    // of retention_days, five days here); thirty days on, it is past retention and goes.
+    set_clock(&clock, 6);
+    gw.wait_metric_at_least("gatewayd_store_partitions", 2.0, Duration::from_secs(60));
     set_clock(&clock, 30);
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"partitions\"}", 1.0, Duration::from_secs(60));
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"punches\"}", OLD as f64, Duration::from_secs(60));
@@ -260,6 +264,11 @@ fn a_full_budget_recovers_without_a_restart_once_delivery_resumes() {
     );
     std::fs::write(&gw.config_path, upstream).unwrap();
     gw.signal(Signal::SIGHUP);
+    // Time passes: the partitions holding the punches are rotated away from, then are past retention (30 days).
+    set_clock(&clock, 80);
+    let passes = gw.metric("gatewayd_retention_passes_total").unwrap_or(0.0);
+    gw.wait_metric_at_least("gatewayd_retention_passes_total", passes + 2.0, Duration::from_secs(60));
+    set_clock(&clock, 120);
     gw.wait_metric_at_least("gatewayd_retention_removed_total{data=\"partitions\"}", 1.0, Duration::from_secs(120));
     let state = wait_until(
         "the budget back to ok",

@@ -69,6 +69,7 @@ pub struct RetentionMetrics {
     pub removed: Family<DataLabel, Counter>,
     pub held_back: Gauge,
     pub passes: Counter,
+    pub partitions: Gauge,
 }
 
 impl StageMetrics for RetentionMetrics {
@@ -87,6 +88,12 @@ impl StageMetrics for RetentionMetrics {
                 Gauge::default(),
             ),
             passes: registered(registry, "gatewayd_retention_passes", "Retention passes completed", Counter::default()),
+            partitions: registered(
+                registry,
+                "gatewayd_store_partitions",
+                "Punch partitions on disk (one sled database each; retention deletes whole ones)",
+                Gauge::default(),
+            ),
         }
     }
 }
@@ -197,6 +204,7 @@ impl Retention {
             m.removed.get_or_create(&DataLabel { data }).inc_by(n);
         }
         m.held_back.set(i64::from(report.held_back.is_some()));
+        m.partitions.set(i64::try_from(self.store.part_count()).unwrap_or(i64::MAX));
         m.passes.inc();
     }
 }

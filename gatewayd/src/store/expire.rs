@@ -19,9 +19,9 @@
 //! just before a round skips what the round removed.
 //!
 //! # Whole parts
-//! A part goes when it is not the newest, every punch in it is indexed and at most [`Expiry::through_seq`], the
-//! newest punch it received came before the cutoff, and its latest device time (the last key of its time index) falls
-//! on a date before [`Expiry::date_before`]. It is taken out of the store's list first (readers holding it finish), and
+//! A part goes when it is not the newest, every punch in it is indexed and at most [`Expiry::through_seq`], the next
+//! part began before the cutoff (so every punch of this one arrived before it, by the clock retention runs on), and its
+//! latest device time (the last key of its time index) falls on a date before [`Expiry::date_before`]. It is taken out of the store's list first (readers holding it finish), and
 //! its directory renamed, then removed ([`super::parts::delete`]); a crash in between leaves a renamed directory that
 //! the next open removes, never a half part.
 
@@ -63,26 +63,21 @@ pub struct Expired {
 }
 
 impl Store {
-    /// Starts a new part when the newest holds punches received before `now_ms - period_ms` (and is not empty).
-    /// Returns whether it did. Blocking (creating a part makes and syncs a directory).
+    /// Starts a new part when the newest holds punches and began before `now_ms - period_ms` (both by the clock
+    /// retention runs on). Returns whether it did. Blocking (creating a part makes and syncs a directory).
     pub fn rotate(&self, now_ms: i64, period_ms: i64) -> Result<bool, StoreError> {
         let Some(newest) = self.parts().last().cloned() else { return Ok(false) };
-        let oldest_received = match newest.log.first()? {
-            Some((k, v)) => {
-                let first = log_key(&k)?;
-                let punches = codec::decode_log_value(first, &v)
-                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?;
-                punches.iter().map(|p| p.received_time_ms).min()
-            }
-            None => None,
-        };
-        if oldest_received.is_none_or(|t| t >= now_ms.saturating_sub(period_ms)) {
+        if newest.started() > now_ms {
+            // Began "after now": the clock is behind the one the part was stamped with. Count from now.
+            newest.restamp(now_ms)?;
+        }
+        if newest.log.is_empty() || newest.started() >= now_ms.saturating_sub(period_ms) {
             return Ok(false);
         }
         // No insert runs while the list is held for writing, so `written` is the last number the newest part got.
         let mut parts = self.inner.parts.write().unwrap_or_else(|p| p.into_inner());
         let first = self.inner.written.load(Ordering::Acquire) + 1;
-        let part = Part::create(&self.inner.path, first, self.inner.cache_mb)?;
+        let part = Part::create(&self.inner.path, first, now_ms, self.inner.cache_mb)?;
         parts.push(Arc::new(part));
         tracing::info!(first, parts = parts.len(), "store: new punch partition");
         Ok(true)
@@ -111,23 +106,16 @@ impl Store {
         let mut total = Expired::default();
         let parts = self.parts();
         let indexed = self.inner.indexed.load(Ordering::Acquire);
-        for part in parts.iter().rev().skip(1).rev().filter(|p| p.own_dir) {
+        for (part, next) in parts.iter().zip(parts.iter().skip(1)) {
+            if !part.own_dir {
+                continue;
+            }
             let Some(last) = part.last_seq()? else { continue };
             if last > indexed || last > expiry.through_seq {
                 continue;
             }
-            let newest_received = match part.log.last()? {
-                Some((k, v)) => {
-                    let first = log_key(&k)?;
-                    codec::decode_log_value(first, &v)
-                        .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?
-                        .iter()
-                        .map(|p| p.received_time_ms)
-                        .max()
-                }
-                None => None,
-            };
-            if newest_received.is_some_and(|t| t >= expiry.received_before_ms) {
+            // Every punch of the part arrived before the next part began.
+            if next.started() >= expiry.received_before_ms {
                 continue;
             }
             let latest_device = match part.index.scan_prefix([index::K_TIME]).next_back().transpose()? {

@@ -57,7 +57,7 @@ impl Store {
             parts.push(Arc::new(Part::open(&dir, first, cache_mb)?));
         }
         if parts.is_empty() {
-            parts.push(Arc::new(Part::create(&path, 1, cache_mb)?));
+            parts.push(Arc::new(Part::create(&path, 1, jiff::Timestamp::now().as_millisecond(), cache_mb)?));
         }
         if fresh_index {
             // An index of another layout (or none): drop it; it is rebuilt from the log below.

@@ -34,11 +34,15 @@ const TMP_PREFIX: &str = "tmp-";
 const DELETED_PREFIX: &str = "x-";
 const PART_TREE: &str = "part";
 const PART_FIRST: &[u8] = b"first";
+const PART_STARTED: &[u8] = b"started";
 
 /// One sled database of punches (or the main database's punch trees, for part 0 of an older store).
 pub struct Part {
     /// The first sequence number this part may hold.
     pub first: u64,
+    /// When the part began taking punches (Unix ms, by the clock retention runs on; for part 0 the receipt of its first
+    /// punch). A part's punches all arrived before the next part began. See [`Part::started`].
+    started_ms: std::sync::atomic::AtomicI64,
     /// The sled directory.
     pub path: PathBuf,
     /// False for part 0 in the main database (it cannot be deleted as a whole).
@@ -70,13 +74,27 @@ impl Part {
     /// Part 0: the punch trees of the main database.
     pub fn main(path: &Path, db: &sled::Db) -> Result<Part, StoreError> {
         let file = std::fs::File::open(path.join("db")).map_err(|e| io_error(path, "cannot open the log file", e))?;
+        let log = db.open_tree(LOG_TREE).map_err(open_error(path))?;
+        let started_ms = match log.first().map_err(open_error(path))? {
+            Some((k, v)) => {
+                let first = log_key(&k)?;
+                codec::decode_log_value(first, &v)
+                    .map_err(|message| StoreError::Decode { key: format!("seq {first}"), message })?
+                    .iter()
+                    .map(|p| p.received_time_ms)
+                    .min()
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
         Ok(Part {
             first: 1,
+            started_ms: started_ms.into(),
             path: path.to_owned(),
             own_dir: false,
             db: db.clone(),
             file,
-            log: db.open_tree(LOG_TREE).map_err(open_error(path))?,
+            log,
             index: db.open_tree(INDEX_TREE).map_err(open_error(path))?,
             synced_blobs: Mutex::default(),
         })
@@ -85,7 +103,10 @@ impl Part {
     /// Opens the part in `dir` (named `p-{first}`), checking its marker.
     pub fn open(dir: &Path, first: u64, cache_mb: u64) -> Result<Part, StoreError> {
         let db = super::open::open_sled(dir, cache_mb)?;
-        let marker = db.open_tree(PART_TREE).map_err(open_error(dir))?.get(PART_FIRST).map_err(open_error(dir))?;
+        let tree = db.open_tree(PART_TREE).map_err(open_error(dir))?;
+        let marker = tree.get(PART_FIRST).map_err(open_error(dir))?;
+        let started_ms =
+            tree.get(PART_STARTED).map_err(open_error(dir))?.as_deref().and_then(seq_from).map_or(0, |v| v as i64);
         if marker.as_deref().and_then(seq_from) != Some(first) {
             return Err(StoreError::Open {
                 path: dir.to_owned(),
@@ -95,6 +116,7 @@ impl Part {
         let file = std::fs::File::open(dir.join("db")).map_err(|e| io_error(dir, "cannot open the log file", e))?;
         Ok(Part {
             first,
+            started_ms: started_ms.into(),
             path: dir.to_owned(),
             own_dir: true,
             log: db.open_tree(LOG_TREE).map_err(open_error(dir))?,
@@ -105,8 +127,9 @@ impl Part {
         })
     }
 
-    /// Makes a new, empty part for sequence numbers from `first` on, durably (see *Files and crashes*).
-    pub fn create(store_dir: &Path, first: u64, cache_mb: u64) -> Result<Part, StoreError> {
+    /// Makes a new, empty part for sequence numbers from `first` on, started at `started_ms`, durably (see *Files and
+    /// crashes*).
+    pub fn create(store_dir: &Path, first: u64, started_ms: i64, cache_mb: u64) -> Result<Part, StoreError> {
         let parts = store_dir.join(PARTS_DIR);
         std::fs::create_dir_all(&parts).map_err(|e| io_error(&parts, "cannot create the partitions directory", e))?;
         let tmp = parts.join(format!("{TMP_PREFIX}{first:020}"));
@@ -116,7 +139,10 @@ impl Part {
         {
             let db = super::open::open_sled(&tmp, 1)?;
             db.open_tree(PART_TREE)
-                .and_then(|t| t.insert(PART_FIRST, &first.to_be_bytes()))
+                .and_then(|t| {
+                    t.insert(PART_STARTED, &(started_ms.max(0) as u64).to_be_bytes())?;
+                    t.insert(PART_FIRST, &first.to_be_bytes())
+                })
                 .and_then(|_| db.flush())
                 .map_err(open_error(&tmp))?;
         }
@@ -135,6 +161,23 @@ impl Part {
                 other => return other,
             }
         }
+    }
+
+    /// When the part began taking punches (see the field).
+    pub fn started(&self) -> i64 {
+        self.started_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Moves the part's start back to `started_ms`, durably: for a clock that is behind the one the part was stamped with
+    /// (the system clock was set back, or retention runs on a clock of its own), so that rotation keeps working.
+    pub fn restamp(&self, started_ms: i64) -> Result<(), StoreError> {
+        if self.own_dir {
+            let tree = self.db.open_tree(PART_TREE)?;
+            tree.insert(PART_STARTED, &(started_ms.max(0) as u64).to_be_bytes())?;
+            self.db.flush()?;
+        }
+        self.started_ms.store(started_ms, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// The highest sequence number in this part.

@@ -517,13 +517,15 @@ fn a_round_cut_after_its_index_batch_is_finished_by_the_next_pass() {
 #[test]
 fn rotated_partitions_past_retention_are_deleted_with_their_files() {
     const DAY: i64 = 86_400_000;
+    // The first part began now (by the system clock); retention's clock is given to each call.
+    let t0 = jiff::Timestamp::now().as_millisecond();
     let mut r = Rig::new();
     let old: Vec<DevicePunch> = (1..=2000).map(|n| punch("d1", n, "E1", 1_000 + n as i64)).collect();
     r.insert(&old);
     r.flush();
     // Not yet a period old: no rotation.
-    assert!(!r.store.rotate(DAY, DAY).unwrap());
-    assert!(r.store.rotate(3 * DAY, DAY).unwrap());
+    assert!(!r.store.rotate(t0 + DAY / 2, DAY).unwrap());
+    assert!(r.store.rotate(t0 + 3 * DAY, DAY).unwrap());
     assert_eq!(r.store.part_count(), 2);
     r.insert(&[punch("d1", 2001, "E1", 2 * DAY), punch("d2", 1, "E2", 2 * DAY)]);
     r.flush();
@@ -532,16 +534,21 @@ fn rotated_partitions_past_retention_are_deleted_with_their_files() {
     let size_before = r.store.size_on_disk();
     let utc = jiff::tz::TimeZone::UTC;
     let date = |d: i64| jiff::Timestamp::from_millisecond(d * DAY).unwrap().to_zoned(utc.clone()).date();
+    let expiry = |received_before_ms, date_before, through_seq| Expiry {
+        received_before_ms,
+        date_before,
+        through_seq,
+        tz: jiff::tz::TimeZone::UTC,
+    };
 
     // Not delivered yet (through seq 1,999): the part stays.
-    let undelivered = Expiry { received_before_ms: 3 * DAY, date_before: date(2), through_seq: 1_999, tz: utc.clone() };
-    assert_eq!(r.store.expire(&undelivered).unwrap(), Expired::default());
+    assert_eq!(r.store.expire(&expiry(t0 + 4 * DAY, date(2), 1_999)).unwrap(), Expired::default());
     // A device date not before the limit: the part stays.
-    let recent = Expiry { received_before_ms: 3 * DAY, date_before: date(0), through_seq: 2_002, tz: utc.clone() };
-    assert_eq!(r.store.expire(&recent).unwrap(), Expired::default());
+    assert_eq!(r.store.expire(&expiry(t0 + 4 * DAY, date(0), 2_002)).unwrap(), Expired::default());
+    // The next part began after the cutoff (punches of this one may have arrived after it): the part stays.
+    assert_eq!(r.store.expire(&expiry(t0 + 2 * DAY, date(2), 2_002)).unwrap(), Expired::default());
 
-    let expiry = Expiry { received_before_ms: 3 * DAY, date_before: date(2), through_seq: 2_002, tz: utc };
-    let gone = r.store.expire(&expiry).unwrap();
+    let gone = r.store.expire(&expiry(t0 + 4 * DAY, date(2), 2_002)).unwrap();
     assert_eq!((gone.parts, gone.punches), (1, 2000));
     assert!(!first_part.exists(), "the part's directory is gone");
     assert!(r.store.size_on_disk() < size_before, "{} < {size_before}", r.store.size_on_disk());
@@ -549,18 +556,23 @@ fn rotated_partitions_past_retention_are_deleted_with_their_files() {
     assert_eq!(seqs(r.store.by_time(0, 3 * DAY)), vec![2001, 2002]);
     assert_eq!(r.store.get_by_id("gw:d1:5").unwrap(), None);
     assert!(r.store.get(5).is_err());
-    assert_eq!(r.store.expire(&expiry).unwrap(), Expired::default(), "the newest part stays");
+    assert_eq!(r.store.expire(&expiry(i64::MAX, date(9), 2_002)).unwrap(), Expired::default(), "the newest part stays");
 
     // After a restart: the same parts, numbering goes on, and a deletion interrupted after its rename is finished.
     r.reopen();
     assert_eq!(r.store.part_count(), 1);
+    assert_eq!(r.store.parts()[0].started(), t0 + 3 * DAY, "a part keeps when it began");
+    // A clock behind the part's start (set back): the part counts from it, and rotates a period later.
+    assert!(!r.store.rotate(t0, DAY).unwrap());
+    assert_eq!(r.store.parts()[0].started(), t0);
+    assert!(r.store.rotate(t0 + 2 * DAY, DAY).unwrap());
     assert_eq!(r.insert(&[punch("d1", 2002, "E1", 2 * DAY + 5)])[0].seq, 2003);
     let parts_dir = r.dir.path().join(parts::PARTS_DIR);
     std::fs::create_dir_all(parts_dir.join("x-00000000000000000001")).unwrap();
     std::fs::create_dir_all(parts_dir.join("tmp-00000000000000009999")).unwrap();
     r.flush();
     r.reopen();
-    assert_eq!(std::fs::read_dir(&parts_dir).unwrap().count(), 1, "left-overs removed");
+    assert_eq!(std::fs::read_dir(&parts_dir).unwrap().count(), r.store.part_count(), "left-overs removed");
     assert_eq!(r.store.get(2003).unwrap().seq, 2003);
 }
 
@@ -569,7 +581,7 @@ fn a_partition_that_lost_its_files_is_damage_not_an_empty_part() {
     let mut r = Rig::new();
     r.insert(&[punch("d1", 1, "E1", 1_000)]);
     r.flush();
-    assert!(r.store.rotate(10_000_000, 1).unwrap());
+    assert!(r.store.rotate(i64::MAX / 2, 1).unwrap());
     r.insert(&[punch("d1", 2, "E1", 2_000)]);
     r.flush();
     let first = r.store.parts()[0].path.clone();
@@ -598,9 +610,11 @@ fn punches_written_while_partitions_rotate_are_all_found() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut n = 0;
+            let mut now = jiff::Timestamp::now().as_millisecond();
             while !stop.load(Ordering::Relaxed) {
                 // Always due: the newest part rotates whenever it holds a punch.
-                if store.rotate(i64::MAX, 0).unwrap() {
+                now += 1;
+                if store.rotate(now, 0).unwrap() {
                     n += 1;
                 }
             }

@@ -9,8 +9,8 @@
 //! gatewayd-crash --cycles 50 --retention            # retention deleting delivered partitions during the cycles
 //! ```
 //!
-//! With `--retention` the devices date their punches 40 days back, `retention_days` is 1 and retention's clock runs 30
-//! days ahead with a pass every 300 ms: the daemon rotates punch partitions and deletes delivered ones all the time, so
+//! With `--retention` the devices date their punches 40 days back, `retention_days` is 1 and retention's clock starts
+//! 30 days ahead and runs two days a second, with a pass every 300 ms: the daemon rotates punch partitions and deletes delivered ones all the time, so
 //! kills and power cuts land in the middle of rotations and deletions. The checks are the same: what was delivered may
 //! go, what was acknowledged and not delivered must not.
 //!
@@ -104,6 +104,8 @@ const GATEWAY_ID: &str = "gw-crash";
 /// With `--retention`: how far back punches are dated, and how far ahead retention's clock runs.
 const RETENTION_BACKDATE_MS: i64 = 40 * 86_400_000;
 const RETENTION_AHEAD_MS: i64 = 30 * 86_400_000;
+/// With `--retention`: retention's clock runs this many milliseconds per real millisecond (two days a second).
+const RETENTION_DAYS_PER_SECOND: i64 = 2 * 86_400;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -183,11 +185,30 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let received = work.join("received.jsonl");
     let mut sink = Receiver::start(&gatewayd, &certs, &received, &work.join("logs/upstream-sink.log"))?;
 
-    // Retention's clock, ahead of the system clock (the daemon reads it from this file on every pass).
+    // Retention's clock, ahead of the system clock and running two days a second (the daemon reads it from this file
+    // on every pass): partitions are rotated and deleted all through the run.
     let clock = args.retention.then(|| work.join("retention-clock"));
-    if let Some(clock) = &clock {
-        std::fs::write(clock, (jiff::Timestamp::now().as_millisecond() + RETENTION_AHEAD_MS).to_string())?;
-    }
+    let clock_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clock_thread = match &clock {
+        Some(clock) => {
+            let (clock, stop) = (clock.clone(), clock_stop.clone());
+            let write = move |start: Instant, base: i64| {
+                let now = base + RETENTION_AHEAD_MS + start.elapsed().as_millis() as i64 * RETENTION_DAYS_PER_SECOND;
+                std::fs::write(&clock, now.to_string())
+            };
+            let (start, base) = (Instant::now(), jiff::Timestamp::now().as_millisecond());
+            write(start, base)?;
+            Some(std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Err(e) = write(start, base) {
+                        eprintln!("gatewayd-crash: cannot move retention's clock: {e}");
+                    }
+                }
+            }))
+        }
+        None => None,
+    };
     let config_path = work.join("gatewayd.toml");
     std::fs::write(&config_path, config(&args, &work, &certs, sink.port))?;
 
@@ -307,6 +328,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         delivered.by_id.len(),
         summary.trim()
     );
+    clock_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = clock_thread {
+        let _ = t.join();
+    }
     if args.retention {
         let (created, deleted) = partitions_in_logs(&work.join("logs"));
         println!("retention: {created} punch partitions started and {deleted} deleted across the cycles");

@@ -212,29 +212,7 @@ async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path)
     let certs = gatewayd::cli::certs::write_dev_set(&dir.join("certs"), "bench-gw", 365)?;
 
     // The receiver; its stdout says where it listens, then one line per batch.
-    let mut cmd = Command::new(gatewayd);
-    cmd.args(["upstream-sink", "--listen", "127.0.0.1:0", "--ca"])
-        .arg(&certs.ca)
-        .arg("--cert")
-        .arg(&certs.server_cert)
-        .arg("--key")
-        .arg(&certs.server_key)
-        .arg("--out")
-        .arg(dir.join("received.jsonl"))
-        .env("RUST_LOG", "warn");
-    let mut sink = Proc::spawn("upstream-sink", cmd, dir, true)?;
-    let stdout = sink.child.stdout.take().ok_or_else(|| anyhow!("upstream-sink: no stdout"))?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .map_err(|_| anyhow!("upstream-sink did not start listening within 30 s; log:\n{}", sink.log_tail()))?
-            .context("reading upstream-sink's output")?
-            .ok_or_else(|| anyhow!("upstream-sink exited before listening; log:\n{}", sink.log_tail()))?;
-        if let Some(rest) = line.split("listening on https://").nth(1) {
-            break rest.split('/').next().unwrap_or_default().to_owned();
-        }
-    };
+    let (mut sink, addr, mut lines) = start_receiver(gatewayd, dir, &certs, &dir.join("received.jsonl")).await?;
     let port = addr.rsplit(':').next().unwrap_or_default().to_owned();
     let (delivered_tx, mut delivered) = watch::channel(Delivered::default());
     let marks = Arc::new(std::sync::Mutex::new(Vec::<(Instant, u64)>::new()));
@@ -577,4 +555,42 @@ fn print_footprint(store: &Path, punches: u64) {
     }
     let file = db.size_on_disk().unwrap_or(0);
     println!("  all trees: {:.1} B/punch; sled's files: {:.1} B/punch", per(footprint.total()), per(file));
+}
+
+/// The reference receiver's output, line by line.
+pub type ReceiverLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts the reference receiver (`gatewayd upstream-sink`) in `dir` with the development certificates `certs`,
+/// writing what it accepts to `out`; returns it, the address it listens on and the rest of its output (one line per
+/// batch, then its summary).
+pub async fn start_receiver(
+    gatewayd: &Path,
+    dir: &Path,
+    certs: &gatewayd::cli::certs::DevSet,
+    out: &Path,
+) -> anyhow::Result<(Proc, String, ReceiverLines)> {
+    let mut cmd = Command::new(gatewayd);
+    cmd.args(["upstream-sink", "--listen", "127.0.0.1:0", "--ca"])
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.server_cert)
+        .arg("--key")
+        .arg(&certs.server_key)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", "warn");
+    let mut sink = Proc::spawn("upstream-sink", cmd, dir, true)?;
+    let stdout = sink.child.stdout.take().ok_or_else(|| anyhow!("upstream-sink: no stdout"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("upstream-sink did not start listening within 30 s; log:\n{}", sink.log_tail()))?
+            .context("reading upstream-sink's output")?
+            .ok_or_else(|| anyhow!("upstream-sink exited before listening; log:\n{}", sink.log_tail()))?;
+        if let Some(rest) = line.split("listening on https://").nth(1) {
+            break rest.split('/').next().unwrap_or_default().to_owned();
+        }
+    };
+    Ok((sink, addr, lines))
 }

@@ -7,6 +7,8 @@
 //! - `gatewayd-load e2e …` is the end-to-end benchmark of `docs/benchmarks.md`: it starts the reference receiver and a
 //!   gateway with its upstream pointed at it, runs the devices, and then the same workload against two bridged
 //!   Mosquitto brokers ([`e2e`]).
+//! - `gatewayd-load ageing …` runs simulated years of a site through the gateway and samples its disk every week
+//!   ([`ageing`]).
 //!
 //! ```text
 //! gatewayd-load --print-config --devices 100 >> gatewayd.toml
@@ -14,6 +16,7 @@
 //! gatewayd-load e2e --devices 100 --rate 20000 --seconds 10
 //! ```
 
+mod ageing;
 mod devices;
 mod e2e;
 mod procs;
@@ -43,6 +46,8 @@ enum Cmd {
     /// The end-to-end benchmark: devices -> gatewayd -> upstream-sink over mTLS, then devices -> Mosquitto A -> TLS
     /// bridge -> Mosquitto B, in one run.
     E2e(e2e::E2eArgs),
+    /// Years of a site through the real daemon: the disk over simulated time, with retention (docs/benchmarks.md).
+    Ageing(ageing::AgeingArgs),
 }
 
 /// The workload shared by both modes.
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         let work = async {
             match cli.command {
                 Some(Cmd::E2e(args)) => e2e::run(args).await,
+                Some(Cmd::Ageing(args)) => ageing::run(args).await,
                 None => run_load(cli.load).await,
             }
         };
