@@ -17,6 +17,7 @@ mod crash;
 mod demo;
 mod engine;
 mod fences;
+mod fleet;
 mod lifecycle;
 mod mqtt;
 mod mqtt_edge;

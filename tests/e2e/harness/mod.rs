@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::fmt::Debug;
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;

@@ -18,7 +18,7 @@ fn record(id: &str, revision: u32) -> AttendanceRecord {
 }
 
 fn batch(seq: u64, punches: Vec<Punch>, records: Vec<AttendanceRecord>, digests: Vec<DayDigest>) -> UploadBatch {
-    UploadBatch { gateway_id: "gw".into(), batch_seq: seq, punches, records, digests }
+    UploadBatch { gateway_id: "gw".into(), batch_seq: seq, punches, records, digests, outbox_id: String::new() }
 }
 
 fn digest_of(ids: &[&str], from_ms: i64, to_ms: i64) -> DayDigest {
