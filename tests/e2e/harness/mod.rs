@@ -328,6 +328,16 @@ pub fn dev_certs(dir: &Path) -> PathBuf {
     certs
 }
 
+/// [`dev_certs`] with a client certificate named `client_name` (receivers accept batches only from the gateway their
+/// client certificate names: use the gateway id).
+pub fn dev_certs_named(dir: &Path, client_name: &str) -> PathBuf {
+    let certs = dir.join("certs");
+    let (code, stdout, stderr) =
+        run_cli(&["certs", "dev", "--out", certs.to_str().unwrap(), "--client-name", client_name], &[]);
+    assert_eq!(code, 0, "gatewayd certs dev: {stdout}{stderr}");
+    certs
+}
+
 /// Runs `gatewayd` with `args` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().expect("run gatewayd");

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use faults::FaultPlan;
 pub use ledger::{decode_batch, restore_line, BatchSummary, DigestCheck, Ledger, Restored, Summary};
-pub use server::{serve, SinkEvent};
+pub use server::{serve, BatchStore, SinkEvent};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 20;

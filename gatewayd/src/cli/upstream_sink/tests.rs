@@ -245,6 +245,25 @@ async fn mutual_tls_delivery_and_refusals_both_ways() {
 }
 
 #[tokio::test]
+async fn a_batch_is_accepted_only_from_the_gateway_its_certificate_names() {
+    let t = Tls::new();
+    t.client_files(&t.pki, "gw", Validity::days(10));
+    t.client_files(&t.pki, "gw-2", Validity::days(10));
+    let (port, cancel, handle) = t.start("").await;
+    let mut forger = t.client("ca.pem", "gw-2", "127.0.0.1", port);
+    let e = forger.post(1, body(1, &["a"])).await.unwrap_err();
+    assert!(
+        matches!(e, SendError::Refused { status: 403, ref error } if error.contains("names gateway `gw-2`")),
+        "{e:?}"
+    );
+    let mut own = t.client("ca.pem", "gw", "127.0.0.1", port);
+    assert!(own.post(1, body(1, &["a"])).await.unwrap().accepted);
+    cancel.cancel();
+    let summary = handle.await.unwrap();
+    assert_eq!((summary.refused, summary.punches), (1, 1));
+}
+
+#[tokio::test]
 async fn injected_faults_are_classified_by_the_client() {
     let t = Tls::new();
     t.client_files(&t.pki, "gw", Validity::days(10));
