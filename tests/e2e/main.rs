@@ -19,6 +19,7 @@ mod engine;
 mod fences;
 mod fleet;
 mod lifecycle;
+mod loader;
 mod mqtt;
 mod mqtt_edge;
 mod plans;
