@@ -75,13 +75,13 @@ impl Device {
     /// Sends punch `seq` (employee `E{seq % 20}`, on 2026-11-22 site time) and waits until the gateway says it is
     /// stored. Returns false when the connection fails first (the gateway died).
     pub async fn punch(&mut self, seq: u64) -> bool {
-        let payload = format!(
-            r#"{{"seq": {seq}, "time": "2026-11-22T{:02}:{:02}:{:02}+08:00", "method": "face", "employee": "E{}"}}"#,
-            7 + (seq / 3600) % 12,
-            (seq / 60) % 60,
-            seq % 60,
-            seq % 20
-        );
+        let time = format!("2026-11-22T{:02}:{:02}:{:02}+08:00", 7 + (seq / 3600) % 12, (seq / 60) % 60, seq % 60);
+        self.punch_at(seq, &time, &format!("E{}", seq % 20)).await
+    }
+
+    /// Sends punch `seq` at `time` (RFC 3339) for `employee` and waits for its ack; false when the connection fails.
+    pub async fn punch_at(&mut self, seq: u64, time: &str, employee: &str) -> bool {
+        let payload = format!(r#"{{"seq": {seq}, "time": "{time}", "method": "face", "employee": "{employee}"}}"#);
         if self.client.publish(format!("gw/v1/dev/{}/punch", self.id), QoS::AtLeastOnce, false, payload).await.is_err()
         {
             return false;

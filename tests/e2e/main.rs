@@ -18,6 +18,7 @@ mod demo;
 mod engine;
 mod fences;
 mod fleet;
+mod fleet_cluster;
 mod lifecycle;
 mod loader;
 mod mqtt;

@@ -7,8 +7,9 @@
 //!   replaced only by a higher revision, whatever order loaders commit in;
 //! - digests: checked against the punches the database holds for that gateway in `[from_ms, to_ms)` (count and SHA-256
 //!   of the sorted ids, the gateway's own definition, [`ids_sha256`]) after this batch's punches, and stored; a mismatch
-//!   asks for the day again (at most [`MAX_RESEND_ASKS`] times per gateway and day, counted in `digests.asked`). A
-//!   digest replaces the stored one unless it is older (lower `batch_seq` of the same outbox);
+//!   asks for the day again (at most [`MAX_RESEND_ASKS`] times in a row per gateway and day, counted in
+//!   `digests.asked`, which a matching digest resets). A digest replaces the stored one unless it is older (lower
+//!   `batch_seq` of the same outbox);
 //! - gateways: the highest `batch_seq` per (gateway_id, outbox_id).
 //!
 //! Rows are written with one `INSERT … SELECT FROM unnest(…)` per kind, so a batch of 5,000 punches is one statement.
@@ -253,7 +254,10 @@ pub async fn apply(client: &mut Client, batch: &UploadBatch) -> Result<BatchSumm
             None => (false, 0),
         };
         if !older {
-            if !ok && asked < MAX_RESEND_ASKS as i32 {
+            if ok {
+                // A complete day may be asked for again if a later digest of it does not match.
+                asked = 0;
+            } else if asked < MAX_RESEND_ASKS as i32 {
                 asked += 1;
                 s.resend_dates.push(d.work_date.clone());
             }
