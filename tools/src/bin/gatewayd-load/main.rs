@@ -8,6 +8,9 @@
 //!   gateway with its upstream pointed at it, runs the devices, and then the same workload against two bridged
 //!   Mosquitto brokers ([`e2e`]).
 //!
+//! - `gatewayd-load fleet …` is the fleet benchmark: the same devices through NATS JetStream and `gatewayd loader`
+//!   into PostgreSQL, against the HTTPS path, and the loaders on a backlog ([`fleet`]).
+//!
 //! ```text
 //! gatewayd-load --print-config --devices 100 >> gatewayd.toml
 //! gatewayd-load --mqtt 127.0.0.1:1883 --devices 100 --rate 20000 --seconds 10
@@ -16,6 +19,7 @@
 
 mod devices;
 mod e2e;
+mod fleet;
 mod procs;
 
 use std::net::SocketAddr;
@@ -43,6 +47,9 @@ enum Cmd {
     /// The end-to-end benchmark: devices -> gatewayd -> upstream-sink over mTLS, then devices -> Mosquitto A -> TLS
     /// bridge -> Mosquitto B, in one run.
     E2e(e2e::E2eArgs),
+    /// The fleet benchmark: devices -> gatewayd -> NATS JetStream (3 nodes, R3) -> loaders -> PostgreSQL, against
+    /// the HTTPS path to the file receiver, then the loaders on a backlog.
+    Fleet(fleet::FleetArgs),
 }
 
 /// The workload shared by both modes.
@@ -146,6 +153,7 @@ fn main() -> ExitCode {
         let work = async {
             match cli.command {
                 Some(Cmd::E2e(args)) => e2e::run(args).await,
+                Some(Cmd::Fleet(args)) => fleet::run(args).await,
                 None => run_load(cli.load).await,
             }
         };
