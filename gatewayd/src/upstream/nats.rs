@@ -96,7 +96,7 @@ pub fn check_stream(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` is not a stream name (printable, no '.', '*', '>', '/' or '\\\\')"))
+        Err(format!("`{name}` is not a stream name (printable, no '.', '*', '>', '/' or '\\')"))
     }
 }
 
