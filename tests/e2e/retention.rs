@@ -205,7 +205,7 @@ fn a_full_budget_recovers_without_a_restart_once_delivery_resumes() {
     use nix::sys::signal::Signal;
     const MIB: f64 = 1024.0 * 1024.0;
     let work = tempfile::tempdir().unwrap();
-    let certs = dev_certs(work.path());
+    let certs = dev_certs_named(work.path(), "gw-ret");
     let clock = work.path().join("clock");
     // Retention's clock 40 days ahead: past the default 30 days, so everything delivered can go.
     set_clock(&clock, 40);
