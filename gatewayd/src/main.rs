@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Demo => cli::demo::execute(),
         Command::Certs(CertsCommand::Dev { out, client_name, days }) => cli::certs::execute(&out, &client_name, days),
         Command::UpstreamSink(args) => cli::upstream_sink::execute(args),
+        Command::Loader(args) => cli::loader::execute(args),
         Command::Token(cmd) => cli::token::execute(cmd),
     };
     match result {

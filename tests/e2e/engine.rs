@@ -12,7 +12,7 @@ use gatewayd::store::Store;
 use nix::sys::signal::Signal;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-use crate::harness::{base_config, dev_certs, http, wait_until, Gateway};
+use crate::harness::{base_config, dev_certs_named, http, wait_until, Gateway};
 use crate::upstream::Sink;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -268,7 +268,7 @@ fn a_shift_window_closing_during_the_test_raises_absent_within_seconds() {
 #[test]
 fn a_punch_40_days_old_reaches_the_receiver_as_a_record_of_its_day() {
     let work = tempfile::tempdir().unwrap();
-    let certs = dev_certs(work.path());
+    let certs = dev_certs_named(work.path(), "engine-gw");
     let out = work.path().join("received.jsonl");
     let sink = Sink::start(&certs, &out, "127.0.0.1:0", "");
     let port = sink.addr.rsplit(':').next().unwrap().to_owned();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{base_config, dev_certs, http, upload_attlog, wait_until, Gateway};
+use crate::harness::{base_config, dev_certs_named, http, upload_attlog, wait_until, Gateway};
 use crate::upstream::Sink;
 use gatewayd::api::v1::MAX_LIST;
 
@@ -99,7 +99,7 @@ fn api_counts(gw: &Gateway, token: &str, date: jiff::civil::Date) -> (usize, usi
 #[test]
 fn delivered_data_past_retention_leaves_every_read_and_tree_and_undelivered_data_stays() {
     let work = tempfile::tempdir().unwrap();
-    let certs = dev_certs(work.path());
+    let certs = dev_certs_named(work.path(), "gw-ret");
     let out = work.path().join("received.jsonl");
     let sink = Sink::start(&certs, &out, "127.0.0.1:0", "");
     let port = sink.addr.rsplit(':').next().unwrap().to_owned();
@@ -209,7 +209,7 @@ fn a_full_budget_recovers_without_a_restart_once_delivery_resumes() {
     use nix::sys::signal::Signal;
     const MIB: f64 = 1024.0 * 1024.0;
     let work = tempfile::tempdir().unwrap();
-    let certs = dev_certs(work.path());
+    let certs = dev_certs_named(work.path(), "gw-ret");
     let clock = work.path().join("clock");
     // Retention's clock 40 days ahead: past the default 30 days, so everything delivered can go.
     set_clock(&clock, 40);

@@ -15,7 +15,7 @@ use gatewayd::proto::upstream::{AttendanceRecord, Punch};
 use gatewayd::reconcile::changes::{Change, ChangeLog};
 use gatewayd::store::Store;
 
-use crate::harness::{bin, dev_certs};
+use crate::harness::{bin, dev_certs_named};
 
 const ENV_DIR: &str = "GATEWAYD_UPSTREAM_CHILD_DIR";
 const PUNCHES: u64 = 3000;
@@ -246,7 +246,7 @@ fn start_child(dir: &Path) -> (Child, Lines, Lines) {
 #[test]
 fn delivery_survives_faults_sigkill_and_receiver_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dev_certs(dir.path());
+    let certs = dev_certs_named(dir.path(), "gw-e2e");
     let out = dir.path().join("received.jsonl");
 
     // A receiver that fails at first (5xx burst, an answer lost after applying, a dropped request), then holds the

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::harness::dev_certs;
+use crate::harness::dev_certs_named;
 use crate::upstream::{number_after, Sink};
 
 /// The real daemon: punches from a ZKTeco terminal (ADMS push) go through the engine, the outbox and the sender into the
@@ -17,7 +17,7 @@ fn the_daemon_delivers_device_punches_to_the_receiver_across_sigkill() {
     use crate::harness::{base_config, upload_attlog, wait_until, Gateway};
     const SN: &str = "UPSTREAM0001";
     let work = tempfile::tempdir().unwrap();
-    let certs = dev_certs(work.path());
+    let certs = dev_certs_named(work.path(), "gw-up");
     let out = work.path().join("received.jsonl");
     let mut sink = Sink::start(&certs, &out, "127.0.0.1:0", "503*2,reset");
     let port = sink.addr.rsplit(':').next().unwrap().to_owned();

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use crate::harness::{base_config, dev_certs, http, wait_until, Gateway};
+use crate::harness::{base_config, dev_certs_named, http, wait_until, Gateway};
 use crate::upstream::{number_after, Sink};
 
 const EMPLOYEES: u32 = 5000;
@@ -109,7 +109,7 @@ fn upload(gw: &Gateway, terminal: u32, stamp: usize, lines: &[&Line]) {
 #[test]
 fn a_day_long_upstream_outage_of_a_5000_employee_site_loses_nothing_and_keeps_order() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = dev_certs(dir.path());
+    let certs = dev_certs_named(dir.path(), "site-gw");
     // The receiver's port, refusing connections until the receiver starts on it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
 

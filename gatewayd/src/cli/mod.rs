@@ -9,11 +9,13 @@
 //! | `certs dev`           | [`certs`]         |
 //! | `demo`                | [`demo`]          |
 //! | `upstream-sink`       | [`upstream_sink`] |
+//! | `loader`              | [`loader`]        |
 //!
 //! Exit codes (sysexits): 0 clean stop, 64 usage, 78 configuration, 1 runtime failure.
 
 pub mod certs;
 pub mod demo;
+pub mod loader;
 pub mod run;
 pub mod token;
 pub mod upstream_sink;
@@ -53,6 +55,9 @@ pub enum Command {
     /// The reference receiver of the upstream protocol: verifies client certificates, decodes batches, is idempotent,
     /// appends what it accepted as JSON lines. Prints one line per batch and a summary on Ctrl-C/SIGTERM.
     UpstreamSink(SinkArgs),
+    /// Loads upstream batches into PostgreSQL: from a NATS JetStream stream (a durable pull consumer several loaders
+    /// share) or as the HTTPS receiver. Prints one line per batch and a summary on Ctrl-C/SIGTERM.
+    Loader(loader::LoaderArgs),
     /// API tokens. Talks to the running daemon over its control socket, else opens the store directly.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -169,6 +174,8 @@ pub enum CliError {
     App(#[from] crate::app::AppError),
     #[error("gatewayd: {0}")]
     Demo(#[from] demo::DemoError),
+    #[error("{0}")]
+    Loader(#[from] loader::LoaderError),
 }
 
 fn lines(problems: &[Problem]) -> String {
@@ -179,7 +186,8 @@ impl CliError {
     /// The sysexits code of this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::TokenUsage(_) => EXIT_USAGE,
+            CliError::TokenUsage(_) | CliError::Loader(loader::LoaderError::Usage(_)) => EXIT_USAGE,
+            CliError::Loader(loader::LoaderError::Tls(_)) => EXIT_CONFIG,
             CliError::Config(_) | CliError::Sink(upstream_sink::SinkError::Tls(_)) => EXIT_CONFIG,
             CliError::Token(_)
             | CliError::Certs(_)
@@ -187,7 +195,8 @@ impl CliError {
             | CliError::SinkRuntime(_)
             | CliError::Runtime(_)
             | CliError::App(_)
-            | CliError::Demo(_) => EXIT_RUNTIME,
+            | CliError::Demo(_)
+            | CliError::Loader(_) => EXIT_RUNTIME,
         }
     }
 }

@@ -262,8 +262,23 @@ pub struct FileSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// Base URL of the receiver; batches go to `{url}/v1/batches`. Must be https.
+    /// Where batches go: `https://HOST[:PORT][/PATH]` (posted to `{url}/v1/batches`), or `nats://HOST:PORT` to publish
+    /// them to a NATS JetStream stream (SPEC 6.1, docs/fleet.md).
     pub url: String,
+    /// NATS only: more servers of the same cluster (`nats://HOST:PORT`), tried together with `url`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// NATS only: batches are published on `{subject_prefix}.{gateway id}`. Default `gatewayd.v1.batches`.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// NATS only: the JetStream stream that holds the batches (operators create it; the gateway says when it is
+    /// missing). Default `GATEWAYD`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// NATS only: the gateway answers requests to send work dates again on `{resend_prefix}.{gateway id}`.
+    /// Default `gatewayd.v1.resend`.
+    #[serde(default = "default_resend_prefix")]
+    pub resend_prefix: String,
     /// PEM CA the receiver's certificate must chain to.
     pub ca: PathBuf,
     /// PEM client certificate of this gateway.
@@ -301,6 +316,11 @@ impl UpstreamSection {
     pub fn max_backoff(&self) -> Duration {
         self.max_backoff.map(|d| d.0).unwrap_or(Duration::from_secs(60))
     }
+
+    /// The defaults of `subject_prefix`, `stream` and `resend_prefix`.
+    pub fn nats_defaults() -> (String, String, String) {
+        (default_subject_prefix(), default_stream(), default_resend_prefix())
+    }
 }
 
 fn default_batch_max_items() -> usize {
@@ -309,6 +329,18 @@ fn default_batch_max_items() -> usize {
 
 fn default_batch_max_bytes() -> usize {
     4 << 20
+}
+
+fn default_subject_prefix() -> String {
+    "gatewayd.v1.batches".into()
+}
+
+fn default_stream() -> String {
+    "GATEWAYD".into()
+}
+
+fn default_resend_prefix() -> String {
+    "gatewayd.v1.resend".into()
 }
 
 /// Days delivered data is kept when `[upstream]` does not say.

@@ -16,6 +16,7 @@
 //! | `D` date(10) `r` record_id        | item                             | day index: the newest revision of every record of the date |
 //! | `C` date(10)                      | empty                            | this work date has closed (its digest went out)|
 //! | `M` name                          | u64be                            | `cursor` (last change consumed), `next_item`, `next_batch` |
+//! | `Moutbox_id`                      | 16 lowercase hex digits          | `UploadBatch.outbox_id`, made once ([`Outbox::outbox_id`]) |
 //!
 //! An item is one version byte ([`ITEM_V1`]), one kind byte (`p` punch, `r` record, `d` digest), the time it was enqueued
 //! (Unix ms, i64be), then the protobuf message exactly as it goes on the wire (`Punch`, `AttendanceRecord`, `DayDigest`
@@ -110,6 +111,7 @@ const KIND_DIGEST: u8 = b'd';
 const M_CURSOR: &[u8] = b"Mcursor";
 const M_NEXT_ITEM: &[u8] = b"Mnext_item";
 const M_NEXT_BATCH: &[u8] = b"Mnext_batch";
+const M_OUTBOX_ID: &[u8] = b"Moutbox_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -192,6 +194,16 @@ impl Outbox {
 
     fn meta(&self, key: &[u8]) -> Result<u64, OutboxError> {
         Ok(self.tree.get(key)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0))
+    }
+
+    /// This outbox's random id (`UploadBatch.outbox_id`, SPEC 6): made and stored the first time it is asked for, and
+    /// the same for the life of the data dir, so a reinstalled gateway (batch_seq from 1 again) is never a replay.
+    pub fn outbox_id(&self) -> Result<String, OutboxError> {
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        // Compare-and-swap: whoever stores first wins, every caller reads the stored id.
+        let _ = self.tree.compare_and_swap(M_OUTBOX_ID, None::<&[u8]>, Some(fresh.as_bytes()))?;
+        let stored = self.tree.get(M_OUTBOX_ID)?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        Ok(stored.unwrap_or(fresh))
     }
 
     /// The last change log entry consumed.

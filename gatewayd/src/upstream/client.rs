@@ -88,6 +88,12 @@ pub enum SendError {
     Rejected { error: String },
     #[error("answer is not an UploadAck for this batch: {0}")]
     BadAck(String),
+    /// JetStream: no stream holds the subject (the stream is missing or does not capture it).
+    #[error("JetStream: {0}")]
+    NoStream(String),
+    /// JetStream: the cluster refuses this gateway's publish (permissions).
+    #[error("the NATS cluster refuses the publish: {0}")]
+    Denied(String),
 }
 
 impl SendError {
@@ -102,12 +108,17 @@ impl SendError {
             SendError::Refused { .. } => "refused",
             SendError::Rejected { .. } => "rejected",
             SendError::BadAck(_) => "bad_ack",
+            SendError::NoStream(_) => "no_stream",
+            SendError::Denied(_) => "denied",
         }
     }
 
     /// True for failures an operator must look at (the batch is held, not retried quickly).
     pub fn is_alarm(&self) -> bool {
-        matches!(self, SendError::Refused { .. } | SendError::Rejected { .. })
+        matches!(
+            self,
+            SendError::Refused { .. } | SendError::Rejected { .. } | SendError::NoStream(_) | SendError::Denied(_)
+        )
     }
 }
 

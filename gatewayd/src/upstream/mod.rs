@@ -10,11 +10,15 @@
 //! 2. **Batch**: the open batch if there is one (a previous attempt, or from before a restart), else a new one assigned
 //!    from the front of the queue once `batch_max_items` are ready or the oldest ready item waited `linger`. The open
 //!    batch is flushed to disk before it is sent.
-//! 3. **Send** `POST {url}/v1/batches` and classify the answer:
+//! 3. **Send** `POST {url}/v1/batches` (or, with a `nats://` URL, publish to the JetStream stream: [`nats`]) and
+//!    classify the answer:
 //!    - `accepted = true`: the items leave the queue ([`Outbox::ack`]); `resend_dates` go to the feeder.
-//!    - 4xx or `accepted = false`: an operator alarm (`gatewayd_upstream_alarm` = 1, ERROR log). The batch is held and
+//!    - 4xx, `accepted = false`, a missing stream or a refused publish: an operator alarm (`gatewayd_upstream_alarm` = 1, ERROR log). The batch is held and
 //!      tried again every `max_backoff` or at once after SIGHUP, never dropped.
 //!    - 5xx, timeouts, resets, connection and TLS failures: retried with capped, jittered exponential backoff.
+//!
+//! Each batch carries the outbox's random `outbox_id` (field 6, appended to the body the outbox assembled: protobuf
+//! merges a field that comes last), so a reinstalled gateway whose `batch_seq` starts at 1 again is never a replay.
 //!
 //! All waiting uses the monotonic clock, so wall-clock jumps do not stall or hurry retries. The certificate's days
 //! left (`gatewayd_upstream_cert_days_left`) are computed from the wall clock each time they are reported (at every
@@ -22,7 +26,9 @@
 
 pub mod client;
 pub mod metrics;
+pub mod nats;
 pub mod tls;
+pub mod transport;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +44,7 @@ use crate::daemon::Backoff;
 use crate::outbox::{OpenBatch, Outbox, OutboxError};
 use crate::telemetry::Metrics;
 use client::{Client, Endpoint};
+use transport::Transport;
 
 /// How often the certificate files are checked for changes.
 pub const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -79,7 +86,7 @@ impl FileStamp {
 
 /// The current connection setup and what it was built from.
 struct Link {
-    client: Client,
+    client: Transport,
     section: String,
     stamp: FileStamp,
 }
@@ -88,11 +95,27 @@ fn section_key(up: &UpstreamSection) -> String {
     format!("{up:?}")
 }
 
-fn build_link(up: &UpstreamSection) -> Result<Link, UpstreamError> {
+fn build_link(
+    up: &UpstreamSection,
+    gateway_id: &str,
+    resend: &mpsc::Sender<Vec<String>>,
+) -> Result<Link, UpstreamError> {
     let stamp = FileStamp::of(up);
-    let endpoint = Endpoint::parse(&up.url).map_err(UpstreamError::Url)?;
     let config = tls::client_config(&up.ca, &up.cert, &up.key)?;
-    Ok(Link { client: Client::new(endpoint, config, up.timeout()), section: section_key(up), stamp })
+    let client = if nats::is_nats_url(&up.url) {
+        let endpoint = nats::NatsEndpoint::parse(up, gateway_id).map_err(UpstreamError::Url)?;
+        Transport::Nats(Box::new(nats::NatsClient::new(endpoint, config, up.timeout(), gateway_id, resend.clone())))
+    } else {
+        let endpoint = Endpoint::parse(&up.url).map_err(UpstreamError::Url)?;
+        Transport::Https(Client::new(endpoint, config, up.timeout()))
+    };
+    Ok(Link { client, section: section_key(up), stamp })
+}
+
+/// Appends `outbox_id` (field 6) to a batch body the outbox assembled.
+fn with_outbox_id(mut body: Vec<u8>, outbox_id: &str) -> Bytes {
+    prost::encoding::string::encode(6, &outbox_id.to_owned(), &mut body);
+    Bytes::from(body)
 }
 
 fn report_expiry(metrics: &Metrics, up: &UpstreamSection) {
@@ -156,6 +179,18 @@ impl std::fmt::Debug for Sender {
 /// and is sent again after the restart.
 pub async fn run(mut s: Sender, cancel: CancellationToken) {
     let mut queue = s.outbox.subscribe();
+    let outbox_id = loop {
+        match s.outbox.outbox_id() {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: cannot read the outbox id; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(CERT_CHECK_EVERY) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    };
     let mut link: Option<Link> = None;
     let mut failed_stamp: Option<FileStamp> = None;
     let mut retry_at: Option<Instant> = None;
@@ -185,9 +220,9 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         let stale = link.as_ref().is_none_or(|l| l.section != section_key(&up) || l.stamp != stamp);
         if stale && failed_stamp.as_ref() != Some(&stamp) {
             let first = link.is_none();
-            match build_link(&up) {
+            match build_link(&up, &config.gateway.id, &s.resend) {
                 Ok(new) => {
-                    metrics::events::upstream_link_built(&new.client.endpoint().authority, first);
+                    metrics::events::upstream_link_built(&new.client.receiver(), first);
                     link = Some(new);
                     failed_stamp = None;
                     report_expiry(&s.metrics, &up);
@@ -229,7 +264,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         // 2. The batch.
         let next = match assigned.take() {
             Some(batch) => Ok(Some(batch)),
-            None => next_batch(&s.outbox, &up, &mut queue, &mut linger_since, &config.gateway.id).await,
+            None => next_batch(&s.outbox, &up, &mut queue, &mut linger_since, &config.gateway.id, &outbox_id).await,
         };
         let (open, body) = match next {
             Ok(Some(batch)) => batch,
@@ -258,7 +293,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
         let started = Instant::now();
         let prepare = prepare_during(&s.outbox, &up, &open, *queue.borrow());
         let result = tokio::select! {
-            r = current.client.post(open.batch_seq, body) => r,
+            r = current.client.post(open.batch_seq, &outbox_id, body) => r,
             _ = cancel.cancelled() => break,
         };
         metrics::events::upstream_sent(&s.metrics, &open, &result, started.elapsed(), attempt);
@@ -276,7 +311,7 @@ pub async fn run(mut s: Sender, cancel: CancellationToken) {
                 })
                 .await;
                 match acked {
-                    Ok(Ok(next)) => assigned = next.map(|(open, body)| (open, Bytes::from(body))),
+                    Ok(Ok(next)) => assigned = next.map(|(open, body)| (open, with_outbox_id(body, &outbox_id))),
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "upstream: cannot remove acknowledged items; they will be sent again")
                     }
@@ -347,6 +382,7 @@ async fn next_batch(
     queue: &mut watch::Receiver<u64>,
     linger_since: &mut Option<Instant>,
     gateway_id: &str,
+    outbox_id: &str,
 ) -> Result<Option<(OpenBatch, Bytes)>, OutboxError> {
     let through = *queue.borrow_and_update();
     if outbox.open_batch()?.is_none() {
@@ -367,13 +403,28 @@ async fn next_batch(
         tokio::task::spawn_blocking(move || outbox.assign_with_body(max_items, max_bytes, through, &gateway_id))
             .await
             .map_err(|e| OutboxError::Date(format!("batch task: {e}")))??;
-    Ok(assigned.map(|(open, body)| (open, Bytes::from(body))))
+    Ok(assigned.map(|(open, body)| (open, with_outbox_id(body, outbox_id))))
 }
 
 /// Checks an upstream section's files and URL without starting anything (for `validate`): each problem as (key, text).
 pub fn check_section(up: &UpstreamSection) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
-    if let Err(e) = Endpoint::parse(&up.url) {
+    if nats::is_nats_url(&up.url) {
+        for (key, value) in std::iter::once(("url", &up.url)).chain(up.servers.iter().map(|s| ("servers", s))) {
+            if let Err(e) = nats::parse_server(value) {
+                out.push((key, e));
+            }
+        }
+        if let Err(e) = nats::check_subject_prefix(&up.subject_prefix) {
+            out.push(("subject_prefix", e));
+        }
+        if let Err(e) = nats::check_subject_prefix(&up.resend_prefix) {
+            out.push(("resend_prefix", e));
+        }
+        if let Err(e) = nats::check_stream(&up.stream) {
+            out.push(("stream", e));
+        }
+    } else if let Err(e) = Endpoint::parse(&up.url) {
         out.push(("url", e));
     }
     for (key, path) in [("ca", &up.ca), ("cert", &up.cert)] {
@@ -397,9 +448,28 @@ pub fn check_config(config: &Config, out: &mut Problems<'_>) {
     if let Some(up) = &config.upstream {
         let at = |k: &'static str| vec![Seg::Key("upstream"), Seg::Key(k)];
         let before = out.list.len();
+        let nats = nats::is_nats_url(&up.url);
         match up.url.strip_prefix("https://") {
             Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {}
-            _ => out.add(&at("url"), "upstream.url", format!("`{}` must be an https:// URL with a host", up.url)),
+            _ if nats => {}
+            _ => out.add(
+                &at("url"),
+                "upstream.url",
+                format!("`{}` must be an https:// URL with a host, or nats://HOST:PORT", up.url),
+            ),
+        }
+        if !nats {
+            let defaults = crate::config::UpstreamSection::nats_defaults();
+            for (key, set) in [
+                ("servers", !up.servers.is_empty()),
+                ("subject_prefix", up.subject_prefix != defaults.0),
+                ("stream", up.stream != defaults.1),
+                ("resend_prefix", up.resend_prefix != defaults.2),
+            ] {
+                if set {
+                    out.add(&at(key), &format!("upstream.{key}"), "applies only to a nats:// url".into());
+                }
+            }
         }
         check_file(out, &at("ca"), "upstream.ca", &up.ca);
         check_file(out, &at("cert"), "upstream.cert", &up.cert);

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod postgres;
+
 use std::fmt::Debug;
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
@@ -322,6 +325,16 @@ pub fn http_bytes(
 pub fn dev_certs(dir: &Path) -> PathBuf {
     let certs = dir.join("certs");
     let (code, stdout, stderr) = run_cli(&["certs", "dev", "--out", certs.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "gatewayd certs dev: {stdout}{stderr}");
+    certs
+}
+
+/// [`dev_certs`] with a client certificate named `client_name` (receivers accept batches only from the gateway their
+/// client certificate names: use the gateway id).
+pub fn dev_certs_named(dir: &Path, client_name: &str) -> PathBuf {
+    let certs = dir.join("certs");
+    let (code, stdout, stderr) =
+        run_cli(&["certs", "dev", "--out", certs.to_str().unwrap(), "--client-name", client_name], &[]);
     assert_eq!(code, 0, "gatewayd certs dev: {stdout}{stderr}");
     certs
 }

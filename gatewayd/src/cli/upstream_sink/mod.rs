@@ -7,6 +7,7 @@
 //! 2. **Request**: `POST /v1/batches` (any path prefix), `Content-Type: application/x-protobuf`, body `UploadBatch`
 //!    (at most [`MAX_BODY`] bytes). Anything else is 404/405/415; a body that does not decode or lacks ids is 400 with an
 //!    `UploadAck { accepted: false, error }` — a sender must treat 4xx as "an operator must look", not retry blindly.
+//!    A batch whose `gateway_id` is not the client certificate's common name is 403: a gateway sends only its own.
 //! 3. **Apply**, idempotently, per gateway: a punch is new unless its `punch_id` was seen; a record revision is new only
 //!    if it is higher than the highest seen for its `record_id` (equal or lower: stale, ignored). New items are appended
 //!    to `--out` as JSON lines and the file is synced to disk *before* the answer: an acknowledged batch is never lost.
@@ -19,8 +20,9 @@
 //! a time by one thread (the *ledger*), which owns the state and the file; connections only decode and wait for it.
 //! `--fail PLAN` injects faults ([`faults`]) for testing senders.
 //!
-//! Files: `ledger.rs` the state, the output file and the checks; `server.rs` TLS, HTTP and the ledger thread; this file
-//! the command (options, binding, printing) and the demo's receiver.
+//! Files: `ledger.rs` the state, the output file and the checks; `server.rs` TLS, HTTP and the ledger thread (which
+//! applies to any [`BatchStore`]: `gatewayd loader --https` reuses it with PostgreSQL); this file the command (options,
+//! binding, printing) and the demo's receiver.
 
 pub mod faults;
 mod ledger;
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use faults::FaultPlan;
 pub use ledger::{decode_batch, restore_line, BatchSummary, DigestCheck, Ledger, Restored, Summary};
-pub use server::{serve, SinkEvent};
+pub use server::{serve, BatchStore, SinkEvent};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 << 20;

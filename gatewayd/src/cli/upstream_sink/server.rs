@@ -1,4 +1,9 @@
-//! The server side: TLS connections, HTTP requests, and the ledger thread that applies batches one at a time.
+//! The server side: TLS connections, HTTP requests, and the ledger thread that applies batches one at a time to a
+//! [`BatchStore`] (the JSON-lines [`Ledger`] of `upstream-sink`, or PostgreSQL for `gatewayd loader --https`).
+//!
+//! Identity: a batch is accepted only from the gateway it names. The client certificate's subject common name (verified
+//! by rustls against `--ca`) must equal the batch's `gateway_id`; otherwise the answer is `403` with an `UploadAck`
+//! saying which gateway the certificate names (an operator alarm on the sender's side).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +22,26 @@ use tokio_util::task::TaskTracker;
 use super::faults::{Fault, FaultPlan};
 use super::ledger::{decode_batch, BatchSummary, Ledger, Summary};
 use super::{LEDGER_QUEUE, MAX_BODY};
-use crate::proto::upstream::UploadAck;
+use crate::proto::upstream::{UploadAck, UploadBatch};
+
+/// Where the ledger thread puts accepted batches. Called from one thread, one batch at a time, in arrival order.
+pub trait BatchStore: Send + 'static {
+    /// Applies one decoded batch (idempotently) and returns its acknowledgement; an error is answered 503 (the
+    /// sender retries).
+    fn apply(&mut self, batch: &UploadBatch) -> Result<(UploadAck, BatchSummary), String>;
+    /// The running totals (the server adds refusals, faults and TLS refusals to them).
+    fn summary_mut(&mut self) -> &mut Summary;
+}
+
+impl BatchStore for Ledger {
+    fn apply(&mut self, batch: &UploadBatch) -> Result<(UploadAck, BatchSummary), String> {
+        Ledger::apply(self, batch).map_err(|e| e.to_string())
+    }
+
+    fn summary_mut(&mut self) -> &mut Summary {
+        &mut self.summary
+    }
+}
 
 /// Something the sink wants its operator (or the demo) to see.
 #[derive(Clone, Debug)]
@@ -40,6 +64,8 @@ struct Answer {
 struct Job {
     body: Bytes,
     peer: SocketAddr,
+    /// The client certificate's subject common name.
+    identity: Option<Arc<str>>,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -49,8 +75,8 @@ fn ack_answer(status: StatusCode, batch_seq: u64, error: String) -> Answer {
 }
 
 /// The ledger thread: decodes, injects faults, applies, answers. Returns the totals when every sender is gone.
-fn ledger_thread(
-    mut ledger: Ledger,
+fn ledger_thread<S: BatchStore>(
+    mut ledger: S,
     mut plan: FaultPlan,
     mut jobs: mpsc::Receiver<Job>,
     events: Option<mpsc::UnboundedSender<SinkEvent>>,
@@ -65,15 +91,28 @@ fn ledger_thread(
         let batch = match decode_batch(&job.body) {
             Ok(b) => b,
             Err(error) => {
-                ledger.summary.refused += 1;
+                ledger.summary_mut().refused += 1;
                 emit(SinkEvent::Refused { peer: job.peer, status: 400, error: error.clone() });
                 let _ = job.reply.send(ack_answer(StatusCode::BAD_REQUEST, 0, error));
                 continue;
             }
         };
+        if job.identity.as_deref() != Some(batch.gateway_id.as_str()) {
+            let error = match &job.identity {
+                Some(cn) => format!(
+                    "the client certificate names gateway `{cn}`; this batch is from `{}`: refused",
+                    batch.gateway_id
+                ),
+                None => "the client certificate has no usable common name: refused".into(),
+            };
+            ledger.summary_mut().refused += 1;
+            emit(SinkEvent::Refused { peer: job.peer, status: 403, error: error.clone() });
+            let _ = job.reply.send(ack_answer(StatusCode::FORBIDDEN, batch.batch_seq, error));
+            continue;
+        }
         let fault = plan.next_fault();
         if fault != Fault::Ok {
-            ledger.summary.faults_injected += 1;
+            ledger.summary_mut().faults_injected += 1;
             emit(SinkEvent::Fault { peer: job.peer, fault });
         }
         let answer = match fault {
@@ -90,14 +129,14 @@ fn ledger_thread(
                     Answer { status: StatusCode::OK, body: ack.encode_to_vec(), delay, close: fault == Fault::Reset }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "upstream-sink: cannot write the output file");
-                    ack_answer(StatusCode::SERVICE_UNAVAILABLE, batch.batch_seq, e.to_string())
+                    tracing::error!(error = %e, "upstream-sink: cannot store the batch");
+                    ack_answer(StatusCode::SERVICE_UNAVAILABLE, batch.batch_seq, e)
                 }
             },
         };
         let _ = job.reply.send(answer);
     }
-    let mut summary = ledger.summary.clone();
+    let mut summary = ledger.summary_mut().clone();
     summary.tls_refused = tls_refused.load(std::sync::atomic::Ordering::Relaxed);
     summary
 }
@@ -111,6 +150,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    identity: Option<Arc<str>>,
     jobs: mpsc::Sender<Job>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     if !req.uri().path().ends_with("/v1/batches") {
@@ -128,7 +168,7 @@ async fn handle(
         Err(e) => return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, &format!("body: {e}\n"))),
     };
     let (reply, answer) = oneshot::channel();
-    if jobs.send(Job { body, peer, reply }).await.is_err() {
+    if jobs.send(Job { body, peer, identity, reply }).await.is_err() {
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
     }
     let Ok(answer) = answer.await else { return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")) };
@@ -150,10 +190,10 @@ async fn handle(
 
 /// Serves until `cancel` fires, then returns the totals. Each connection runs in its own task; batches are applied
 /// in the order they reach the ledger.
-pub async fn serve(
+pub async fn serve<S: BatchStore>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    ledger: Ledger,
+    mut ledger: S,
     plan: FaultPlan,
     events: Option<mpsc::UnboundedSender<SinkEvent>>,
     cancel: CancellationToken,
@@ -162,7 +202,7 @@ pub async fn serve(
     let tls_refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = tls_refused.clone();
     let ev = events.clone();
-    let ledger_summary = ledger.summary.clone();
+    let ledger_summary = ledger.summary_mut().clone();
     let thread = std::thread::Builder::new()
         .name("sink-ledger".into())
         .spawn(move || ledger_thread(ledger, plan, jobs_rx, ev, counter));
@@ -205,7 +245,15 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            let service = hyper::service::service_fn(move |req| handle(req, peer, jobs.clone()));
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|c| drivers::tls::subject_common_name(c).ok())
+                .filter(|cn| !cn.is_empty() && !cn.chars().any(char::is_control))
+                .map(Arc::<str>::from);
+            let service = hyper::service::service_fn(move |req| handle(req, peer, identity.clone(), jobs.clone()));
             let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {

@@ -18,7 +18,7 @@ fn record(id: &str, revision: u32) -> AttendanceRecord {
 }
 
 fn batch(seq: u64, punches: Vec<Punch>, records: Vec<AttendanceRecord>, digests: Vec<DayDigest>) -> UploadBatch {
-    UploadBatch { gateway_id: "gw".into(), batch_seq: seq, punches, records, digests }
+    UploadBatch { gateway_id: "gw".into(), batch_seq: seq, punches, records, digests, outbox_id: String::new() }
 }
 
 fn digest_of(ids: &[&str], from_ms: i64, to_ms: i64) -> DayDigest {
@@ -242,6 +242,25 @@ async fn mutual_tls_delivery_and_refusals_both_ways() {
     assert!(summary.tls_refused >= 3, "{summary:?}");
     let out = std::fs::read_to_string(t.path("out.jsonl")).unwrap();
     assert_eq!(out.lines().count(), 2);
+}
+
+#[tokio::test]
+async fn a_batch_is_accepted_only_from_the_gateway_its_certificate_names() {
+    let t = Tls::new();
+    t.client_files(&t.pki, "gw", Validity::days(10));
+    t.client_files(&t.pki, "gw-2", Validity::days(10));
+    let (port, cancel, handle) = t.start("").await;
+    let mut forger = t.client("ca.pem", "gw-2", "127.0.0.1", port);
+    let e = forger.post(1, body(1, &["a"])).await.unwrap_err();
+    assert!(
+        matches!(e, SendError::Refused { status: 403, ref error } if error.contains("names gateway `gw-2`")),
+        "{e:?}"
+    );
+    let mut own = t.client("ca.pem", "gw", "127.0.0.1", port);
+    assert!(own.post(1, body(1, &["a"])).await.unwrap().accepted);
+    cancel.cancel();
+    let summary = handle.await.unwrap();
+    assert_eq!((summary.refused, summary.punches), (1, 1));
 }
 
 #[tokio::test]

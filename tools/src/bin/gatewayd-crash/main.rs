@@ -180,7 +180,8 @@ fn run(args: Args) -> anyhow::Result<bool> {
 
     // Certificates and the reference receiver.
     let certs = work.join("certs");
-    let out = Command::new(&gatewayd).args(["certs", "dev", "--out"]).arg(&certs).output()?;
+    let out =
+        Command::new(&gatewayd).args(["certs", "dev", "--client-name", GATEWAY_ID, "--out"]).arg(&certs).output()?;
     anyhow::ensure!(out.status.success(), "gatewayd certs dev: {}", String::from_utf8_lossy(&out.stderr));
     let received = work.join("received.jsonl");
     let mut sink = Receiver::start(&gatewayd, &certs, &received, &work.join("logs/upstream-sink.log"))?;

@@ -57,7 +57,7 @@ struct Delivered {
 }
 
 /// The figures of one side.
-struct Side {
+pub struct Side {
     name: &'static str,
     report: Report,
     delivered: Delivered,
@@ -77,14 +77,14 @@ struct ProcStats {
 }
 
 impl Side {
-    fn delivered_per_sec(&self) -> f64 {
+    pub fn delivered_per_sec(&self) -> f64 {
         match (self.report.started, self.delivered.last) {
             (Some(s), Some(l)) if l > s => self.delivered.count as f64 / (l - s).as_secs_f64(),
             _ => 0.0,
         }
     }
 
-    fn print(&self, w: &Workload) {
+    pub fn print(&self, w: &Workload) {
         let r = &self.report;
         let span = self.report.started.zip(self.delivered.last).map(|(s, l)| (l - s).as_secs_f64()).unwrap_or(0.0);
         let what = match self.name {
@@ -153,7 +153,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<bool> {
             "{} not found (build it: cargo build --release -p gatewayd --bins, or pass --gatewayd)",
             gatewayd.display()
         );
-        let side = gateway_side(&args, &w, &scratch.path.join("gatewayd"), &gatewayd).await?;
+        let side = gateway_side(args.drain, &w, &scratch.path.join("gatewayd"), &gatewayd).await?;
         side.print(&w);
         sides.push(side);
     }
@@ -174,7 +174,7 @@ pub async fn run(args: E2eArgs) -> anyhow::Result<bool> {
     Ok(sides.iter().all(|s| s.ok))
 }
 
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -194,7 +194,7 @@ fn in_window(marks: &std::sync::Mutex<Vec<(Instant, u64)>>, until: Instant) -> u
     marks.lock().map(|m| m.iter().filter(|(t, _)| *t <= until).map(|(_, n)| n).sum()).unwrap_or(0)
 }
 
-fn spec(w: &Workload, broker: std::net::SocketAddr, answer: Answer, drain: u64) -> Spec {
+pub fn spec(w: &Workload, broker: std::net::SocketAddr, answer: Answer, drain: u64) -> Spec {
     Spec {
         broker,
         devices: w.devices,
@@ -207,7 +207,8 @@ fn spec(w: &Workload, broker: std::net::SocketAddr, answer: Answer, drain: u64) 
     }
 }
 
-async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path) -> anyhow::Result<Side> {
+/// The gatewayd side: devices -> gatewayd -> `upstream-sink` over mTLS; `drain` seconds at most for the last deliveries.
+pub async fn gateway_side(drain: u64, w: &Workload, dir: &Path, gatewayd: &Path) -> anyhow::Result<Side> {
     std::fs::create_dir_all(dir)?;
     let certs = gatewayd::cli::certs::write_dev_set(&dir.join("certs"), "bench-gw", 365)?;
 
@@ -271,13 +272,13 @@ async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path)
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| anyhow!("listeners.json names no mqtt listener: {listeners}"))?;
 
-    let fleet = Fleet::connect(spec(w, mqtt, Answer::DurableAck, args.drain), Duration::from_secs(60))
+    let fleet = Fleet::connect(spec(w, mqtt, Answer::DurableAck, drain), Duration::from_secs(60))
         .await
         .map_err(|e| anyhow!("devices cannot connect to the gateway: {e}"))?;
     let connected = gw.sample()?;
     let report = fleet.run().await;
     let started = report.started.unwrap_or_else(Instant::now);
-    let got = wait_delivered(&mut delivered, report.answered, Duration::from_secs(args.drain)).await;
+    let got = wait_delivered(&mut delivered, report.answered, Duration::from_secs(drain)).await;
     let end = gw.sample()?;
     gw.stop(Duration::from_secs(30)).await?;
     let disk_bytes = disk_usage(&dir.join("data"));
@@ -296,14 +297,14 @@ async fn gateway_side(args: &E2eArgs, w: &Workload, dir: &Path, gatewayd: &Path)
             "gatewayd side: {} of {} punches got no ack within {} s after publishing stopped",
             report.published - report.answered - report.rejected,
             report.published,
-            args.drain
+            drain
         );
         ok = false;
     }
     if got.count < report.answered {
         eprintln!(
             "gatewayd side: only {} of the {} durably acknowledged punches reached the receiver within {} s",
-            got.count, report.answered, args.drain
+            got.count, report.answered, drain
         );
         ok = false;
     }

@@ -10,6 +10,9 @@
 //! - `gatewayd-load ageing …` runs simulated years of a site through the gateway and samples its disk every week
 //!   ([`ageing`]).
 //!
+//! - `gatewayd-load fleet …` is the fleet benchmark: the same devices through NATS JetStream and `gatewayd loader`
+//!   into PostgreSQL, against the HTTPS path, and the loaders on a backlog ([`fleet`]).
+//!
 //! ```text
 //! gatewayd-load --print-config --devices 100 >> gatewayd.toml
 //! gatewayd-load --mqtt 127.0.0.1:1883 --devices 100 --rate 20000 --seconds 10
@@ -19,6 +22,7 @@
 mod ageing;
 mod devices;
 mod e2e;
+mod fleet;
 mod procs;
 
 use std::net::SocketAddr;
@@ -48,6 +52,9 @@ enum Cmd {
     E2e(e2e::E2eArgs),
     /// Years of a site through the real daemon: the disk over simulated time, with retention (docs/benchmarks.md).
     Ageing(ageing::AgeingArgs),
+    /// The fleet benchmark: devices -> gatewayd -> NATS JetStream (3 nodes, R3) -> loaders -> PostgreSQL, against
+    /// the HTTPS path to the file receiver, then the loaders on a backlog.
+    Fleet(fleet::FleetArgs),
 }
 
 /// The workload shared by both modes.
@@ -152,6 +159,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Some(Cmd::E2e(args)) => e2e::run(args).await,
                 Some(Cmd::Ageing(args)) => ageing::run(args).await,
+                Some(Cmd::Fleet(args)) => fleet::run(args).await,
                 None => run_load(cli.load).await,
             }
         };
