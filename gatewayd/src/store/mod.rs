@@ -1,7 +1,10 @@
 //! The durable punch store, on sled 0.34.
 //!
 //! # Layout
-//! Punches are an append-only log; everything else is derived from it.
+//! Punches are an append-only log; everything else is derived from it. The log and its index are split into
+//! *partitions* by runs of sequence numbers, one sled database each under `parts/` (see [`parts`]), so that retention
+//! deletes whole databases and gives the disk back; the trees below are those of each partition. The store's own
+//! `meta` tree and the other stages' trees are in the main database (the store directory itself).
 //!
 //! Tree `punch_log` (the durable path; one sled insert per block of punches, always at the end of the tree):
 //!

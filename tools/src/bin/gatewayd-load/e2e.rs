@@ -538,24 +538,44 @@ async fn bridge_side(args: &E2eArgs, w: &Workload, dir: &Path) -> anyhow::Result
     })
 }
 
-/// Prints what each sled tree of the stopped gateway's store holds, per durably acknowledged punch: where the bytes on
-/// disk go.
+/// Prints what each sled tree of the stopped gateway's store holds (the main database and every punch partition
+/// together), per durably acknowledged punch: where the bytes on disk go.
 fn print_footprint(store: &Path, punches: u64) {
-    let db = match sled::Config::new().path(store).open() {
-        Ok(db) => db,
-        Err(e) => return eprintln!("cannot open {} to measure its trees: {e}", store.display()),
-    };
-    let footprint = match gatewayd::store::footprint::Footprint::of(&db) {
-        Ok(f) => f,
-        Err(e) => return eprintln!("cannot read the trees of {}: {e}", store.display()),
-    };
-    let per = |bytes: u64| if punches > 0 { bytes as f64 / punches as f64 } else { 0.0 };
-    println!("store trees after a clean stop (keys and values, bytes per acknowledged punch):");
-    for t in footprint.trees.iter().filter(|t| t.keys > 0) {
-        println!("  {:<22} {:>10} keys {:>8.1} B/punch", t.name, t.keys, per(t.key_bytes + t.value_bytes));
+    let mut dbs = vec![store.to_owned()];
+    if let Ok(parts) = std::fs::read_dir(store.join(gatewayd::store::parts::PARTS_DIR)) {
+        dbs.extend(parts.flatten().map(|e| e.path()));
     }
-    let file = db.size_on_disk().unwrap_or(0);
-    println!("  all trees: {:.1} B/punch; sled's files: {:.1} B/punch", per(footprint.total()), per(file));
+    let mut trees: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+    let mut files = 0u64;
+    for path in &dbs {
+        let db = match sled::Config::new().path(path).open() {
+            Ok(db) => db,
+            Err(e) => return eprintln!("cannot open {} to measure its trees: {e}", path.display()),
+        };
+        match gatewayd::store::footprint::Footprint::of(&db) {
+            Ok(f) => {
+                for t in f.trees {
+                    let e = trees.entry(t.name).or_default();
+                    e.0 += t.keys;
+                    e.1 += t.key_bytes + t.value_bytes;
+                }
+            }
+            Err(e) => return eprintln!("cannot read the trees of {}: {e}", path.display()),
+        }
+        files += db.size_on_disk().unwrap_or(0);
+    }
+    let per = |bytes: u64| if punches > 0 { bytes as f64 / punches as f64 } else { 0.0 };
+    println!(
+        "store trees after a clean stop, {} databases (keys and values, bytes per acknowledged punch):",
+        dbs.len()
+    );
+    let mut rows: Vec<_> = trees.into_iter().filter(|(_, (keys, _))| *keys > 0).collect();
+    rows.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+    let total: u64 = rows.iter().map(|(_, (_, b))| b).sum();
+    for (name, (keys, bytes)) in rows {
+        println!("  {name:<22} {keys:>10} keys {:>8.1} B/punch", per(bytes));
+    }
+    println!("  all trees: {:.1} B/punch; sled's files: {:.1} B/punch", per(total), per(files));
 }
 
 /// The reference receiver's output, line by line.
