@@ -214,7 +214,8 @@ fn the_loader_moves_a_gateways_batches_from_jetstream_into_postgres() {
 }
 
 /// `gatewayd loader --https`: the reference receiver writing PostgreSQL. A gateway delivers; a batch naming another
-/// gateway than the client certificate is refused with 403.
+/// gateway than the client certificate is refused with 403; a digest the database does not match asks for its day
+/// again in the answer's `resend_dates`.
 #[test]
 fn the_https_loader_writes_postgres_and_refuses_batches_of_another_gateway() {
     use gatewayd::upstream::client::{Client, Endpoint, SendError};
@@ -285,6 +286,35 @@ fn the_https_loader_writes_postgres_and_refuses_batches_of_another_gateway() {
     });
     assert!(matches!(forged, Err(SendError::Refused { status: 403, .. })), "{forged:?}");
     assert_eq!(rt.block_on(count(&db, "SELECT count(*) FROM punches WHERE gateway_id = 'gw-other'")), 0);
+
+    // A digest that does not match what the database holds: the answer asks for the day again (`resend_dates`).
+    let asked = rt.block_on(async {
+        let tls = gatewayd::upstream::tls::client_config(
+            &certs.join("ca.pem"),
+            &certs.join("client.pem"),
+            &certs.join("client.key"),
+        )
+        .unwrap();
+        let mut c = Client::new(Endpoint::parse(&format!("https://localhost:{port}")).unwrap(), tls, LIMIT);
+        let batch = UploadBatch {
+            gateway_id: "gw-h".into(),
+            batch_seq: 1,
+            outbox_id: "forged".into(),
+            digests: vec![DayDigest {
+                work_date: "2026-11-22".into(),
+                punch_count: 999,
+                punch_ids_sha256: vec![0; 32],
+                record_count: 0,
+                from_ms: 1_795_276_800_000,
+                to_ms: 1_795_363_200_000,
+            }],
+            ..Default::default()
+        };
+        c.post(1, batch.encode_to_vec().into()).await
+    });
+    let ack = asked.unwrap();
+    assert!(ack.accepted, "{ack:?}");
+    assert_eq!(ack.resend_dates, vec!["2026-11-22".to_owned()], "{ack:?}");
     gw.stop();
     let summary = loader.stop();
     assert!(summary.contains("1 requests refused"), "{summary}");
