@@ -178,20 +178,7 @@ fn the_loader_moves_a_gateways_batches_from_jetstream_into_postgres() {
     // the gateway for that day; the gateway sends the day again with its own digest, which matches.
     rt.block_on(async {
         let js = async_nats::jetstream::new(cluster.connect("gw-l").await);
-        let wrong = UploadBatch {
-            gateway_id: "gw-l".into(),
-            batch_seq: 1,
-            outbox_id: "forged".into(),
-            digests: vec![DayDigest {
-                work_date: "2026-11-22".into(),
-                punch_count: 999,
-                punch_ids_sha256: vec![0; 32],
-                record_count: 0,
-                from_ms: 1_795_276_800_000,
-                to_ms: 1_795_363_200_000,
-            }],
-            ..Default::default()
-        };
+        let wrong = wrong_digest("gw-l");
         js.publish("gatewayd.v1.batches.gw-l", wrong.encode_to_vec().into()).await.unwrap().await.unwrap();
     });
     let digest = || {
@@ -264,14 +251,18 @@ fn the_https_loader_writes_postgres_and_refuses_batches_of_another_gateway() {
     wait_until("30 punches in PostgreSQL", LIMIT, n, |n| *n == 30);
 
     // The gateway's own certificate, a batch that says it is from another gateway: refused, nothing written.
-    let forged = rt.block_on(async {
+    // The gateway's own client certificate, as the upstream client uses it.
+    let client = || {
         let tls = gatewayd::upstream::tls::client_config(
             &certs.join("ca.pem"),
             &certs.join("client.pem"),
             &certs.join("client.key"),
         )
         .unwrap();
-        let mut c = Client::new(Endpoint::parse(&format!("https://localhost:{port}")).unwrap(), tls, LIMIT);
+        Client::new(Endpoint::parse(&format!("https://localhost:{port}")).unwrap(), tls, LIMIT)
+    };
+    let forged = rt.block_on(async {
+        let mut c = client();
         let batch = UploadBatch {
             gateway_id: "gw-other".into(),
             batch_seq: 1,
@@ -288,34 +279,30 @@ fn the_https_loader_writes_postgres_and_refuses_batches_of_another_gateway() {
     assert_eq!(rt.block_on(count(&db, "SELECT count(*) FROM punches WHERE gateway_id = 'gw-other'")), 0);
 
     // A digest that does not match what the database holds: the answer asks for the day again (`resend_dates`).
-    let asked = rt.block_on(async {
-        let tls = gatewayd::upstream::tls::client_config(
-            &certs.join("ca.pem"),
-            &certs.join("client.pem"),
-            &certs.join("client.key"),
-        )
-        .unwrap();
-        let mut c = Client::new(Endpoint::parse(&format!("https://localhost:{port}")).unwrap(), tls, LIMIT);
-        let batch = UploadBatch {
-            gateway_id: "gw-h".into(),
-            batch_seq: 1,
-            outbox_id: "forged".into(),
-            digests: vec![DayDigest {
-                work_date: "2026-11-22".into(),
-                punch_count: 999,
-                punch_ids_sha256: vec![0; 32],
-                record_count: 0,
-                from_ms: 1_795_276_800_000,
-                to_ms: 1_795_363_200_000,
-            }],
-            ..Default::default()
-        };
-        c.post(1, batch.encode_to_vec().into()).await
-    });
+    let asked = rt.block_on(async { client().post(1, wrong_digest("gw-h").encode_to_vec().into()).await });
     let ack = asked.unwrap();
     assert!(ack.accepted, "{ack:?}");
     assert_eq!(ack.resend_dates, vec!["2026-11-22".to_owned()], "{ack:?}");
     gw.stop();
     let summary = loader.stop();
     assert!(summary.contains("1 requests refused"), "{summary}");
+}
+
+/// A batch of `gateway` (under a made-up outbox id) whose only content is a digest of 2026-11-22 that no database
+/// holding the gateway's real punches can match.
+fn wrong_digest(gateway: &str) -> UploadBatch {
+    UploadBatch {
+        gateway_id: gateway.into(),
+        batch_seq: 1,
+        outbox_id: "forged".into(),
+        digests: vec![DayDigest {
+            work_date: "2026-11-22".into(),
+            punch_count: 999,
+            punch_ids_sha256: vec![0; 32],
+            record_count: 0,
+            from_ms: 1_795_276_800_000,
+            to_ms: 1_795_363_200_000,
+        }],
+        ..Default::default()
+    }
 }

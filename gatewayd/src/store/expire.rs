@@ -44,9 +44,13 @@ impl Expiry {
     fn allows(&self, p: &Punch) -> bool {
         p.seq <= self.through_seq
             && p.received_time_ms < self.received_before_ms
-            && jiff::Timestamp::from_millisecond(p.device_time_ms)
-                .map(|t| t.to_zoned(self.tz.clone()).date() < self.date_before)
-                .unwrap_or(true)
+            && self.dated_before(p.device_time_ms).unwrap_or(true)
+    }
+
+    /// Whether device time `t_ms` falls on a date before [`Expiry::date_before`]; `None` for a time out of range.
+    fn dated_before(&self, t_ms: i64) -> Option<bool> {
+        let t = jiff::Timestamp::from_millisecond(t_ms).ok()?;
+        Some(t.to_zoned(self.tz.clone()).date() < self.date_before)
     }
 }
 
@@ -122,10 +126,7 @@ impl Store {
                 Some((k, v)) => posting(&k, &v)?.iter().map(|&(t, _)| t).max(),
                 None => None,
             };
-            let date_ok = latest_device.is_none_or(|t| {
-                jiff::Timestamp::from_millisecond(t)
-                    .is_ok_and(|t| t.to_zoned(expiry.tz.clone()).date() < expiry.date_before)
-            });
+            let date_ok = latest_device.is_none_or(|t| expiry.dated_before(t) == Some(true));
             if !date_ok {
                 continue;
             }

@@ -47,8 +47,12 @@ impl Store {
 
         // The parts: part 0 in the main database when it holds punches (a store made before partitions), then those
         // under `parts/`. A new store starts with a part of its own.
+        let main_file = std::fs::File::open(dir.join("db"))
+            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot open the log file: {e}") })?;
+        let main_sync =
+            MainSync { path: path.clone(), file: Arc::new(main_file), synced_blobs: Arc::new(Mutex::default()) };
         let mut parts = Vec::new();
-        let main = Part::main(&path, &db)?;
+        let main = Part::main(&path, &db, &main_sync)?;
         let listed = parts::list(&path)?;
         if !main.log.is_empty() || !main.index.is_empty() {
             parts.push(Arc::new(main));
@@ -100,10 +104,6 @@ impl Store {
                 });
             }
         }
-        let main_file = std::fs::File::open(dir.join("db"))
-            .map_err(|e| StoreError::Open { path: path.clone(), message: format!("cannot open the log file: {e}") })?;
-        let main_sync =
-            MainSync { path: path.clone(), file: Arc::new(main_file), synced_blobs: Arc::new(Mutex::default()) };
         let store = Store {
             inner: Arc::new(Inner {
                 path,

@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{codec, log_key, open_error, seq_from, StoreError, INDEX_TREE, LOG_TREE};
 
@@ -49,11 +49,11 @@ pub struct Part {
     pub own_dir: bool,
     pub db: sled::Db,
     /// sled's log file, for the `fdatasync` that completes each flush.
-    pub file: std::fs::File,
+    pub file: Arc<std::fs::File>,
     pub log: sled::Tree,
     pub index: sled::Tree,
     /// The blob files already synced (see [`super::open::sync_blobs`]).
-    pub synced_blobs: Mutex<HashSet<OsString>>,
+    pub synced_blobs: Arc<Mutex<HashSet<OsString>>>,
 }
 
 impl std::fmt::Debug for Part {
@@ -71,9 +71,8 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Part {
-    /// Part 0: the punch trees of the main database.
-    pub fn main(path: &Path, db: &sled::Db) -> Result<Part, StoreError> {
-        let file = std::fs::File::open(path.join("db")).map_err(|e| io_error(path, "cannot open the log file", e))?;
+    /// Part 0: the punch trees of the main database, synced through the main database's files.
+    pub fn main(path: &Path, db: &sled::Db, sync: &super::MainSync) -> Result<Part, StoreError> {
         let log = db.open_tree(LOG_TREE).map_err(open_error(path))?;
         let started_ms = match log.first().map_err(open_error(path))? {
             Some((k, v)) => {
@@ -93,10 +92,10 @@ impl Part {
             path: path.to_owned(),
             own_dir: false,
             db: db.clone(),
-            file,
+            file: sync.file.clone(),
             log,
             index: db.open_tree(INDEX_TREE).map_err(open_error(path))?,
-            synced_blobs: Mutex::default(),
+            synced_blobs: sync.synced_blobs.clone(),
         })
     }
 
@@ -122,8 +121,8 @@ impl Part {
             log: db.open_tree(LOG_TREE).map_err(open_error(dir))?,
             index: db.open_tree(INDEX_TREE).map_err(open_error(dir))?,
             db,
-            file,
-            synced_blobs: Mutex::default(),
+            file: Arc::new(file),
+            synced_blobs: Arc::default(),
         })
     }
 
